@@ -1,0 +1,1 @@
+//! giftx-server
