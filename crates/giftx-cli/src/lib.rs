@@ -1,1 +1,50 @@
-//! giftx-cli
+//! giftctl, the giftx operator CLI: a gRPC client of giftxd.
+//!
+//! - [`cli`]: the command line (clap) and the parsers of its values.
+//! - [`rpc`]: connecting to giftxd; one-line descriptions of failed calls
+//!   (AIP-193 details decoded).
+//! - [`issuance`], [`issue`], [`expiry`], [`exchange`], [`demo`]: the
+//!   commands, one module per area.
+//! - [`vendor_csv`]: the print vendor's code file (CSV, maybe gzip),
+//!   written safely.
+//! - [`render`]: text for humans and JSON for scripts.
+//! - [`time`]: RFC 3339 timestamps and short durations.
+
+pub mod cli;
+pub mod demo;
+pub mod error;
+pub mod exchange;
+pub mod expiry;
+pub mod issuance;
+pub mod issue;
+pub mod render;
+pub mod rpc;
+pub mod time;
+pub mod vendor_csv;
+
+pub use cli::Cli;
+pub use error::{Error, Result};
+
+use cli::Command;
+use render::Output;
+
+/// Runs one parsed command line.
+///
+/// # Errors
+/// Whatever the command fails with; its `Display` is one line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let out = Output { json: cli.json };
+    let mut clients = rpc::connect(&cli.addr).await?;
+    let c = &mut clients;
+    match cli.command {
+        Command::Campaign(cmd) => issuance::campaign(c, out, cmd).await,
+        Command::Batch(cmd) => issuance::batch(c, out, cmd).await,
+        Command::Issue(args) => issue::run(c, out, args).await,
+        Command::Expiry(cmd) => expiry::expiry(c, out, cmd).await,
+        Command::Pending(cmd) => expiry::pending(c, out, cmd).await,
+        Command::Verify(args) => exchange::verify(c, out, args).await,
+        Command::Exchange(args) => exchange::exchange(c, out, args).await,
+        Command::ShowExchange(args) => exchange::show(c, out, args).await,
+        Command::Demo => demo::run(c, out).await,
+    }
+}

@@ -19,7 +19,11 @@
 
 use std::fmt;
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use crate::error::CodeFormatError;
+use crate::hash::Secret;
 
 /// Crockford's base32 alphabet, value order.
 pub const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -71,11 +75,17 @@ fn symbol_value(c: char) -> Option<u8> {
         'O' => '0',
         c => c,
     };
-    ALPHABET.iter().position(|&a| char::from(a) == c).map(|p| p as u8)
+    ALPHABET
+        .iter()
+        .position(|&a| char::from(a) == c)
+        .map(|p| p as u8)
 }
 
 fn encode(values: &[u8]) -> String {
-    values.iter().map(|&v| char::from(ALPHABET[usize::from(v)])).collect()
+    values
+        .iter()
+        .map(|&v| char::from(ALPHABET[usize::from(v)]))
+        .collect()
 }
 
 /// Parses typed text into symbol values: drops spaces and hyphens, maps
@@ -117,6 +127,20 @@ fn random_symbols(n: usize) -> Result<Vec<u8>, getrandom::Error> {
         *b &= 0x1f;
     }
     Ok(buf)
+}
+
+/// `n` symbol values derived from `secret` and `input` under a domain
+/// `label`: HMAC-SHA256, one output byte per symbol (n ≤ 32).
+fn derived_symbols(label: &[u8], secret: &Secret, input: &[u8], n: usize) -> Vec<u8> {
+    let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret.expose()) else {
+        unreachable!("HMAC takes keys of any length")
+    };
+    m.update(label);
+    m.update(&(input.len() as u64).to_be_bytes());
+    m.update(input);
+    let out = m.finalize().into_bytes();
+    // As in `random_symbols`: masking a uniform byte keeps it uniform.
+    out.iter().take(n).map(|b| b & 0x1f).collect()
 }
 
 fn grouped(s: &str) -> String {
@@ -191,6 +215,20 @@ impl Code {
         })
     }
 
+    /// The code of `series` derived deterministically from `secret` and
+    /// `input` (HMAC-SHA256): the same inputs give the same code, forever.
+    /// For providers that must re-create a code from an idempotency key
+    /// instead of storing it (the `select` gift). Without `secret` the
+    /// code cannot be predicted; its 13 symbols carry 65 bits.
+    pub fn derive(series: Series, secret: &Secret, input: &[u8]) -> Code {
+        let mut values = series.symbols().to_vec();
+        let label = b"giftx/derive/code/v1";
+        values.extend(derived_symbols(label, secret, input, CODE_RANDOM_LEN));
+        Code {
+            canonical: encode(&values),
+        }
+    }
+
     /// Parses what a person typed.
     ///
     /// # Errors
@@ -245,6 +283,16 @@ impl LoginKey {
         Ok(LoginKey {
             canonical: encode(&random_symbols(LOGIN_KEY_DATA_LEN)?),
         })
+    }
+
+    /// The login key derived deterministically from `secret` and `input`,
+    /// as [`Code::derive`] (under its own domain label, so it is
+    /// independent of the code derived from the same input).
+    pub fn derive(secret: &Secret, input: &[u8]) -> LoginKey {
+        let label = b"giftx/derive/login-key/v1";
+        LoginKey {
+            canonical: encode(&derived_symbols(label, secret, input, LOGIN_KEY_DATA_LEN)),
+        }
     }
 
     /// Parses what a person typed.
@@ -315,7 +363,11 @@ mod tests {
             } else {
                 LoginKey::generate().unwrap().printed()
             };
-            let data_len = if i % 2 == 0 { CODE_DATA_LEN } else { LOGIN_KEY_DATA_LEN };
+            let data_len = if i % 2 == 0 {
+                CODE_DATA_LEN
+            } else {
+                LOGIN_KEY_DATA_LEN
+            };
             let syms: Vec<u8> = printed.bytes().filter(|&b| b != b'-').collect();
             assert_eq!(syms.len(), data_len + 1);
             let parse = |s: &[u8]| parse_symbols(std::str::from_utf8(s).unwrap(), data_len);
@@ -358,8 +410,14 @@ mod tests {
 
     #[test]
     fn parsing_names_what_is_wrong() {
-        assert_eq!(Code::parse("ABCD"), Err(CodeFormatError::WrongLength { expected: 16 }));
-        assert_eq!(Code::parse(""), Err(CodeFormatError::WrongLength { expected: 16 }));
+        assert_eq!(
+            Code::parse("ABCD"),
+            Err(CodeFormatError::WrongLength { expected: 16 })
+        );
+        assert_eq!(
+            Code::parse(""),
+            Err(CodeFormatError::WrongLength { expected: 16 })
+        );
         assert_eq!(
             Code::parse("ABCU-0000-0000-0000"),
             Err(CodeFormatError::InvalidCharacter('U'))
@@ -372,7 +430,9 @@ mod tests {
 
     #[test]
     fn printed_forms_are_grouped_in_fours() {
-        let c = Code::generate(Series::from_index(0).unwrap()).unwrap().printed();
+        let c = Code::generate(Series::from_index(0).unwrap())
+            .unwrap()
+            .printed();
         assert_eq!(c.len(), 19);
         assert_eq!(c.matches('-').count(), 3);
         let k = LoginKey::generate().unwrap().printed();
@@ -385,6 +445,26 @@ mod tests {
         assert!(!format!("{k:?}").contains(k.canonical()));
         let c = Code::generate(Series::from_index(5).unwrap()).unwrap();
         assert!(!format!("{c:?}").contains(&c.canonical()[2..]));
+    }
+
+    #[test]
+    fn derived_credentials_are_stable_parse_back_and_depend_on_every_input() {
+        let s1 = Secret::new(vec![1; 32]);
+        let s2 = Secret::new(vec![2; 32]);
+        let series = Series::from_index(300).unwrap();
+        let c = Code::derive(series, &s1, b"giftx-ex-1");
+        assert_eq!(c, Code::derive(series, &s1, b"giftx-ex-1"));
+        assert_eq!(c.series(), series);
+        assert_eq!(Code::parse(&c.printed()).unwrap(), c);
+        assert_ne!(c, Code::derive(series, &s2, b"giftx-ex-1"));
+        assert_ne!(c, Code::derive(series, &s1, b"giftx-ex-2"));
+        let k = LoginKey::derive(&s1, b"giftx-ex-1");
+        assert_eq!(k, LoginKey::derive(&s1, b"giftx-ex-1"));
+        assert_eq!(LoginKey::parse(&k.printed()).unwrap(), k);
+        assert_ne!(k, LoginKey::derive(&s2, b"giftx-ex-1"));
+        assert_ne!(k, LoginKey::derive(&s1, b"giftx-ex-2"));
+        // Independent labels: the login key is not the code's next symbols.
+        assert_ne!(&c.canonical()[2..9], k.canonical());
     }
 
     proptest! {

@@ -42,8 +42,14 @@ impl fmt::Display for Secret {
 }
 
 /// A 32-byte keyed hash. Compared in constant time.
-#[derive(Clone, Copy, Eq, Hash)]
+#[derive(Clone, Copy, Eq)]
 pub struct Digest(pub [u8; 32]);
+
+impl std::hash::Hash for Digest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl PartialEq for Digest {
     fn eq(&self, other: &Self) -> bool {
@@ -186,7 +192,10 @@ mod tests {
 
     #[test]
     fn short_keys_are_refused_and_secrets_never_print() {
-        assert_eq!(Hasher::new(Secret::new(vec![0; 31])).unwrap_err(), KeyTooShort(31));
+        assert_eq!(
+            Hasher::new(Secret::new(vec![0; 31])).unwrap_err(),
+            KeyTooShort(31)
+        );
         let s = Secret::new(b"super-secret-material-0123456789".to_vec());
         assert!(!format!("{s:?}{s}").contains("super"));
         assert!(!format!("{:?}", Hasher::new(s).unwrap()).contains("super"));

@@ -15,6 +15,9 @@
 //! | [`ProviderError::Retryable`] | nothing issued, try again later | exchange PENDING, retried with the same key |
 //! | [`ProviderError::Unknown`] | timeout, connection lost: maybe issued | exchange PENDING, re-driven: `lookup`, then `issue`, same key |
 //!
+//! Adapters that must remember what they issued and have no remote API to
+//! do it for them get host-side storage: [`store::ProviderStore`].
+//!
 //! # A complete third-party adapter
 //!
 //! ```
@@ -78,6 +81,13 @@
 //! ```
 
 use std::time::Duration;
+
+pub mod store;
+
+pub use store::{
+    Entries, MemoryProviderStore, ProviderStore, SealedStore, Sealer, StockAdded, StockItem,
+    StockStatus, StoreError, Stored,
+};
 
 use async_trait::async_trait;
 use giftx_core::Money;

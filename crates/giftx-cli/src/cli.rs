@@ -1,0 +1,601 @@
+//! The command line: clap definitions and the parsers of its values.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use giftx_core::Currency;
+
+use crate::rpc::DEFAULT_ADDR;
+use crate::time::{parse_duration, parse_rfc3339};
+
+/// giftctl: the giftx operator CLI.
+#[derive(Debug, Parser)]
+#[command(name = "giftctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// giftxd's gRPC address.
+    #[arg(long, env = "GIFTX_ADDR", default_value = DEFAULT_ADDR, global = true)]
+    pub addr: String,
+    /// Print one JSON document per command (JSON lines for streams) instead
+    /// of text for humans.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// giftctl's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, show, count and extend campaigns.
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
+    /// Show or void a batch of issued codes.
+    #[command(subcommand)]
+    Batch(BatchCommand),
+    /// Issue codes of a campaign into a CSV file for the print vendor.
+    Issue(IssueArgs),
+    /// Expire codes past their campaign's deadline.
+    #[command(subcommand)]
+    Expiry(ExpiryCommand),
+    /// Find and finish exchanges still in flight.
+    #[command(subcommand)]
+    Pending(PendingCommand),
+    /// Check a code and login key (ExchangeService.VerifyCode).
+    Verify(CredentialArgs),
+    /// Exchange a code for one of its options (ExchangeService.Exchange).
+    Exchange(ExchangeArgs),
+    /// Show a code's exchange again (ExchangeService.GetExchange).
+    ShowExchange(CredentialArgs),
+    /// Walk the apology-gift story against giftxd's embedded demo campaign.
+    Demo,
+}
+
+/// `giftctl campaign …`.
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Create a campaign (idempotent on --request-id).
+    Create(CreateCampaignArgs),
+    /// List every campaign.
+    List,
+    /// Show one campaign.
+    Show {
+        /// The campaign's id.
+        id: String,
+    },
+    /// Counts and value of a campaign's codes by state and by option.
+    Stats {
+        /// The campaign's id.
+        id: String,
+    },
+    /// Move a campaign's deadline (later only, unless --force).
+    Extend {
+        /// The campaign's id.
+        id: String,
+        /// The new deadline, RFC 3339 (e.g. 2027-01-15T00:00:00+09:00).
+        #[arg(long, value_parser = parse_rfc3339)]
+        deadline: prost_types::Timestamp,
+        /// Allow moving the deadline earlier.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `giftctl campaign create`.
+#[derive(Debug, Args)]
+pub struct CreateCampaignArgs {
+    /// The campaign's id: lower-case letters, digits and hyphens.
+    pub id: String,
+    /// Name shown to people.
+    #[arg(long)]
+    pub display_name: String,
+    /// What each code is worth, in the currency's major unit (500 for
+    /// 500 JPY, 5.00 for 5 USD).
+    #[arg(long)]
+    pub face_value: String,
+    /// ISO 4217 currency code.
+    #[arg(long)]
+    pub currency: String,
+    /// The deadline, RFC 3339 (e.g. 2026-12-15T00:00:00Z).
+    #[arg(long, value_parser = parse_rfc3339)]
+    pub deadline: prost_types::Timestamp,
+    /// A redemption option, repeatable:
+    /// `id=select-gift,provider=select-gift,name="Select gift"`.
+    #[arg(
+        long = "option",
+        value_name = "id=ID,provider=PROVIDER,name=NAME",
+        value_parser = parse_option_spec,
+        required = true
+    )]
+    pub options: Vec<OptionSpec>,
+    /// Who the campaign is run for.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Idempotency key: a retry with the same key returns the same campaign.
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+/// `giftctl batch …`.
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Show a batch and its progress.
+    Show(BatchRef),
+    /// Void every unredeemed code of a batch.
+    Void(BatchRef),
+}
+
+/// A batch, by campaign and batch id.
+#[derive(Debug, Args)]
+pub struct BatchRef {
+    /// The campaign's id.
+    pub campaign: String,
+    /// The batch's id.
+    pub batch: String,
+}
+
+/// `giftctl issue`.
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// The campaign's id.
+    #[arg(long)]
+    pub campaign: String,
+    /// How many codes.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub count: i64,
+    /// The batch's id (each id can be issued once).
+    #[arg(long)]
+    pub batch: String,
+    /// The CSV file to write (gzip when it ends in .gz); never overwritten.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `giftctl expiry …`.
+#[derive(Debug, Subcommand)]
+pub enum ExpiryCommand {
+    /// Mark a campaign's codes past its deadline EXPIRED; prints count and value.
+    Sweep {
+        /// The campaign's id.
+        campaign: String,
+    },
+}
+
+/// `giftctl pending …`.
+#[derive(Debug, Subcommand)]
+pub enum PendingCommand {
+    /// List exchanges still PENDING (every page).
+    List {
+        /// Only those that began at least this long ago (e.g. 60s, 15m, 1h).
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// Exchanges asked for per page.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i32).range(1..=1000))]
+        page_size: i32,
+    },
+    /// Drive one exchange to an end now.
+    Reconcile {
+        /// The exchange's name (`exchanges/ID`, or just the ID).
+        name: String,
+    },
+}
+
+/// A printed code and its login key.
+#[derive(Debug, Args)]
+pub struct CredentialArgs {
+    /// The printed code.
+    pub code: String,
+    /// The printed login key.
+    pub login_key: String,
+}
+
+/// `giftctl exchange`.
+#[derive(Debug, Args)]
+pub struct ExchangeArgs {
+    /// The code and login key.
+    #[command(flatten)]
+    pub credential: CredentialArgs,
+    /// The option to exchange for.
+    #[arg(long = "option")]
+    pub option_id: String,
+    /// Idempotency key; reuse it to retry the same exchange (default: random).
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Contact address for showing the result again later.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// The holder asks for their personal data to be deleted.
+    #[arg(long)]
+    pub delete_personal_data: bool,
+    /// The holder asks to receive no more mail.
+    #[arg(long)]
+    pub stop_mail: bool,
+}
+
+/// One `--option` of `campaign create`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptionSpec {
+    /// `id=`.
+    pub option_id: String,
+    /// `provider=`.
+    pub provider: String,
+    /// `name=` (defaults to the id).
+    pub display_name: String,
+}
+
+/// Parses `id=select-gift,provider=select-gift,name="Select gift"`. Values
+/// may be double-quoted (with `\"` and `\\` escapes) to hold commas.
+///
+/// # Errors
+/// A message naming what is missing or wrong.
+pub fn parse_option_spec(s: &str) -> Result<OptionSpec, String> {
+    let mut id = None;
+    let mut provider = None;
+    let mut name = None;
+    for (key, value) in split_pairs(s)? {
+        let slot = match key.as_str() {
+            "id" | "option_id" => &mut id,
+            "provider" => &mut provider,
+            "name" | "display_name" | "display-name" => &mut name,
+            other => {
+                return Err(format!(
+                    "unknown key '{other}' in --option (use id=…,provider=…,name=…)"
+                ));
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(format!("'{key}' given twice in --option"));
+        }
+    }
+    let option_id = id.ok_or(
+        "--option needs id=… (e.g. id=select-gift,provider=select-gift,name=\"Select gift\")",
+    )?;
+    let provider = provider.ok_or("--option needs provider=…")?;
+    if option_id.is_empty() || provider.is_empty() {
+        return Err("--option: id and provider must not be empty".to_owned());
+    }
+    let display_name = name.unwrap_or_else(|| option_id.clone());
+    Ok(OptionSpec {
+        option_id,
+        provider,
+        display_name,
+    })
+}
+
+/// Splits `k=v,k="v, with comma"` into pairs.
+fn split_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let mut key = String::new();
+        let mut has_value = false;
+        for c in chars.by_ref() {
+            if c == '=' {
+                has_value = true;
+                break;
+            }
+            if c == ',' {
+                break;
+            }
+            key.push(c);
+        }
+        let key = key.trim().to_owned();
+        if !has_value {
+            return Err(if key.is_empty() {
+                format!("expected key=value in --option '{s}'")
+            } else {
+                format!(
+                    "expected key=value in --option, found '{key}' (quote values that hold commas: name=\"A, B\")"
+                )
+            });
+        }
+        if key.is_empty() {
+            return Err(format!("expected key=value in --option '{s}'"));
+        }
+        let mut value = String::new();
+        while chars.peek().is_some_and(|c| *c == ' ') {
+            chars.next();
+        }
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => {
+                        closed = true;
+                        break;
+                    }
+                    '\\' => match chars.next() {
+                        Some(e) => value.push(e),
+                        None => break,
+                    },
+                    c => value.push(c),
+                }
+            }
+            if !closed {
+                return Err(format!("unterminated quote in --option value of '{key}'"));
+            }
+            while chars.peek().is_some_and(|c| *c == ' ') {
+                chars.next();
+            }
+            match chars.next() {
+                None | Some(',') => {}
+                Some(c) => {
+                    return Err(format!(
+                        "unexpected '{c}' after the quoted value of '{key}' in --option"
+                    ));
+                }
+            }
+        } else {
+            for c in chars.by_ref() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+            }
+            value = value.trim().to_owned();
+        }
+        pairs.push((key, value));
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+    }
+}
+
+/// Converts a face value in major units (`500`, `5.00`, `5`) into minor
+/// units of `currency`.
+///
+/// # Errors
+/// A message when the currency is unknown, the amount malformed, not
+/// positive, or more precise than the currency allows.
+pub fn parse_face_value(amount: &str, currency: &str) -> Result<(Currency, i64), String> {
+    let code = currency.trim().to_ascii_uppercase();
+    let cur = Currency::from_code(&code)
+        .ok_or_else(|| format!("--currency: '{currency}' is not an ISO 4217 currency code"))?;
+    let exp = u32::from(cur.exponent());
+    let bad = || {
+        format!(
+            "--face-value: '{amount}' is not an amount of {code} (e.g. 500, or 5.00 for 2-decimal currencies)"
+        )
+    };
+    let (whole, frac) = match amount.trim().split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (amount.trim(), ""),
+    };
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    if frac.len() > exp as usize {
+        return Err(format!(
+            "--face-value: {code} has {exp} decimal places, '{amount}' has more"
+        ));
+    }
+    let scale = 10_i64.pow(exp);
+    let whole: i64 = whole.parse().map_err(|_| bad())?;
+    let mut frac_units: i64 = 0;
+    for (i, b) in frac.bytes().enumerate() {
+        frac_units += i64::from(b - b'0') * 10_i64.pow(exp - 1 - i as u32);
+    }
+    let minor = whole
+        .checked_mul(scale)
+        .and_then(|m| m.checked_add(frac_units))
+        .ok_or_else(bad)?;
+    if minor <= 0 {
+        return Err("--face-value must be positive".to_owned());
+    }
+    Ok((cur, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_spec_parses_quoted_and_plain_values() {
+        let o =
+            parse_option_spec(r#"id=select-gift,provider=select-gift,name="Select gift""#).unwrap();
+        assert_eq!(
+            o,
+            OptionSpec {
+                option_id: "select-gift".into(),
+                provider: "select-gift".into(),
+                display_name: "Select gift".into(),
+            }
+        );
+        // What the shell leaves of name="Select gift".
+        let o =
+            parse_option_spec("id=book-card,provider=shipment,name=Book card (mailed)").unwrap();
+        assert_eq!(o.display_name, "Book card (mailed)");
+        let o = parse_option_spec(r#"name="Book card, mailed \"A5\"", id=book, provider=ship"#)
+            .unwrap();
+        assert_eq!(o.display_name, "Book card, mailed \"A5\"");
+        assert_eq!(
+            (o.option_id.as_str(), o.provider.as_str()),
+            ("book", "ship")
+        );
+        let o = parse_option_spec("id=donate,provider=donation").unwrap();
+        assert_eq!(o.display_name, "donate");
+    }
+
+    #[test]
+    fn option_spec_rejects_what_it_cannot_read() {
+        for (bad, hint) in [
+            ("provider=x,name=y", "needs id"),
+            ("id=x", "needs provider"),
+            ("id=x,provider=y,colour=red", "unknown key"),
+            ("id=x,id=y,provider=z", "twice"),
+            ("id=x,provider=y,name=A, B", "quote values"),
+            (r#"id=x,provider=y,name="A"#, "unterminated"),
+            ("id=,provider=y", "must not be empty"),
+            ("", "key=value"),
+        ] {
+            let err = parse_option_spec(bad).unwrap_err();
+            assert!(err.contains(hint), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn face_value_is_read_in_major_units() {
+        assert_eq!(parse_face_value("500", "JPY").unwrap().1, 500);
+        assert_eq!(parse_face_value("500", "jpy").unwrap().0.code(), "JPY");
+        assert_eq!(parse_face_value("5.00", "USD").unwrap().1, 500);
+        assert_eq!(parse_face_value("5", "USD").unwrap().1, 500);
+        assert_eq!(parse_face_value("12.5", "EUR").unwrap().1, 1250);
+        assert_eq!(parse_face_value("1.234", "KWD").unwrap().1, 1234);
+        assert!(
+            parse_face_value("500.5", "JPY")
+                .unwrap_err()
+                .contains("decimal places")
+        );
+        assert!(
+            parse_face_value("0", "JPY")
+                .unwrap_err()
+                .contains("positive")
+        );
+        assert!(parse_face_value("-5", "JPY").is_err());
+        assert!(parse_face_value("5e3", "JPY").is_err());
+        assert!(
+            parse_face_value("500", "XXX")
+                .unwrap_err()
+                .contains("ISO 4217")
+        );
+    }
+
+    #[test]
+    fn command_line_parses_campaign_create() {
+        let cli = Cli::try_parse_from([
+            "giftctl",
+            "--addr",
+            "http://10.0.0.1:50051",
+            "campaign",
+            "create",
+            "apology-2014",
+            "--display-name",
+            "Apology 2014",
+            "--face-value",
+            "500",
+            "--currency",
+            "JPY",
+            "--deadline",
+            "2026-12-15T00:00:00Z",
+            "--option",
+            "id=select-gift,provider=select-gift,name=Select gift",
+            "--option",
+            "id=donate,provider=donation",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.addr, "http://10.0.0.1:50051");
+        let Command::Campaign(CampaignCommand::Create(args)) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.id, "apology-2014");
+        assert_eq!(args.deadline.seconds, 1_797_292_800);
+        assert_eq!(args.options.len(), 2);
+        assert_eq!(args.options[1].provider, "donation");
+    }
+
+    #[test]
+    fn command_line_rejects_bad_deadline_and_missing_option() {
+        let base = [
+            "giftctl",
+            "campaign",
+            "create",
+            "c",
+            "--display-name",
+            "C",
+            "--face-value",
+            "1",
+            "--currency",
+            "JPY",
+        ];
+        let err = Cli::try_parse_from(base.iter().chain(&[
+            "--deadline",
+            "2026-12-15",
+            "--option",
+            "id=a,provider=b",
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
+        let err = Cli::try_parse_from(base.iter().chain(&["--deadline", "2026-12-15T00:00:00Z"]))
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn command_line_parses_issue_pending_and_exchange() {
+        let cli = Cli::try_parse_from([
+            "giftctl",
+            "issue",
+            "--campaign",
+            "c",
+            "--count",
+            "1000000",
+            "--batch",
+            "b1",
+            "--out",
+            "codes.csv.gz",
+        ])
+        .unwrap();
+        let Command::Issue(a) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(a.count, 1_000_000);
+        assert!(
+            Cli::try_parse_from([
+                "giftctl",
+                "issue",
+                "--campaign",
+                "c",
+                "--count",
+                "0",
+                "--batch",
+                "b",
+                "--out",
+                "f"
+            ])
+            .is_err()
+        );
+
+        let cli =
+            Cli::try_parse_from(["giftctl", "pending", "list", "--older-than", "60s"]).unwrap();
+        let Command::Pending(PendingCommand::List {
+            older_than,
+            page_size,
+        }) = cli.command
+        else {
+            panic!("wrong command")
+        };
+        assert_eq!(older_than, Some(Duration::from_secs(60)));
+        assert_eq!(page_size, 500);
+
+        let cli = Cli::try_parse_from([
+            "giftctl",
+            "exchange",
+            "CODE",
+            "KEY",
+            "--option",
+            "emoney-a",
+            "--email",
+            "a@example.com",
+        ])
+        .unwrap();
+        let Command::Exchange(a) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(a.option_id, "emoney-a");
+        assert_eq!(a.request_id, None);
+        assert_eq!(a.credential.login_key, "KEY");
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,493 @@
+//! How giftx's messages are shown: text for humans, JSON for scripts.
+//!
+//! JSON field names follow the proto (snake_case); enums are their names,
+//! times RFC 3339, money `{currency_code, minor_units, display}`.
+
+use std::io::{self, Write};
+
+use giftx_core::{Currency, Money as CoreMoney};
+use giftx_proto::v1::{
+    Batch, BatchState, Campaign, CampaignStats, CodeState, CodeStatus, Deliverable,
+    DeliverableKind, Exchange, ExchangeState, Money, RedemptionOption, SweepReport,
+};
+use serde_json::{Value, json};
+
+use crate::time::format_rfc3339;
+
+/// An enum field's name, or its number when this giftctl does not know it.
+fn enum_name<E>(value: i32, name: impl Fn(&E) -> &'static str) -> String
+where
+    E: TryFrom<i32>,
+{
+    E::try_from(value).map_or_else(|_| value.to_string(), |e| name(&e).to_owned())
+}
+
+/// `CODE_STATE_ACTIVE` → `ACTIVE`, for humans.
+fn short(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).to_owned()
+}
+
+/// Name of a code state.
+pub fn code_state(v: i32) -> String {
+    enum_name(v, CodeState::as_str_name)
+}
+
+/// Name of an exchange state.
+pub fn exchange_state(v: i32) -> String {
+    enum_name(v, ExchangeState::as_str_name)
+}
+
+fn batch_state(v: i32) -> String {
+    enum_name(v, BatchState::as_str_name)
+}
+
+fn deliverable_kind(v: i32) -> String {
+    enum_name(v, DeliverableKind::as_str_name)
+}
+
+/// Money for humans: `500 JPY`, `12.05 USD`.
+pub fn money(m: Option<&Money>) -> String {
+    match m {
+        None => "-".to_owned(),
+        Some(m) => match Currency::from_code(&m.currency_code) {
+            Some(c) => CoreMoney::new(c, m.minor_units).to_string(),
+            None => format!("{} {} (minor units)", m.minor_units, m.currency_code),
+        },
+    }
+}
+
+fn money_json(m: Option<&Money>) -> Value {
+    match m {
+        None => Value::Null,
+        Some(v) => json!({
+            "currency_code": v.currency_code,
+            "minor_units": v.minor_units,
+            "display": money(m),
+        }),
+    }
+}
+
+/// A timestamp for humans and JSON alike (`-` / null when unset).
+pub fn time(t: Option<&prost_types::Timestamp>) -> String {
+    t.map_or_else(|| "-".to_owned(), format_rfc3339)
+}
+
+fn time_json(t: Option<&prost_types::Timestamp>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(format_rfc3339(t)))
+}
+
+/// The id at the end of a resource name (`campaigns/x` → `x`).
+pub fn last_segment(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+fn option_json(o: &RedemptionOption) -> Value {
+    json!({"option_id": o.option_id, "display_name": o.display_name, "provider": o.provider})
+}
+
+/// A campaign as JSON.
+pub fn campaign_json(c: &Campaign) -> Value {
+    json!({
+        "name": c.name,
+        "display_name": c.display_name,
+        "owner": c.owner,
+        "face_value": money_json(c.face_value.as_ref()),
+        "expire_time": time_json(c.expire_time.as_ref()),
+        "options": c.options.iter().map(option_json).collect::<Vec<_>>(),
+        "create_time": time_json(c.create_time.as_ref()),
+        "update_time": time_json(c.update_time.as_ref()),
+        "code_series": c.code_series,
+    })
+}
+
+/// A campaign for humans.
+pub fn campaign_text(w: &mut dyn Write, c: &Campaign) -> io::Result<()> {
+    writeln!(w, "campaign      {}", c.name)?;
+    writeln!(w, "display name  {}", c.display_name)?;
+    if !c.owner.is_empty() {
+        writeln!(w, "owner         {}", c.owner)?;
+    }
+    writeln!(w, "face value    {}", money(c.face_value.as_ref()))?;
+    writeln!(w, "deadline      {}", time(c.expire_time.as_ref()))?;
+    if !c.code_series.is_empty() {
+        writeln!(w, "code series   {}", c.code_series)?;
+    }
+    writeln!(w, "created       {}", time(c.create_time.as_ref()))?;
+    writeln!(w, "updated       {}", time(c.update_time.as_ref()))?;
+    writeln!(w, "options")?;
+    options_text(w, &c.options)
+}
+
+fn options_text(w: &mut dyn Write, options: &[RedemptionOption]) -> io::Result<()> {
+    for o in options {
+        writeln!(
+            w,
+            "  {:<20} {:<20} {}",
+            o.option_id, o.provider, o.display_name
+        )?;
+    }
+    Ok(())
+}
+
+/// A list of campaigns for humans, one per line.
+pub fn campaigns_text(w: &mut dyn Write, list: &[Campaign]) -> io::Result<()> {
+    writeln!(
+        w,
+        "{:<24} {:<14} {:<22} {:>7}  DISPLAY NAME",
+        "ID", "FACE VALUE", "DEADLINE", "OPTIONS"
+    )?;
+    for c in list {
+        writeln!(
+            w,
+            "{:<24} {:<14} {:<22} {:>7}  {}",
+            last_segment(&c.name),
+            money(c.face_value.as_ref()),
+            time(c.expire_time.as_ref()),
+            c.options.len(),
+            c.display_name
+        )?;
+    }
+    writeln!(w, "{} campaign(s)", list.len())
+}
+
+/// A batch as JSON.
+pub fn batch_json(b: &Batch) -> Value {
+    json!({
+        "name": b.name,
+        "requested_count": b.requested_count,
+        "issued_count": b.issued_count,
+        "state": batch_state(b.state),
+        "create_time": time_json(b.create_time.as_ref()),
+        "update_time": time_json(b.update_time.as_ref()),
+    })
+}
+
+/// A batch for humans.
+pub fn batch_text(w: &mut dyn Write, b: &Batch) -> io::Result<()> {
+    writeln!(w, "batch      {}", b.name)?;
+    writeln!(
+        w,
+        "state      {}",
+        short(&batch_state(b.state), "BATCH_STATE_")
+    )?;
+    writeln!(w, "requested  {}", b.requested_count)?;
+    writeln!(w, "issued     {}", b.issued_count)?;
+    writeln!(w, "created    {}", time(b.create_time.as_ref()))?;
+    writeln!(w, "updated    {}", time(b.update_time.as_ref()))
+}
+
+/// Campaign stats as JSON.
+pub fn stats_json(s: &CampaignStats) -> Value {
+    json!({
+        "campaign": s.campaign,
+        "issued_count": s.issued_count,
+        "by_state": s.by_state.iter().map(|st| json!({
+            "state": code_state(st.state),
+            "count": st.count,
+            "value": money_json(st.value.as_ref()),
+        })).collect::<Vec<_>>(),
+        "by_option": s.by_option.iter().map(|o| json!({
+            "option_id": o.option_id,
+            "redeemed_count": o.redeemed_count,
+            "redeemed_value": money_json(o.redeemed_value.as_ref()),
+            "pending_count": o.pending_count,
+        })).collect::<Vec<_>>(),
+        "breakage": money_json(s.breakage.as_ref()),
+        "read_time": time_json(s.read_time.as_ref()),
+    })
+}
+
+/// Campaign stats for humans.
+pub fn stats_text(w: &mut dyn Write, s: &CampaignStats) -> io::Result<()> {
+    writeln!(w, "campaign  {}", s.campaign)?;
+    writeln!(w, "issued    {}", s.issued_count)?;
+    writeln!(w, "read at   {}", time(s.read_time.as_ref()))?;
+    writeln!(w)?;
+    writeln!(w, "{:<12} {:>12} {:>20}", "STATE", "CODES", "VALUE")?;
+    for st in &s.by_state {
+        writeln!(
+            w,
+            "{:<12} {:>12} {:>20}",
+            short(&code_state(st.state), "CODE_STATE_"),
+            st.count,
+            money(st.value.as_ref())
+        )?;
+    }
+    writeln!(w)?;
+    writeln!(
+        w,
+        "{:<24} {:>12} {:>20} {:>10}",
+        "OPTION", "REDEEMED", "VALUE", "PENDING"
+    )?;
+    for o in &s.by_option {
+        writeln!(
+            w,
+            "{:<24} {:>12} {:>20} {:>10}",
+            o.option_id,
+            o.redeemed_count,
+            money(o.redeemed_value.as_ref()),
+            o.pending_count
+        )?;
+    }
+    writeln!(w)?;
+    writeln!(w, "breakage  {}", money(s.breakage.as_ref()))
+}
+
+fn deliverable_json(d: &Deliverable) -> Value {
+    json!({
+        "kind": deliverable_kind(d.kind),
+        "code": d.code,
+        "pin": d.pin,
+        "value": money_json(d.value.as_ref()),
+        "expire_time": time_json(d.expire_time.as_ref()),
+        "redeem_url": d.redeem_url,
+        "reference": d.reference,
+    })
+}
+
+/// An exchange as JSON.
+pub fn exchange_json(e: &Exchange) -> Value {
+    json!({
+        "name": e.name,
+        "campaign": e.campaign,
+        "state": exchange_state(e.state),
+        "option_id": e.option_id,
+        "deliverable": e.deliverable.as_ref().map_or(Value::Null, deliverable_json),
+        "failure_reason": e.failure_reason,
+        "attempts": e.attempts,
+        "parked": e.parked,
+        "create_time": time_json(e.create_time.as_ref()),
+        "update_time": time_json(e.update_time.as_ref()),
+    })
+}
+
+/// An exchange for humans, each line indented by `indent`.
+pub fn exchange_text(w: &mut dyn Write, e: &Exchange, indent: &str) -> io::Result<()> {
+    writeln!(w, "{indent}exchange   {}", e.name)?;
+    writeln!(
+        w,
+        "{indent}state      {}",
+        short(&exchange_state(e.state), "EXCHANGE_STATE_")
+    )?;
+    writeln!(w, "{indent}option     {}", e.option_id)?;
+    if !e.campaign.is_empty() {
+        writeln!(w, "{indent}campaign   {}", e.campaign)?;
+    }
+    if !e.failure_reason.is_empty() {
+        writeln!(w, "{indent}failure    {}", e.failure_reason)?;
+    }
+    if e.attempts > 0 {
+        writeln!(w, "{indent}attempts   {}", e.attempts)?;
+    }
+    if e.parked {
+        writeln!(
+            w,
+            "{indent}parked     yes (waiting for an operator: giftctl pending reconcile {})",
+            e.name
+        )?;
+    }
+    writeln!(w, "{indent}created    {}", time(e.create_time.as_ref()))?;
+    writeln!(w, "{indent}updated    {}", time(e.update_time.as_ref()))?;
+    if let Some(d) = &e.deliverable {
+        writeln!(
+            w,
+            "{indent}deliverable {}",
+            short(&deliverable_kind(d.kind), "DELIVERABLE_KIND_")
+        )?;
+        let gift_id = d.kind == DeliverableKind::GiftId as i32;
+        let (code_label, pin_label) = if gift_id {
+            ("gift ID          ", "management number")
+        } else {
+            ("code             ", "pin              ")
+        };
+        if !d.code.is_empty() {
+            writeln!(w, "{indent}  {code_label} {}", d.code)?;
+        }
+        if !d.pin.is_empty() {
+            writeln!(w, "{indent}  {pin_label} {}", d.pin)?;
+        }
+        if d.value.is_some() {
+            writeln!(w, "{indent}  value             {}", money(d.value.as_ref()))?;
+        }
+        if d.expire_time.is_some() {
+            writeln!(
+                w,
+                "{indent}  expires           {}",
+                time(d.expire_time.as_ref())
+            )?;
+        }
+        if !d.redeem_url.is_empty() {
+            writeln!(w, "{indent}  redeem at         {}", d.redeem_url)?;
+        }
+        if !d.reference.is_empty() {
+            writeln!(w, "{indent}  reference         {}", d.reference)?;
+        }
+    }
+    Ok(())
+}
+
+/// A code's status as JSON.
+pub fn code_status_json(s: &CodeStatus) -> Value {
+    json!({
+        "campaign": s.campaign,
+        "state": code_state(s.state),
+        "face_value": money_json(s.face_value.as_ref()),
+        "expire_time": time_json(s.expire_time.as_ref()),
+        "options": s.options.iter().map(option_json).collect::<Vec<_>>(),
+        "exchange": s.exchange.as_ref().map_or(Value::Null, exchange_json),
+    })
+}
+
+/// A code's status for humans, each line indented by `indent`.
+pub fn code_status_text(w: &mut dyn Write, s: &CodeStatus, indent: &str) -> io::Result<()> {
+    writeln!(w, "{indent}campaign   {}", s.campaign)?;
+    writeln!(
+        w,
+        "{indent}state      {}",
+        short(&code_state(s.state), "CODE_STATE_")
+    )?;
+    writeln!(w, "{indent}value      {}", money(s.face_value.as_ref()))?;
+    writeln!(w, "{indent}deadline   {}", time(s.expire_time.as_ref()))?;
+    writeln!(w, "{indent}options")?;
+    for o in &s.options {
+        writeln!(w, "{indent}  {:<20} {}", o.option_id, o.display_name)?;
+    }
+    if let Some(e) = &s.exchange {
+        writeln!(w, "{indent}latest exchange")?;
+        exchange_text(w, e, &format!("{indent}  "))?;
+    }
+    Ok(())
+}
+
+/// A sweep report as JSON.
+pub fn sweep_json(r: &SweepReport) -> Value {
+    json!({
+        "campaign": r.campaign,
+        "expired_count": r.expired_count,
+        "expired_value": money_json(r.expired_value.as_ref()),
+        "buckets_swept": r.buckets_swept,
+        "sweep_time": time_json(r.sweep_time.as_ref()),
+    })
+}
+
+/// A sweep report for humans.
+pub fn sweep_text(w: &mut dyn Write, r: &SweepReport) -> io::Result<()> {
+    writeln!(
+        w,
+        "{}: {} code(s) expired, value {} ({} bucket(s) swept at {})",
+        r.campaign,
+        r.expired_count,
+        money(r.expired_value.as_ref()),
+        r.buckets_swept,
+        time(r.sweep_time.as_ref())
+    )
+}
+
+/// Pending exchanges for humans, one per line.
+pub fn pending_text(w: &mut dyn Write, list: &[Exchange]) -> io::Result<()> {
+    writeln!(
+        w,
+        "{:<40} {:<24} {:<16} {:>8} {:<6} CREATED",
+        "EXCHANGE", "CAMPAIGN", "OPTION", "ATTEMPTS", "PARKED"
+    )?;
+    for e in list {
+        writeln!(
+            w,
+            "{:<40} {:<24} {:<16} {:>8} {:<6} {}",
+            e.name,
+            last_segment(&e.campaign),
+            e.option_id,
+            e.attempts,
+            if e.parked { "yes" } else { "no" },
+            time(e.create_time.as_ref())
+        )?;
+    }
+    writeln!(w, "{} pending exchange(s)", list.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpy(n: i64) -> Option<Money> {
+        Some(Money {
+            currency_code: "JPY".into(),
+            minor_units: n,
+        })
+    }
+
+    #[test]
+    fn money_and_enums_read_well() {
+        assert_eq!(money(jpy(500).as_ref()), "500 JPY");
+        assert_eq!(
+            money(Some(&Money {
+                currency_code: "USD".into(),
+                minor_units: 1205
+            })),
+            "12.05 USD"
+        );
+        assert_eq!(money(None), "-");
+        assert_eq!(code_state(CodeState::Active as i32), "CODE_STATE_ACTIVE");
+        assert_eq!(code_state(99), "99");
+        assert_eq!(last_segment("campaigns/demo-2014"), "demo-2014");
+    }
+
+    #[test]
+    fn select_gift_deliverable_shows_gift_id_and_management_number() {
+        let e = Exchange {
+            name: "exchanges/x1".into(),
+            state: ExchangeState::Succeeded as i32,
+            option_id: "select-gift".into(),
+            deliverable: Some(Deliverable {
+                kind: DeliverableKind::GiftId as i32,
+                code: "AB12-CD34".into(),
+                pin: "K8M9".into(),
+                value: jpy(500),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        exchange_text(&mut out, &e, "").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("state      SUCCEEDED"), "{text}");
+        assert!(text.contains("gift ID           AB12-CD34"), "{text}");
+        assert!(text.contains("management number K8M9"), "{text}");
+        let j = exchange_json(&e);
+        assert_eq!(j["state"], "EXCHANGE_STATE_SUCCEEDED");
+        assert_eq!(j["deliverable"]["kind"], "DELIVERABLE_KIND_GIFT_ID");
+        assert_eq!(j["deliverable"]["value"]["minor_units"], 500);
+        assert_eq!(j["create_time"], Value::Null);
+    }
+}
+
+/// Where a command's result goes: stdout, as text or as one JSON document.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    /// `--json`.
+    pub json: bool,
+}
+
+impl Output {
+    /// Prints `json` (one line) under `--json`, else what `text` writes.
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] when stdout cannot be written.
+    pub fn emit(
+        &self,
+        json: impl FnOnce() -> Value,
+        text: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> crate::Result<()> {
+        let stdout = io::stdout();
+        let mut w = stdout.lock();
+        let res = if self.json {
+            serde_json::to_writer(&mut w, &json())
+                .map_err(io::Error::from)
+                .and_then(|()| writeln!(w))
+        } else {
+            text(&mut w)
+        };
+        res.and_then(|()| w.flush())
+            .map_err(crate::Error::io("cannot write to stdout"))
+    }
+}

@@ -1,0 +1,217 @@
+//! gRPC plumbing: connecting to giftxd and turning a non-OK `Status` into
+//! one line an operator can act on (AIP-193 details decoded).
+
+use std::time::Duration;
+
+use giftx_proto::v1::exchange_service_client::ExchangeServiceClient;
+use giftx_proto::v1::expiry_service_client::ExpiryServiceClient;
+use giftx_proto::v1::issuance_service_client::IssuanceServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+
+use crate::error::{Error, Result};
+
+/// The address giftctl talks to when neither `--addr` nor `GIFTX_ADDR` is set.
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
+
+/// One connection to giftxd and a client per service over it.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    /// IssuanceService.
+    pub issuance: IssuanceServiceClient<Channel>,
+    /// ExchangeService.
+    pub exchange: ExchangeServiceClient<Channel>,
+    /// ExpiryService.
+    pub expiry: ExpiryServiceClient<Channel>,
+}
+
+/// Connects to giftxd at `addr` (`http://host:port`; a bare `host:port`
+/// means plain HTTP/2).
+///
+/// # Errors
+/// [`Error::Connect`] when the address is malformed or nothing answers
+/// within a few seconds.
+pub async fn connect(addr: &str) -> Result<Clients> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| Error::Connect {
+            addr: uri.clone(),
+            detail: error_chain(&e),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let channel = endpoint.connect().await.map_err(|e| Error::Connect {
+        addr: uri.clone(),
+        detail: error_chain(&e),
+    })?;
+    Ok(Clients {
+        issuance: IssuanceServiceClient::new(channel.clone()),
+        exchange: ExchangeServiceClient::new(channel.clone()),
+        expiry: ExpiryServiceClient::new(channel),
+    })
+}
+
+/// An error and its sources, joined with `: ` on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The canonical name of a gRPC status code, as in `google.rpc.Code`.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// One line describing a status: code, message, then the AIP-193 details
+/// giftx sends (ErrorInfo reason, BadRequest field violations, RetryInfo).
+///
+/// `INVALID_ARGUMENT: invalid campaign [reason CAMPAIGN_INVALID; campaign.face_value: must be positive]`
+pub fn describe_status(status: &tonic::Status) -> String {
+    let mut out = String::from(code_name(status.code()));
+    let message = one_line(status.message());
+    if !message.is_empty() {
+        out.push_str(": ");
+        out.push_str(&message);
+    }
+    let mut details: Vec<String> = Vec::new();
+    // Details that do not decode are ignored: the code and message remain.
+    let decoded = status.get_error_details();
+    if let Some(info) = decoded.error_info() {
+        if !info.reason.is_empty() {
+            details.push(format!("reason {}", info.reason));
+        }
+        let mut meta: Vec<_> = info.metadata.iter().collect();
+        meta.sort();
+        for (k, v) in meta {
+            details.push(format!("{k}={}", one_line(v)));
+        }
+    }
+    if let Some(bad) = decoded.bad_request() {
+        for v in &bad.field_violations {
+            details.push(format!("{}: {}", v.field, one_line(&v.description)));
+        }
+    }
+    if let Some(pre) = decoded.precondition_failure() {
+        for v in &pre.violations {
+            details.push(format!(
+                "{} {}: {}",
+                v.r#type,
+                v.subject,
+                one_line(&v.description)
+            ));
+        }
+    }
+    if let Some(retry) = decoded.retry_info()
+        && let Some(delay) = retry.retry_delay
+    {
+        details.push(format!("retry after {:.1}s", delay.as_secs_f64()));
+    }
+    if status.code() == tonic::Code::Unavailable
+        && details.is_empty()
+        && message.contains("transport")
+    {
+        details.push("is giftxd running and reachable?".to_owned());
+    }
+    if !details.is_empty() {
+        out.push_str(" [");
+        out.push_str(&details.join("; "));
+        out.push(']');
+    }
+    out
+}
+
+/// The ErrorInfo reason of a status, if it has one.
+pub fn reason(status: &tonic::Status) -> Option<String> {
+    status.get_details_error_info().map(|i| i.reason)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use tonic_types::{ErrorDetails, FieldViolation};
+
+    #[test]
+    fn describes_bad_request_and_error_info_on_one_line() {
+        let mut details = ErrorDetails::with_error_info(
+            "CAMPAIGN_INVALID",
+            "giftx.dev",
+            HashMap::from([("campaign".to_owned(), "campaigns/x".to_owned())]),
+        );
+        details.set_bad_request(vec![
+            FieldViolation::new("campaign.face_value", "must be positive"),
+            FieldViolation::new("campaign.face_value.currency_code", "unknown\ncurrency"),
+        ]);
+        let status = tonic::Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            "invalid campaign",
+            details,
+        );
+        assert_eq!(
+            describe_status(&status),
+            "INVALID_ARGUMENT: invalid campaign [reason CAMPAIGN_INVALID; campaign=campaigns/x; \
+             campaign.face_value: must be positive; campaign.face_value.currency_code: unknown currency]"
+        );
+        assert_eq!(reason(&status).as_deref(), Some("CAMPAIGN_INVALID"));
+    }
+
+    #[test]
+    fn describes_retry_info_and_plain_statuses() {
+        let mut details =
+            ErrorDetails::with_error_info("EXCHANGE_IN_FLIGHT", "giftx.dev", HashMap::new());
+        details.set_retry_info(Some(Duration::from_millis(1500)));
+        let status = tonic::Status::with_error_details(tonic::Code::Aborted, "in flight", details);
+        assert_eq!(
+            describe_status(&status),
+            "ABORTED: in flight [reason EXCHANGE_IN_FLIGHT; retry after 1.5s]"
+        );
+        let plain = tonic::Status::not_found("campaign not found");
+        assert_eq!(describe_status(&plain), "NOT_FOUND: campaign not found");
+        assert_eq!(reason(&plain), None);
+    }
+
+    #[test]
+    fn rpc_error_displays_the_rpc_name_first() {
+        let e = Error::rpc("GetCampaign")(tonic::Status::not_found("campaign not found"));
+        assert_eq!(
+            e.to_string(),
+            "GetCampaign failed: NOT_FOUND: campaign not found"
+        );
+    }
+}
