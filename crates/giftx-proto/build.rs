@@ -5,8 +5,14 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["common.proto", "issuance.proto", "exchange.proto", "expiry.proto"]
-        .map(|f| root.join("giftx/v1").join(f));
+    let files = [
+        "common.proto",
+        "issuance.proto",
+        "exchange.proto",
+        "expiry.proto",
+        "operations.proto",
+    ]
+    .map(|f| root.join("giftx/v1").join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
