@@ -11,6 +11,12 @@
 //! sees a plaintext code, login key or email, and stores deliverables only
 //! as the sealed (encrypted) bytes the caller hands it.
 
+pub mod memory;
+pub use memory::MemoryLedger;
+pub mod redis;
+pub use redis::RedisLedger;
+pub use redis::provider_store::RedisProviderStore;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -348,8 +354,12 @@ pub trait Ledger: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Batch, LedgerError>;
 
-    /// Stores a chunk of codes of an ISSUING batch (at most 10,000 per
-    /// call). Codes whose hash already exists are skipped and reported.
+    /// Stores a chunk of codes of an ISSUING batch (at most 100,000 per
+    /// call; the Redis ledger groups them by bucket, one script per bucket,
+    /// pipelined). Codes whose hash already exists are skipped and reported.
+    /// Once this returns, the codes are durable and counted in the batch's
+    /// `issued`; if it fails, any subset may have been stored, and the
+    /// batch's `issued` (derived from per-bucket counters) stays exact.
     ///
     /// # Errors
     /// `BatchNotFound`, `BatchClosed`.
@@ -481,7 +491,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// Marks the campaign's unexchanged codes past the deadline EXPIRED.
     /// Returns how many this call marked (0 before the deadline, and on a
     /// repeat).
-    async fn sweep(&self, campaign: &CampaignId, now: Timestamp) -> Result<SweepOutcome, LedgerError>;
+    async fn sweep(
+        &self,
+        campaign: &CampaignId,
+        now: Timestamp,
+    ) -> Result<SweepOutcome, LedgerError>;
 
     /// Exact counts of the campaign's codes, without a scan of codes.
     async fn counts(

@@ -1,0 +1,107 @@
+-- claim_code: check a code and its login key and open an exchange (code ACTIVE -> PENDING).
+-- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.ordinal)
+-- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
+-- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
+-- KEYS[4] {bN}:l       lockout (HASH code field -> fails:until)
+-- KEYS[5] {bN}:p       PENDING exchanges (ZSET exchange id, score create time)
+-- KEYS[6] {bN}:e       outbox stream
+-- ARGV[1] now (ms)
+-- ARGV[2] code field (10 bytes)
+-- ARGV[3] login key digest prefix (8 bytes)
+-- ARGV[4] request digest (32 bytes)
+-- ARGV[5] fingerprint (32 bytes)
+-- ARGV[6] option id
+-- ARGV[7] contact email digest ('' = none)
+-- ARGV[8] preferences (bit 1 delete personal data, bit 2 stop mail)
+-- ARGV[9] lease holder
+-- ARGV[10] lease until (ms)
+-- ARGV[11] campaign deadline known to the caller (ms)
+-- ARGV[12] campaign version known to the caller
+-- ARGV[13] voided batch ordinals known to the caller (',1,4,')
+-- ARGV[14] retention after the deadline (ms)
+-- ARGV[15] lockout threshold
+-- ARGV[16] lockout duration (ms)
+-- ARGV[17] exchange id prefix (the id is prefix .. 4 hex digits of seq)
+-- ARGV[18] event trim threshold (ms, XADD MINID)
+-- Returns {0, seq, record...} CLAIMED; {1, seq, record...} EXISTING (same request and
+-- fingerprint); {2} LOGIN_KEY_MISMATCH (also: no such code); {3, until} LOCKED;
+-- {4} EXPIRED; {5} VOID; {6} ALREADY_REDEEMED; {7} IN_FLIGHT; {8} REQUEST_ID_REUSED
+-- record = state, option, request, fingerprint, create, update, attempts, parked,
+-- next attempt, lease holder, lease until, contact, preferences, reason, has deliverable,
+-- deliverable
+local rcall = redis.call
+local now, field = tonumber(ARGV[1]), ARGV[2]
+local function seq2(n) return string.char(math.floor(n / 256), n % 256) end
+local function reply(rc, seq, x)
+  local r = {rc, seq}
+  for i = 1, 16 do r[i + 2] = x[i] end
+  return r
+end
+local function event(kind, ...)
+  rcall('XADD', KEYS[6], 'MINID', '~', ARGV[18], '*', 'k', kind, 't', ARGV[1], ...)
+end
+
+local rec = rcall('HGET', KEYS[1], field)
+if not rec then return {2} end
+local lk = rcall('HGET', KEYS[4], field)
+local fails, locked = 0, 0
+if lk then
+  local a, b = string.match(lk, '^(%d+):(%d+)$')
+  fails, locked = tonumber(a), tonumber(b)
+end
+if locked > now then return {3, locked} end
+if string.sub(rec, 2, 9) ~= ARGV[3] then
+  fails = fails + 1
+  if fails >= tonumber(ARGV[15]) then
+    local untl = now + tonumber(ARGV[16])
+    rcall('HSET', KEYS[4], field, '0:' .. string.format('%d', untl))
+    event('code.locked', 'until', string.format('%d', untl))
+    return {3, untl}
+  end
+  rcall('HSET', KEYS[4], field, fails .. ':0')
+  return {2}
+end
+if lk then rcall('HDEL', KEYS[4], field) end
+
+local seq = string.byte(rec, 10) * 256 + string.byte(rec, 11)
+for i = seq, 1, -1 do
+  local raw = rcall('HGET', KEYS[2], field .. seq2(i))
+  if raw then
+    local x = cmsgpack.unpack(raw)
+    if x[3] == ARGV[4] then
+      if x[4] == ARGV[5] then return reply(1, i, x) end
+      return {8}
+    end
+  end
+end
+local st = string.sub(rec, 1, 1)
+if st == 'R' then return {6} end
+if st == 'P' then return {7} end
+local ord = string.sub(rec, 12)
+local dl, ver = tonumber(ARGV[11]), tonumber(ARGV[12])
+local m = rcall('HMGET', KEYS[3], 'dl', 'ver', 'sw', 'v:' .. ord)
+local sync = true
+if m[2] and tonumber(m[2]) >= ver then dl = tonumber(m[1]) sync = false end
+if m[4] or string.find(ARGV[13], ',' .. ord .. ',', 1, true) then return {5} end
+if now >= dl then return {4} end
+if seq >= 65535 then return {7} end
+
+local nseq = seq + 1
+local id = ARGV[17] .. string.format('%04x', nseq)
+local x = {'P', ARGV[6], ARGV[4], ARGV[5], now, now, 1, 0, 0, ARGV[9], tonumber(ARGV[10]),
+  ARGV[7], tonumber(ARGV[8]), '', 0, ''}
+rcall('HSET', KEYS[1], field, 'P' .. string.sub(rec, 2, 9) .. seq2(nseq) .. ord)
+rcall('HSET', KEYS[2], field .. seq2(nseq), cmsgpack.pack(x))
+if sync then
+  rcall('HSET', KEYS[3], 'dl', dl, 'ver', ver)
+  if m[3] then rcall('HDEL', KEYS[3], 'sw') end
+end
+rcall('HINCRBY', KEYS[3], 'bl:' .. ord, -1)
+rcall('HINCRBY', KEYS[3], 'p', 1)
+rcall('HINCRBY', KEYS[3], 'op:' .. ARGV[6], 1)
+local ttl = dl + tonumber(ARGV[14]) - now
+rcall('PEXPIRE', KEYS[1], ttl)
+rcall('PEXPIRE', KEYS[2], ttl)
+rcall('ZADD', KEYS[5], now, id)
+event('code.claimed', 'exchange', id, 'option', ARGV[6])
+return reply(0, nseq, x)

@@ -1,0 +1,43 @@
+-- complete_exchange: PENDING -> SUCCEEDED with the sealed deliverable; code -> REDEEMED.
+-- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.ordinal)
+-- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
+-- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH counters)
+-- KEYS[4] {bN}:p       PENDING exchanges (ZSET exchange id, score create time)
+-- KEYS[5] {bN}:e       outbox stream
+-- ARGV[1] now (ms)
+-- ARGV[2] exchange field (code field .. seq2)
+-- ARGV[3] has deliverable ('1' / '0')
+-- ARGV[4] sealed deliverable bytes
+-- ARGV[5] exchange id
+-- ARGV[6] event trim threshold (ms, XADD MINID)
+-- Returns {0, record...} OK (also when it had already SUCCEEDED: unchanged);
+-- {17} EXCHANGE_NOT_FOUND; {18} EXCHANGE_FINISHED (it FAILED)
+local rcall = redis.call
+local raw = rcall('HGET', KEYS[2], ARGV[2])
+if not raw then return {17} end
+local x = cmsgpack.unpack(raw)
+local function reply()
+  local r = {0}
+  for i = 1, 16 do r[i + 1] = x[i] end
+  return r
+end
+if x[1] == 'S' then return reply() end
+if x[1] ~= 'P' then return {18} end
+local cf = string.sub(ARGV[2], 1, 10)
+local rec = rcall('HGET', KEYS[1], cf)
+
+x[1] = 'S'
+x[6] = tonumber(ARGV[1])
+x[10] = ''
+x[11] = 0
+if ARGV[3] == '1' then x[15] = 1 x[16] = ARGV[4] end
+rcall('HSET', KEYS[2], ARGV[2], cmsgpack.pack(x))
+if rec then rcall('HSET', KEYS[1], cf, 'R' .. string.sub(rec, 2)) end
+rcall('HINCRBY', KEYS[3], 'p', -1)
+rcall('HINCRBY', KEYS[3], 'r', 1)
+rcall('HINCRBY', KEYS[3], 'op:' .. x[2], -1)
+rcall('HINCRBY', KEYS[3], 'or:' .. x[2], 1)
+rcall('ZREM', KEYS[4], ARGV[5])
+rcall('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'k', 'exchange.succeeded', 't', ARGV[1],
+  'exchange', ARGV[5], 'option', x[2])
+return reply()

@@ -1,0 +1,22 @@
+-- push_deadline: give this bucket a campaign's new deadline if it is newer than its copy.
+-- KEYS[1] {bN}:c:<s>   code records (TTL follows the deadline)
+-- KEYS[2] {bN}:x:<s>   exchanges (TTL follows the deadline)
+-- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
+-- ARGV[1] deadline (ms)
+-- ARGV[2] version
+-- ARGV[3] now (ms)
+-- ARGV[4] retention after the deadline (ms)
+-- Returns {0, applied (0/1)} OK
+local rcall = redis.call
+local dl, now = tonumber(ARGV[1]), tonumber(ARGV[3])
+local cur = rcall('HGET', KEYS[3], 'ver')
+if cur and tonumber(cur) >= tonumber(ARGV[2]) then return {0, 0} end
+
+rcall('HSET', KEYS[3], 'dl', ARGV[1], 'ver', ARGV[2])
+if dl > now then rcall('HDEL', KEYS[3], 'sw') end
+local ttl = dl + tonumber(ARGV[4]) - now
+if ttl > 0 then
+  rcall('PEXPIRE', KEYS[1], ttl)
+  rcall('PEXPIRE', KEYS[2], ttl)
+end
+return {0, 1}

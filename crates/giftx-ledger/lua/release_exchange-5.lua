@@ -1,0 +1,43 @@
+-- release_exchange: PENDING -> FAILED (provider refused); code -> ACTIVE again.
+-- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.ordinal)
+-- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
+-- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH counters)
+-- KEYS[4] {bN}:p       PENDING exchanges (ZSET exchange id, score create time)
+-- KEYS[5] {bN}:e       outbox stream
+-- ARGV[1] now (ms)
+-- ARGV[2] exchange field (code field .. seq2)
+-- ARGV[3] failure reason
+-- ARGV[4] exchange id
+-- ARGV[5] event trim threshold (ms, XADD MINID)
+-- Returns {0, record...} OK (also when it had already FAILED: unchanged);
+-- {17} EXCHANGE_NOT_FOUND; {18} EXCHANGE_FINISHED (it SUCCEEDED)
+local rcall = redis.call
+local raw = rcall('HGET', KEYS[2], ARGV[2])
+if not raw then return {17} end
+local x = cmsgpack.unpack(raw)
+local function reply()
+  local r = {0}
+  for i = 1, 16 do r[i + 1] = x[i] end
+  return r
+end
+if x[1] == 'F' then return reply() end
+if x[1] ~= 'P' then return {18} end
+local cf = string.sub(ARGV[2], 1, 10)
+local rec = rcall('HGET', KEYS[1], cf)
+
+x[1] = 'F'
+x[6] = tonumber(ARGV[1])
+x[10] = ''
+x[11] = 0
+x[14] = ARGV[3]
+rcall('HSET', KEYS[2], ARGV[2], cmsgpack.pack(x))
+if rec then
+  rcall('HSET', KEYS[1], cf, 'A' .. string.sub(rec, 2))
+  rcall('HINCRBY', KEYS[3], 'bl:' .. string.sub(rec, 12), 1)
+end
+rcall('HINCRBY', KEYS[3], 'p', -1)
+rcall('HINCRBY', KEYS[3], 'op:' .. x[2], -1)
+rcall('ZREM', KEYS[4], ARGV[4])
+rcall('XADD', KEYS[5], 'MINID', '~', ARGV[5], '*', 'k', 'exchange.failed', 't', ARGV[1],
+  'exchange', ARGV[4], 'option', x[2])
+return reply()

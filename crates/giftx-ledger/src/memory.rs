@@ -1,0 +1,1083 @@
+//! The embedded ledger: the same behaviour as the Redis ledger, in process
+//! memory, for trying giftx without Redis and for tests.
+//!
+//! One mutex guards all state; every method takes it once, checks
+//! everything first and writes last, so each state change is atomic just
+//! as one Lua script is. Counts come from per-batch tallies of the stored
+//! states, never from a scan of codes; the deadline and voided batches are
+//! applied when reading, as the Redis ledger does.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use giftx_core::hash::ct_eq;
+use giftx_core::model::{
+    Batch, BatchId, BatchState, Campaign, CampaignCounts, CampaignId, CampaignSpec, CodeState,
+    ExchangeState, OptionId,
+};
+use giftx_core::{Digest, Series, Timestamp};
+
+use crate::{
+    ClaimOutcome, ClaimRequest, CodeRef, CodeView, Event, ExchangeId, ExchangeRecord, Lease,
+    Ledger, LedgerConfig, LedgerError, NewCode, Page, Refusal, StoreOutcome, SweepOutcome,
+};
+
+/// Events kept for [`Ledger::recent_events`]; older ones are dropped.
+const EVENTS_KEPT: usize = 10_000;
+
+/// The in-process ledger.
+#[derive(Debug)]
+pub struct MemoryLedger {
+    config: LedgerConfig,
+    state: Mutex<State>,
+}
+
+impl MemoryLedger {
+    /// An empty ledger.
+    pub fn new(config: LedgerConfig) -> MemoryLedger {
+        MemoryLedger {
+            config,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, LedgerError> {
+        // A panic while holding the lock may have left a change half done.
+        self.state
+            .lock()
+            .map_err(|_| LedgerError::Internal("memory ledger lock poisoned".into()))
+    }
+}
+
+/// A code's state as written; the deadline and voiding apply on reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stored {
+    Active,
+    Pending,
+    Redeemed,
+    Expired,
+}
+
+/// Codes of one batch per stored state.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    active: i64,
+    pending: i64,
+    redeemed: i64,
+    expired: i64,
+}
+
+impl Tally {
+    fn slot(&mut self, s: Stored) -> &mut i64 {
+        match s {
+            Stored::Active => &mut self.active,
+            Stored::Pending => &mut self.pending,
+            Stored::Redeemed => &mut self.redeemed,
+            Stored::Expired => &mut self.expired,
+        }
+    }
+
+    fn shift(&mut self, from: Stored, to: Stored) {
+        *self.slot(from) -= 1;
+        *self.slot(to) += 1;
+    }
+}
+
+#[derive(Debug)]
+struct CodeRecord {
+    login_key: [u8; 32],
+    /// Index into the campaign's batches.
+    batch: usize,
+    stored: Stored,
+    failures: u32,
+    locked_until: Option<Timestamp>,
+    /// Exchange ids, oldest first.
+    exchanges: Vec<String>,
+    /// Request digest → (exchange id, fingerprint).
+    requests: HashMap<[u8; 32], (String, [u8; 32])>,
+}
+
+#[derive(Debug)]
+struct BatchEntry {
+    batch: Batch,
+    tally: Tally,
+}
+
+#[derive(Debug)]
+struct CampaignEntry {
+    campaign: Campaign,
+    created_spec: CampaignSpec,
+    request_id: Option<String>,
+    batches: Vec<BatchEntry>,
+    batch_index: HashMap<BatchId, usize>,
+    codes: HashMap<[u8; 32], CodeRecord>,
+    /// Per option: (redeemed, pending).
+    by_option: HashMap<OptionId, (i64, i64)>,
+    purged: bool,
+}
+
+impl CampaignEntry {
+    fn deadline(&self) -> Timestamp {
+        self.campaign.spec.expire_time
+    }
+
+    fn view_state(&self, rec: &CodeRecord, now: Timestamp) -> CodeState {
+        let voided = self
+            .batches
+            .get(rec.batch)
+            .is_some_and(|b| b.batch.state == BatchState::Void);
+        match rec.stored {
+            Stored::Pending => CodeState::Pending,
+            Stored::Redeemed => CodeState::Redeemed,
+            Stored::Active | Stored::Expired if voided => CodeState::Void,
+            Stored::Expired => CodeState::Expired,
+            Stored::Active if now >= self.deadline() => CodeState::Expired,
+            Stored::Active => CodeState::Active,
+        }
+    }
+
+    fn counts(&self, now: Timestamp) -> CampaignCounts {
+        let mut c = CampaignCounts::default();
+        let past = now >= self.deadline();
+        for b in &self.batches {
+            let t = b.tally;
+            c.issued += i64::try_from(b.batch.issued).unwrap_or(i64::MAX);
+            c.pending += t.pending;
+            c.redeemed += t.redeemed;
+            if b.batch.state == BatchState::Void {
+                c.void += t.active + t.expired;
+            } else if past {
+                c.expired += t.active + t.expired;
+            } else {
+                c.active += t.active;
+                c.expired += t.expired;
+            }
+        }
+        c.by_option = self
+            .campaign
+            .spec
+            .options
+            .iter()
+            .map(|o| {
+                let (r, p) = self.by_option.get(&o.id).copied().unwrap_or((0, 0));
+                (o.id.clone(), r, p)
+            })
+            .collect();
+        c
+    }
+}
+
+#[derive(Debug)]
+struct ExchangeEntry {
+    record: ExchangeRecord,
+    campaign: usize,
+    code: [u8; 32],
+    lease: Option<Lease>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    campaigns: Vec<CampaignEntry>,
+    by_id: HashMap<CampaignId, usize>,
+    by_series: HashMap<u16, usize>,
+    exchanges: HashMap<String, ExchangeEntry>,
+    /// PENDING exchanges by (create time, id).
+    pending: BTreeSet<(Timestamp, String)>,
+    leases: HashMap<String, Lease>,
+    events: VecDeque<Event>,
+    seq: u64,
+}
+
+fn refused(r: Refusal) -> LedgerError {
+    LedgerError::Refused(r)
+}
+
+fn pending_cursor(t: Timestamp, id: &str) -> String {
+    format!("{}:{}", t.0, id)
+}
+
+fn parse_pending_cursor(s: &str) -> Result<(Timestamp, String), LedgerError> {
+    let bad = || LedgerError::Internal(format!("malformed cursor {s:?}"));
+    let (t, id) = s.split_once(':').ok_or_else(bad)?;
+    let t = t.parse::<i64>().map_err(|_| bad())?;
+    Ok((Timestamp(t), id.to_owned()))
+}
+
+impl State {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn event(&mut self, kind: &str, now: Timestamp, fields: Vec<(&str, String)>) {
+        let seq = self.next_seq();
+        self.events.push_back(Event {
+            id: format!("{}-{}", now.0, seq),
+            kind: kind.to_owned(),
+            time: now,
+            fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        });
+        while self.events.len() > EVENTS_KEPT {
+            self.events.pop_front();
+        }
+    }
+
+    fn campaign_index(&self, id: &CampaignId) -> Result<usize, LedgerError> {
+        self.by_id
+            .get(id)
+            .copied()
+            .ok_or(refused(Refusal::CampaignNotFound))
+    }
+
+    /// Drops codes and exchanges of campaigns past deadline + retention.
+    /// Tallies (and so counts) stay.
+    fn purge_due(&mut self, config: &LedgerConfig, now: Timestamp) {
+        let due: Vec<usize> = self
+            .campaigns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.purged && now >= c.deadline().plus(config.retention))
+            .map(|(i, _)| i)
+            .collect();
+        for ci in due {
+            let Some(c) = self.campaigns.get_mut(ci) else {
+                continue;
+            };
+            c.purged = true;
+            c.codes = HashMap::new();
+            let id = c.campaign.spec.id.to_string();
+            self.exchanges.retain(|_, x| x.campaign != ci);
+            let exchanges = &self.exchanges;
+            self.pending.retain(|(_, x)| exchanges.contains_key(x));
+            self.event("campaign.purged", now, vec![("campaign", id)]);
+        }
+    }
+
+    /// Checks the login key of a code, counting wrong ones towards lockout.
+    /// Returns the campaign index of a code whose key matched.
+    fn authenticate(
+        &mut self,
+        config: &LedgerConfig,
+        code: CodeRef,
+        login_key: Digest,
+        now: Timestamp,
+    ) -> Result<usize, LedgerError> {
+        let Some(&ci) = self.by_series.get(&code.series.index()) else {
+            return Err(refused(Refusal::LoginKeyMismatch));
+        };
+        let Some(rec) = self
+            .campaigns
+            .get_mut(ci)
+            .and_then(|c| c.codes.get_mut(&code.digest.0))
+        else {
+            return Err(refused(Refusal::LoginKeyMismatch));
+        };
+        if let Some(until) = rec.locked_until {
+            if until > now {
+                return Err(refused(Refusal::Locked { until }));
+            }
+            rec.locked_until = None;
+        }
+        if ct_eq(&rec.login_key, &login_key.0) {
+            rec.failures = 0;
+            return Ok(ci);
+        }
+        rec.failures += 1;
+        if rec.failures >= config.lockout_threshold {
+            let until = now.plus(config.lockout_duration);
+            rec.failures = 0;
+            rec.locked_until = Some(until);
+            let series = code.series.to_string();
+            self.event("code.locked", now, vec![("series", series)]);
+            return Err(refused(Refusal::Locked { until }));
+        }
+        Err(refused(Refusal::LoginKeyMismatch))
+    }
+
+    fn code(
+        &self,
+        ci: usize,
+        digest: &Digest,
+    ) -> Result<(&CampaignEntry, &CodeRecord), LedgerError> {
+        let c = self
+            .campaigns
+            .get(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let rec = c
+            .codes
+            .get(&digest.0)
+            .ok_or_else(|| LedgerError::Internal("authenticated code vanished".into()))?;
+        Ok((c, rec))
+    }
+
+    fn exchange_mut(&mut self, id: &ExchangeId) -> Result<&mut ExchangeEntry, LedgerError> {
+        self.exchanges
+            .get_mut(&id.0)
+            .ok_or(refused(Refusal::ExchangeNotFound))
+    }
+
+    /// Moves the code of exchange `id` (PENDING) to `to`, and the exchange
+    /// to `state`, keeping tallies and per-option counts exact.
+    fn finish_exchange(
+        &mut self,
+        id: &ExchangeId,
+        state: ExchangeState,
+        to: Stored,
+        now: Timestamp,
+    ) -> Result<ExchangeRecord, LedgerError> {
+        let x = self.exchange_mut(id)?;
+        x.record.state = state;
+        x.record.update_time = now;
+        x.lease = None;
+        let (ci, code, option, created) = (
+            x.campaign,
+            x.code,
+            x.record.option.clone(),
+            x.record.create_time,
+        );
+        let record = x.record.clone();
+        self.pending.remove(&(created, id.0.clone()));
+        let c = self
+            .campaigns
+            .get_mut(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let rec = c
+            .codes
+            .get_mut(&code)
+            .ok_or_else(|| LedgerError::Internal("exchange without code".into()))?;
+        rec.stored = to;
+        let batch = rec.batch;
+        if let Some(b) = c.batches.get_mut(batch) {
+            b.tally.shift(Stored::Pending, to);
+        }
+        let slot = c.by_option.entry(option).or_insert((0, 0));
+        slot.1 -= 1;
+        if to == Stored::Redeemed {
+            slot.0 += 1;
+        }
+        let (kind, campaign) = match state {
+            ExchangeState::Succeeded => ("exchange.succeeded", c.campaign.spec.id.to_string()),
+            _ => ("exchange.failed", c.campaign.spec.id.to_string()),
+        };
+        self.event(
+            kind,
+            now,
+            vec![("exchange", id.0.clone()), ("campaign", campaign)],
+        );
+        Ok(record)
+    }
+}
+
+#[async_trait]
+impl Ledger for MemoryLedger {
+    async fn create_campaign(
+        &self,
+        spec: &CampaignSpec,
+        request_id: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Campaign, LedgerError> {
+        let mut st = self.lock()?;
+        if let Some(&i) = st.by_id.get(&spec.id) {
+            let e = st
+                .campaigns
+                .get(i)
+                .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+            let same_request = request_id.is_some() && e.request_id.as_deref() == request_id;
+            if same_request || e.created_spec == *spec || e.campaign.spec == *spec {
+                return Ok(e.campaign.clone());
+            }
+            return Err(refused(Refusal::CampaignExists));
+        }
+        let series = (0..Series::COUNT)
+            .find(|n| !st.by_series.contains_key(n))
+            .and_then(Series::from_index)
+            .ok_or(refused(Refusal::SeriesExhausted))?;
+        let campaign = Campaign {
+            spec: spec.clone(),
+            series,
+            create_time: now,
+            update_time: now,
+            version: 1,
+        };
+        let i = st.campaigns.len();
+        st.campaigns.push(CampaignEntry {
+            campaign: campaign.clone(),
+            created_spec: spec.clone(),
+            request_id: request_id.map(str::to_owned),
+            batches: Vec::new(),
+            batch_index: HashMap::new(),
+            codes: HashMap::new(),
+            by_option: HashMap::new(),
+            purged: false,
+        });
+        st.by_id.insert(spec.id.clone(), i);
+        st.by_series.insert(series.index(), i);
+        st.event(
+            "campaign.created",
+            now,
+            vec![
+                ("campaign", spec.id.to_string()),
+                ("series", series.to_string()),
+            ],
+        );
+        Ok(campaign)
+    }
+
+    async fn get_campaign(&self, id: &CampaignId) -> Result<Option<Campaign>, LedgerError> {
+        let st = self.lock()?;
+        Ok(st
+            .by_id
+            .get(id)
+            .and_then(|&i| st.campaigns.get(i))
+            .map(|c| c.campaign.clone()))
+    }
+
+    async fn campaign_by_series(&self, series: Series) -> Result<Option<Campaign>, LedgerError> {
+        let st = self.lock()?;
+        Ok(st
+            .by_series
+            .get(&series.index())
+            .and_then(|&i| st.campaigns.get(i))
+            .map(|c| c.campaign.clone()))
+    }
+
+    async fn list_campaigns(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Campaign>, LedgerError> {
+        let st = self.lock()?;
+        let start = match cursor {
+            None => 0,
+            Some(s) => s
+                .parse::<usize>()
+                .map_err(|_| LedgerError::Internal(format!("malformed cursor {s:?}")))?,
+        };
+        let end = start.saturating_add(limit.max(1)).min(st.campaigns.len());
+        let items = st
+            .campaigns
+            .get(start.min(end)..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.campaign.clone())
+            .collect();
+        let next = (end < st.campaigns.len()).then(|| end.to_string());
+        Ok(Page { items, next })
+    }
+
+    async fn extend_campaign(
+        &self,
+        id: &CampaignId,
+        expire_time: Timestamp,
+        force: bool,
+        now: Timestamp,
+    ) -> Result<Campaign, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let ci = st.campaign_index(id)?;
+        let c = st
+            .campaigns
+            .get_mut(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        if expire_time < c.deadline() && !force {
+            return Err(refused(Refusal::DeadlineEarlier));
+        }
+        c.campaign.spec.expire_time = expire_time;
+        c.campaign.update_time = now;
+        c.campaign.version += 1;
+        // Codes the sweep marked EXPIRED under the old deadline live again
+        // when the new one has not passed.
+        if now < expire_time {
+            for rec in c.codes.values_mut() {
+                if rec.stored == Stored::Expired {
+                    rec.stored = Stored::Active;
+                }
+            }
+            for b in &mut c.batches {
+                b.tally.active += b.tally.expired;
+                b.tally.expired = 0;
+            }
+        }
+        let campaign = c.campaign.clone();
+        st.event(
+            "campaign.extended",
+            now,
+            vec![
+                ("campaign", id.to_string()),
+                ("expire_time", expire_time.0.to_string()),
+            ],
+        );
+        Ok(campaign)
+    }
+
+    async fn begin_batch(
+        &self,
+        campaign: &CampaignId,
+        batch: &BatchId,
+        requested: u64,
+        now: Timestamp,
+    ) -> Result<Batch, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let ci = st.campaign_index(campaign)?;
+        let c = st
+            .campaigns
+            .get_mut(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        if c.batch_index.contains_key(batch) {
+            return Err(refused(Refusal::BatchExists));
+        }
+        if now >= c.deadline() {
+            return Err(refused(Refusal::CampaignExpired));
+        }
+        let b = Batch {
+            campaign: campaign.clone(),
+            id: batch.clone(),
+            ordinal: u32::try_from(c.batches.len() + 1).unwrap_or(u32::MAX),
+            requested,
+            issued: 0,
+            state: BatchState::Issuing,
+            create_time: now,
+            update_time: now,
+        };
+        c.batch_index.insert(batch.clone(), c.batches.len());
+        c.batches.push(BatchEntry {
+            batch: b.clone(),
+            tally: Tally::default(),
+        });
+        st.event(
+            "batch.created",
+            now,
+            vec![
+                ("campaign", campaign.to_string()),
+                ("batch", batch.to_string()),
+                ("requested", requested.to_string()),
+            ],
+        );
+        Ok(b)
+    }
+
+    async fn store_codes(
+        &self,
+        campaign: &Campaign,
+        batch: &Batch,
+        codes: &[NewCode],
+        now: Timestamp,
+    ) -> Result<StoreOutcome, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let ci = st
+            .by_id
+            .get(&campaign.spec.id)
+            .copied()
+            .ok_or(refused(Refusal::BatchNotFound))?;
+        let c = st
+            .campaigns
+            .get_mut(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let bi = c
+            .batch_index
+            .get(&batch.id)
+            .copied()
+            .ok_or(refused(Refusal::BatchNotFound))?;
+        let b = c
+            .batches
+            .get_mut(bi)
+            .ok_or_else(|| LedgerError::Internal("batch index out of range".into()))?;
+        // A stalled batch reads INCOMPLETE (see `get_batch`): it takes no
+        // more codes either.
+        let stalled = now > b.batch.update_time.plus(self.config.batch_stall_timeout);
+        if b.batch.state != BatchState::Issuing || stalled {
+            return Err(refused(Refusal::BatchClosed));
+        }
+        let mut collisions = Vec::new();
+        let mut stored = 0u64;
+        for (i, nc) in codes.iter().enumerate() {
+            if c.codes.contains_key(&nc.code.0) {
+                collisions.push(i);
+                continue;
+            }
+            c.codes.insert(
+                nc.code.0,
+                CodeRecord {
+                    login_key: nc.login_key.0,
+                    batch: bi,
+                    stored: Stored::Active,
+                    failures: 0,
+                    locked_until: None,
+                    exchanges: Vec::new(),
+                    requests: HashMap::new(),
+                },
+            );
+            stored += 1;
+        }
+        b.tally.active += i64::try_from(stored).unwrap_or(i64::MAX);
+        b.batch.issued += stored;
+        b.batch.update_time = now;
+        let issued = b.batch.issued;
+        st.event(
+            "batch.stored",
+            now,
+            vec![
+                ("campaign", campaign.spec.id.to_string()),
+                ("batch", batch.id.to_string()),
+                ("stored", stored.to_string()),
+                ("issued", issued.to_string()),
+            ],
+        );
+        Ok(StoreOutcome { issued, collisions })
+    }
+
+    async fn finish_batch(
+        &self,
+        campaign: &CampaignId,
+        batch: &BatchId,
+        complete: bool,
+        now: Timestamp,
+    ) -> Result<Batch, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let ci = st.campaign_index(campaign)?;
+        let c = st
+            .campaigns
+            .get_mut(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let b = c
+            .batch_index
+            .get(batch)
+            .and_then(|&bi| c.batches.get_mut(bi))
+            .ok_or(refused(Refusal::BatchNotFound))?;
+        let to = if complete {
+            BatchState::Complete
+        } else {
+            BatchState::Incomplete
+        };
+        if b.batch.state == to {
+            return Ok(b.batch.clone());
+        }
+        if b.batch.state != BatchState::Issuing {
+            return Err(refused(Refusal::BatchClosed));
+        }
+        b.batch.state = to;
+        b.batch.update_time = now;
+        let out = b.batch.clone();
+        st.event(
+            "batch.finished",
+            now,
+            vec![
+                ("campaign", campaign.to_string()),
+                ("batch", batch.to_string()),
+                ("complete", complete.to_string()),
+            ],
+        );
+        Ok(out)
+    }
+
+    async fn get_batch(
+        &self,
+        campaign: &CampaignId,
+        batch: &BatchId,
+        now: Timestamp,
+    ) -> Result<Option<Batch>, LedgerError> {
+        let st = self.lock()?;
+        let Some(mut b) = st
+            .by_id
+            .get(campaign)
+            .and_then(|&ci| st.campaigns.get(ci))
+            .and_then(|c| c.batch_index.get(batch).and_then(|&bi| c.batches.get(bi)))
+            .map(|b| b.batch.clone())
+        else {
+            return Ok(None);
+        };
+        if b.state == BatchState::Issuing
+            && now > b.update_time.plus(self.config.batch_stall_timeout)
+        {
+            b.state = BatchState::Incomplete;
+        }
+        Ok(Some(b))
+    }
+
+    async fn void_batch(
+        &self,
+        campaign: &CampaignId,
+        batch: &BatchId,
+        now: Timestamp,
+    ) -> Result<Batch, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let ci = st.campaign_index(campaign)?;
+        let c = st
+            .campaigns
+            .get_mut(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let b = c
+            .batch_index
+            .get(batch)
+            .and_then(|&bi| c.batches.get_mut(bi))
+            .ok_or(refused(Refusal::BatchNotFound))?;
+        if b.batch.state == BatchState::Void {
+            return Ok(b.batch.clone());
+        }
+        b.batch.state = BatchState::Void;
+        b.batch.update_time = now;
+        let out = b.batch.clone();
+        st.event(
+            "batch.voided",
+            now,
+            vec![
+                ("campaign", campaign.to_string()),
+                ("batch", batch.to_string()),
+            ],
+        );
+        Ok(out)
+    }
+
+    async fn verify(
+        &self,
+        code: CodeRef,
+        login_key: Digest,
+        now: Timestamp,
+    ) -> Result<CodeView, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let ci = st.authenticate(&self.config, code, login_key, now)?;
+        let (c, rec) = st.code(ci, &code.digest)?;
+        let latest_exchange = rec
+            .exchanges
+            .last()
+            .and_then(|x| st.exchanges.get(x))
+            .map(|x| x.record.clone());
+        Ok(CodeView {
+            state: c.view_state(rec, now),
+            latest_exchange,
+        })
+    }
+
+    async fn claim(&self, req: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let ci = st.authenticate(&self.config, req.code, req.login_key, now)?;
+        let (c, rec) = st.code(ci, &req.code.digest)?;
+        if let Some((xid, fingerprint)) = rec.requests.get(&req.request.0) {
+            if !ct_eq(fingerprint, &req.fingerprint.0) {
+                return Err(refused(Refusal::RequestIdReused));
+            }
+            let x = st
+                .exchanges
+                .get(xid)
+                .ok_or_else(|| LedgerError::Internal("request without exchange".into()))?;
+            return Ok(ClaimOutcome::Existing(x.record.clone()));
+        }
+        match c.view_state(rec, now) {
+            CodeState::Void => return Err(refused(Refusal::Void)),
+            CodeState::Expired => return Err(refused(Refusal::Expired)),
+            CodeState::Redeemed => return Err(refused(Refusal::AlreadyRedeemed)),
+            CodeState::Pending => return Err(refused(Refusal::InFlight)),
+            CodeState::Active => {}
+        }
+        let campaign = c.campaign.spec.id.to_string();
+        let seq = st.next_seq();
+        let id = ExchangeId(format!("m{:03x}{:010x}", req.code.series.index(), seq));
+        let record = ExchangeRecord {
+            id: id.clone(),
+            series: req.code.series,
+            option: req.option.clone(),
+            state: ExchangeState::Pending,
+            sealed_deliverable: None,
+            failure_reason: String::new(),
+            create_time: now,
+            update_time: now,
+            attempts: 1,
+            parked: false,
+            // Due at once; the claim's lease keeps reconcilers off it.
+            next_attempt_time: Timestamp(0),
+            contact: req.contact,
+            preferences: req.preferences,
+        };
+        let c = st
+            .campaigns
+            .get_mut(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let rec = c
+            .codes
+            .get_mut(&req.code.digest.0)
+            .ok_or_else(|| LedgerError::Internal("authenticated code vanished".into()))?;
+        rec.stored = Stored::Pending;
+        rec.exchanges.push(id.0.clone());
+        rec.requests
+            .insert(req.request.0, (id.0.clone(), req.fingerprint.0));
+        let batch = rec.batch;
+        if let Some(b) = c.batches.get_mut(batch) {
+            b.tally.shift(Stored::Active, Stored::Pending);
+        }
+        c.by_option.entry(req.option.clone()).or_insert((0, 0)).1 += 1;
+        st.exchanges.insert(
+            id.0.clone(),
+            ExchangeEntry {
+                record: record.clone(),
+                campaign: ci,
+                code: req.code.digest.0,
+                lease: Some(req.lease.clone()),
+            },
+        );
+        st.pending.insert((now, id.0.clone()));
+        st.event(
+            "code.claimed",
+            now,
+            vec![
+                ("exchange", id.0.clone()),
+                ("campaign", campaign),
+                ("option", req.option.to_string()),
+            ],
+        );
+        Ok(ClaimOutcome::Claimed(record))
+    }
+
+    async fn latest_exchange(
+        &self,
+        code: CodeRef,
+        login_key: Digest,
+        now: Timestamp,
+    ) -> Result<ExchangeRecord, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let ci = st.authenticate(&self.config, code, login_key, now)?;
+        let (_, rec) = st.code(ci, &code.digest)?;
+        rec.exchanges
+            .last()
+            .and_then(|x| st.exchanges.get(x))
+            .map(|x| x.record.clone())
+            .ok_or(refused(Refusal::ExchangeNotFound))
+    }
+
+    async fn get_exchange(&self, id: &ExchangeId) -> Result<Option<ExchangeRecord>, LedgerError> {
+        let st = self.lock()?;
+        Ok(st.exchanges.get(&id.0).map(|x| x.record.clone()))
+    }
+
+    async fn begin_attempt(
+        &self,
+        id: &ExchangeId,
+        lease: &Lease,
+        now: Timestamp,
+    ) -> Result<ExchangeRecord, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let x = st.exchange_mut(id)?;
+        if x.record.state != ExchangeState::Pending {
+            return Err(refused(Refusal::ExchangeFinished));
+        }
+        if let Some(held) = &x.lease
+            && held.holder != lease.holder
+            && held.until > now
+        {
+            return Err(refused(Refusal::Leased));
+        }
+        x.lease = Some(lease.clone());
+        // Like the Redis twin: an attempt changes neither `update_time`
+        // (the state did not change) nor `next_attempt_time`.
+        x.record.attempts += 1;
+        let record = x.record.clone();
+        st.event(
+            "exchange.attempt",
+            now,
+            vec![
+                ("exchange", id.0.clone()),
+                ("attempts", record.attempts.to_string()),
+            ],
+        );
+        Ok(record)
+    }
+
+    async fn defer_attempt(
+        &self,
+        id: &ExchangeId,
+        next_attempt_time: Timestamp,
+        park: bool,
+        now: Timestamp,
+    ) -> Result<ExchangeRecord, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let x = st.exchange_mut(id)?;
+        if x.record.state != ExchangeState::Pending {
+            return Err(refused(Refusal::ExchangeFinished));
+        }
+        x.lease = None;
+        x.record.next_attempt_time = next_attempt_time;
+        // Parking sticks until an operator resolves the exchange.
+        x.record.parked |= park;
+        let record = x.record.clone();
+        let parked = if record.parked { "1" } else { "0" };
+        st.event(
+            "exchange.deferred",
+            now,
+            vec![("exchange", id.0.clone()), ("parked", parked.to_owned())],
+        );
+        Ok(record)
+    }
+
+    async fn complete(
+        &self,
+        id: &ExchangeId,
+        sealed_deliverable: Option<Vec<u8>>,
+        now: Timestamp,
+    ) -> Result<ExchangeRecord, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let x = st.exchange_mut(id)?;
+        match x.record.state {
+            ExchangeState::Succeeded => return Ok(x.record.clone()),
+            ExchangeState::Failed => return Err(refused(Refusal::ExchangeFinished)),
+            ExchangeState::Pending => {}
+        }
+        x.record.sealed_deliverable = sealed_deliverable;
+        st.finish_exchange(id, ExchangeState::Succeeded, Stored::Redeemed, now)
+    }
+
+    async fn release(
+        &self,
+        id: &ExchangeId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<ExchangeRecord, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let x = st.exchange_mut(id)?;
+        match x.record.state {
+            ExchangeState::Failed => return Ok(x.record.clone()),
+            ExchangeState::Succeeded => return Err(refused(Refusal::ExchangeFinished)),
+            ExchangeState::Pending => {}
+        }
+        x.record.failure_reason = reason.to_owned();
+        st.finish_exchange(id, ExchangeState::Failed, Stored::Active, now)
+    }
+
+    async fn list_pending(
+        &self,
+        created_before: Timestamp,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ExchangeRecord>, LedgerError> {
+        let st = self.lock()?;
+        let start = match cursor {
+            None => Bound::Unbounded,
+            Some(s) => Bound::Excluded(parse_pending_cursor(s)?),
+        };
+        let limit = limit.max(1);
+        let mut items = Vec::new();
+        let mut next = None;
+        for (t, id) in st.pending.range((start, Bound::Unbounded)) {
+            if *t > created_before {
+                break;
+            }
+            if items.len() == limit {
+                next = items
+                    .last()
+                    .map(|x: &ExchangeRecord| pending_cursor(x.create_time, &x.id.0));
+                break;
+            }
+            if let Some(x) = st.exchanges.get(id) {
+                items.push(x.record.clone());
+            }
+        }
+        Ok(Page { items, next })
+    }
+
+    async fn sweep(
+        &self,
+        campaign: &CampaignId,
+        now: Timestamp,
+    ) -> Result<SweepOutcome, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let ci = st.campaign_index(campaign)?;
+        let c = st
+            .campaigns
+            .get_mut(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        if now < c.deadline() {
+            return Ok(SweepOutcome {
+                expired: 0,
+                buckets: 1,
+            });
+        }
+        let mut expired = 0i64;
+        for rec in c.codes.values_mut() {
+            let Some(b) = c.batches.get_mut(rec.batch) else {
+                continue;
+            };
+            if rec.stored == Stored::Active && b.batch.state != BatchState::Void {
+                rec.stored = Stored::Expired;
+                b.tally.shift(Stored::Active, Stored::Expired);
+                expired += 1;
+            }
+        }
+        if expired > 0 {
+            st.event(
+                "campaign.swept",
+                now,
+                vec![
+                    ("campaign", campaign.to_string()),
+                    ("count", expired.to_string()),
+                ],
+            );
+        }
+        Ok(SweepOutcome {
+            expired,
+            buckets: 1,
+        })
+    }
+
+    async fn counts(
+        &self,
+        campaign: &CampaignId,
+        now: Timestamp,
+    ) -> Result<CampaignCounts, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        let ci = st.campaign_index(campaign)?;
+        let c = st
+            .campaigns
+            .get(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        Ok(c.counts(now))
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        lease: &Lease,
+        now: Timestamp,
+    ) -> Result<bool, LedgerError> {
+        let mut st = self.lock()?;
+        let free = match st.leases.get(name) {
+            None => true,
+            Some(held) => held.holder == lease.holder || held.until <= now,
+        };
+        if free {
+            st.leases.insert(name.to_owned(), lease.clone());
+            st.event(
+                "lease.acquired",
+                now,
+                vec![("lease", name.to_owned()), ("holder", lease.holder.clone())],
+            );
+        }
+        Ok(free)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), LedgerError> {
+        let mut st = self.lock()?;
+        if st.leases.get(name).is_some_and(|l| l.holder == holder) {
+            st.leases.remove(name);
+        }
+        Ok(())
+    }
+
+    async fn recent_events(&self, limit: usize) -> Result<Vec<Event>, LedgerError> {
+        let st = self.lock()?;
+        let skip = st.events.len().saturating_sub(limit);
+        Ok(st.events.iter().skip(skip).cloned().collect())
+    }
+}

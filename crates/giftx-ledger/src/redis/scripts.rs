@@ -1,0 +1,163 @@
+//! The Lua scripts (one per state change) and the return codes they share.
+
+use std::sync::LazyLock;
+
+use crate::{LedgerError, Refusal};
+
+/// A Lua script that knows its name and how many keys it takes (the `-N`
+/// in its file name), so a call site passing another number of keys is
+/// caught before Redis sees it.
+pub(crate) struct LuaScript {
+    pub(crate) name: &'static str,
+    pub(crate) keys: usize,
+    pub(crate) source: &'static str,
+    pub(crate) script: redis::Script,
+}
+
+impl LuaScript {
+    fn new(file: &'static str, source: &'static str) -> LuaScript {
+        // `<verb_noun>-<numkeys>.lua`; a malformed name reads as 0 keys and
+        // fails the static test.
+        let stem = file.trim_end_matches(".lua");
+        let (name, keys) = match stem.rsplit_once('-') {
+            Some((n, k)) => (n, k.parse().unwrap_or(0)),
+            None => (stem, 0),
+        };
+        LuaScript {
+            name,
+            keys,
+            source,
+            script: redis::Script::new(source),
+        }
+    }
+}
+
+macro_rules! scripts {
+    ($($field:ident => $file:literal),* $(,)?) => {
+        /// Every script of the Redis ledger.
+        pub(crate) struct Scripts {
+            $(pub(crate) $field: LuaScript,)*
+        }
+
+        pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+            $($field: LuaScript::new($file, include_str!(concat!("../../lua/", $file))),)*
+        });
+
+        impl Scripts {
+            /// (file name, keys the wrapper passes, source) of every script.
+            pub(crate) fn catalog(&self) -> Vec<(&'static str, usize, &'static str)> {
+                vec![$(($file, self.$field.keys, self.$field.source),)*]
+            }
+        }
+    };
+}
+
+scripts! {
+    create_campaign => "create_campaign-5.lua",
+    extend_campaign => "extend_campaign-2.lua",
+    clear_push => "clear_push-1.lua",
+    begin_batch => "begin_batch-3.lua",
+    touch_batch => "touch_batch-2.lua",
+    finish_batch => "finish_batch-3.lua",
+    void_batch => "void_batch-3.lua",
+    clear_void => "clear_void-1.lua",
+    acquire_lease => "acquire_lease-1.lua",
+    release_lease => "release_lease-1.lua",
+    store_codes => "store_codes-2.lua",
+    record_stored => "record_stored-3.lua",
+    claim_code => "claim_code-6.lua",
+    verify_code => "verify_code-5.lua",
+    read_exchange => "read_exchange-1.lua",
+    begin_attempt => "begin_attempt-2.lua",
+    defer_attempt => "defer_attempt-2.lua",
+    complete_exchange => "complete_exchange-5.lua",
+    release_exchange => "release_exchange-5.lua",
+    push_deadline => "push_deadline-3.lua",
+    void_bucket => "void_bucket-2.lua",
+    sweep_expired => "sweep_expired-2.lua",
+}
+
+/// What a script answered: the first element of every reply. The scripts'
+/// headers document these numbers; they never leave this crate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rc {
+    Ok = 0,
+    Existing = 1,
+    LoginKeyMismatch = 2,
+    Locked = 3,
+    Expired = 4,
+    Void = 5,
+    AlreadyRedeemed = 6,
+    InFlight = 7,
+    RequestIdReused = 8,
+    CampaignNotFound = 9,
+    CampaignExists = 10,
+    SeriesExhausted = 11,
+    DeadlineEarlier = 12,
+    BatchNotFound = 13,
+    BatchExists = 14,
+    BatchClosed = 15,
+    CampaignExpired = 16,
+    ExchangeNotFound = 17,
+    ExchangeFinished = 18,
+    Leased = 19,
+}
+
+impl Rc {
+    pub(crate) fn from_int(n: i64) -> Result<Rc, LedgerError> {
+        use Rc::*;
+        Result::Ok(match n {
+            0 => Ok,
+            1 => Existing,
+            2 => LoginKeyMismatch,
+            3 => Locked,
+            4 => Expired,
+            5 => Void,
+            6 => AlreadyRedeemed,
+            7 => InFlight,
+            8 => RequestIdReused,
+            9 => CampaignNotFound,
+            10 => CampaignExists,
+            11 => SeriesExhausted,
+            12 => DeadlineEarlier,
+            13 => BatchNotFound,
+            14 => BatchExists,
+            15 => BatchClosed,
+            16 => CampaignExpired,
+            17 => ExchangeNotFound,
+            18 => ExchangeFinished,
+            19 => Leased,
+            n => {
+                return Err(LedgerError::Internal(format!(
+                    "unknown script return code {n}"
+                )));
+            }
+        })
+    }
+
+    /// The refusal this code stands for (`Locked` needs its time: the
+    /// caller builds that one).
+    pub(crate) fn refusal(self) -> Option<Refusal> {
+        use Rc::*;
+        Some(match self {
+            Ok | Existing | Locked => return None,
+            LoginKeyMismatch => Refusal::LoginKeyMismatch,
+            Expired => Refusal::Expired,
+            Void => Refusal::Void,
+            AlreadyRedeemed => Refusal::AlreadyRedeemed,
+            InFlight => Refusal::InFlight,
+            RequestIdReused => Refusal::RequestIdReused,
+            CampaignNotFound => Refusal::CampaignNotFound,
+            CampaignExists => Refusal::CampaignExists,
+            SeriesExhausted => Refusal::SeriesExhausted,
+            DeadlineEarlier => Refusal::DeadlineEarlier,
+            BatchNotFound => Refusal::BatchNotFound,
+            BatchExists => Refusal::BatchExists,
+            BatchClosed => Refusal::BatchClosed,
+            CampaignExpired => Refusal::CampaignExpired,
+            ExchangeNotFound => Refusal::ExchangeNotFound,
+            ExchangeFinished => Refusal::ExchangeFinished,
+            Leased => Refusal::Leased,
+        })
+    }
+}

@@ -1,0 +1,1097 @@
+//! The Redis ledger against a private redis-server: every script return
+//! value, races, script cache loss, a Redis crash, key hygiene and memory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use giftx_core::model::{
+    BatchId, BatchState, Campaign, CampaignId, CampaignSpec, CodeState, ExchangeState, OptionId,
+    ProviderId, RedemptionOption,
+};
+use giftx_core::{Code, Currency, Digest, Hasher, LoginKey, Money, Secret, Series, Timestamp};
+use giftx_ledger::redis::{RedisOptions, script_catalog};
+use giftx_ledger::{
+    ClaimOutcome, ClaimRequest, CodeRef, Lease, Ledger, LedgerConfig, LedgerError, NewCode,
+    Preferences, RedisLedger, Refusal,
+};
+use giftx_testkit::RedisServer;
+
+/// Codes raced over by 64 tasks each.
+const RACE_CODES: usize = 200;
+const T0: Timestamp = Timestamp(1_400_000_000_000);
+const DEADLINE: Timestamp = Timestamp(1_418_601_600_000);
+
+struct Fx {
+    server: RedisServer,
+    ledger: Arc<RedisLedger>,
+    hasher: Hasher,
+}
+
+fn config() -> LedgerConfig {
+    LedgerConfig {
+        lockout_threshold: 3,
+        ..LedgerConfig::default()
+    }
+}
+
+async fn setup() -> Fx {
+    // Generous: the test box is shared and busy.
+    setup_with(Duration::from_secs(5)).await
+}
+
+async fn setup_with(timeout: Duration) -> Fx {
+    let server = RedisServer::start();
+    let options = RedisOptions {
+        timeout,
+        ..RedisOptions::default()
+    };
+    let ledger = RedisLedger::connect_with(&server.url(), config(), options)
+        .await
+        .unwrap();
+    Fx {
+        server,
+        ledger: Arc::new(ledger),
+        hasher: Hasher::new(Secret::new(vec![42; 32])).unwrap(),
+    }
+}
+
+fn spec(id: &str, deadline: Timestamp) -> CampaignSpec {
+    CampaignSpec {
+        id: CampaignId::parse("id", id).unwrap(),
+        display_name: "Apology".into(),
+        owner: "owner".into(),
+        face_value: Money::new(Currency::from_code("JPY").unwrap(), 500),
+        expire_time: deadline,
+        options: vec![
+            RedemptionOption {
+                id: OptionId::parse("o", "amazon").unwrap(),
+                display_name: "Amazon".into(),
+                provider: ProviderId::parse("p", "fake").unwrap(),
+            },
+            RedemptionOption {
+                id: OptionId::parse("o", "donation").unwrap(),
+                display_name: "Donation".into(),
+                provider: ProviderId::parse("p", "fake").unwrap(),
+            },
+        ],
+    }
+}
+
+struct Printed {
+    code: Code,
+    key: LoginKey,
+}
+
+impl Fx {
+    async fn campaign(&self, id: &str) -> Campaign {
+        self.ledger
+            .create_campaign(&spec(id, DEADLINE), None, T0)
+            .await
+            .unwrap()
+    }
+
+    async fn issue(&self, c: &Campaign, batch: &str, n: usize) -> Vec<Printed> {
+        let b = self
+            .ledger
+            .begin_batch(
+                &c.spec.id,
+                &BatchId::parse("b", batch).unwrap(),
+                n as u64,
+                T0,
+            )
+            .await
+            .unwrap();
+        let printed: Vec<Printed> = (0..n)
+            .map(|_| Printed {
+                code: Code::generate(c.series).unwrap(),
+                key: LoginKey::generate().unwrap(),
+            })
+            .collect();
+        let codes: Vec<NewCode> = printed.iter().map(|p| self.new_code(p)).collect();
+        for chunk in codes.chunks(100_000) {
+            let out = self.ledger.store_codes(c, &b, chunk, T0).await.unwrap();
+            assert!(out.collisions.is_empty());
+        }
+        self.ledger
+            .finish_batch(&c.spec.id, &b.id, true, T0)
+            .await
+            .unwrap();
+        printed
+    }
+
+    fn new_code(&self, p: &Printed) -> NewCode {
+        NewCode {
+            code: self.hasher.code(&p.code),
+            login_key: self.hasher.login_key(&p.code, &p.key),
+        }
+    }
+
+    fn code_ref(&self, p: &Printed) -> CodeRef {
+        CodeRef {
+            series: p.code.series(),
+            digest: self.hasher.code(&p.code),
+        }
+    }
+
+    fn claim_req(&self, p: &Printed, request: &str, option: &str) -> ClaimRequest {
+        ClaimRequest {
+            code: self.code_ref(p),
+            login_key: self.hasher.login_key(&p.code, &p.key),
+            option: OptionId::parse("o", option).unwrap(),
+            request: self.hasher.request_id(&p.code, request),
+            fingerprint: self.hasher.fingerprint(&[option.as_bytes()]),
+            contact: Some(self.hasher.email("a@example.org")),
+            preferences: Preferences {
+                delete_personal_data: true,
+                stop_mail: false,
+            },
+            lease: Lease {
+                holder: "worker-1".into(),
+                until: T0.plus(Duration::from_secs(30)),
+            },
+        }
+    }
+}
+
+fn refusal<T: std::fmt::Debug>(r: Result<T, LedgerError>) -> Refusal {
+    match r {
+        Err(LedgerError::Refused(r)) => r,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn claimed(o: ClaimOutcome) -> giftx_ledger::ExchangeRecord {
+    match o {
+        ClaimOutcome::Claimed(r) => r,
+        other => panic!("expected Claimed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn create_campaign_returns_created_existing_exists_and_series_exhausted() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = l
+        .create_campaign(&spec("leak", DEADLINE), Some("r1"), T0)
+        .await
+        .unwrap();
+    assert_eq!(c.version, 1);
+    // Same request id, even with another spec: the same campaign.
+    let again = l
+        .create_campaign(&spec("other", DEADLINE), Some("r1"), T0)
+        .await
+        .unwrap();
+    assert_eq!(again, c);
+    // Same spec, no request id: existing.
+    assert_eq!(
+        l.create_campaign(&spec("leak", DEADLINE), None, T0)
+            .await
+            .unwrap(),
+        c
+    );
+    // Same id, other content.
+    let mut other = spec("leak", DEADLINE);
+    other.display_name = "x".into();
+    assert_eq!(
+        refusal(l.create_campaign(&other, None, T0).await),
+        Refusal::CampaignExists
+    );
+    assert_eq!(
+        l.campaign_by_series(c.series).await.unwrap(),
+        Some(c.clone())
+    );
+    assert_eq!(l.get_campaign(&c.spec.id).await.unwrap(), Some(c.clone()));
+    for i in 1..1024 {
+        l.create_campaign(&spec(&format!("c{i}"), DEADLINE), None, T0)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        refusal(l.create_campaign(&spec("full", DEADLINE), None, T0).await),
+        Refusal::SeriesExhausted
+    );
+    let first = l.list_campaigns(None, 1000).await.unwrap();
+    assert_eq!(first.items.len(), 1000);
+    assert_eq!(first.items[0], c);
+    let rest = l.list_campaigns(first.next.as_deref(), 1000).await.unwrap();
+    assert_eq!(rest.items.len(), 24);
+    assert_eq!(rest.next, None);
+}
+
+#[tokio::test]
+async fn extend_campaign_moves_deadline_for_every_code_and_refuses_earlier() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    assert_eq!(
+        refusal(
+            l.extend_campaign(
+                &CampaignId::parse("c", "nope").unwrap(),
+                DEADLINE,
+                false,
+                T0
+            )
+            .await
+        ),
+        Refusal::CampaignNotFound
+    );
+    let c = fx.campaign("leak").await;
+    let codes = fx.issue(&c, "b1", 50).await;
+    let after = DEADLINE.plus(Duration::from_millis(1));
+    assert_eq!(
+        refusal(
+            l.claim(&fx.claim_req(&codes[0], "r", "amazon"), after)
+                .await
+        ),
+        Refusal::Expired
+    );
+    // Same deadline: no change, no new version.
+    assert_eq!(
+        l.extend_campaign(&c.spec.id, DEADLINE, false, T0)
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        refusal(
+            l.extend_campaign(&c.spec.id, Timestamp(DEADLINE.0 - 1), false, T0)
+                .await
+        ),
+        Refusal::DeadlineEarlier
+    );
+    let later = DEADLINE.plus(Duration::from_secs(86_400));
+    let e = l
+        .extend_campaign(&c.spec.id, later, false, after)
+        .await
+        .unwrap();
+    assert_eq!((e.version, e.spec.expire_time), (2, later));
+    claimed(
+        l.claim(&fx.claim_req(&codes[0], "r", "amazon"), after)
+            .await
+            .unwrap(),
+    );
+    // Forced earlier.
+    let f = l
+        .extend_campaign(&c.spec.id, DEADLINE, true, after)
+        .await
+        .unwrap();
+    assert_eq!(f.version, 3);
+    assert_eq!(
+        refusal(
+            l.claim(&fx.claim_req(&codes[1], "r", "amazon"), after)
+                .await
+        ),
+        Refusal::Expired
+    );
+}
+
+#[tokio::test]
+async fn deadline_is_exact_to_the_millisecond() {
+    let fx = setup().await;
+    let c = fx.campaign("leak").await;
+    let codes = fx.issue(&c, "b1", 2).await;
+    let l = &fx.ledger;
+    claimed(
+        l.claim(
+            &fx.claim_req(&codes[0], "r", "amazon"),
+            Timestamp(DEADLINE.0 - 1),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        refusal(
+            l.claim(&fx.claim_req(&codes[1], "r", "amazon"), DEADLINE)
+                .await
+        ),
+        Refusal::Expired
+    );
+    let v = l
+        .verify(
+            fx.code_ref(&codes[1]),
+            fx.new_code(&codes[1]).login_key,
+            DEADLINE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v.state, CodeState::Expired);
+    // A claim begun before the deadline finishes after it.
+    let pending = l
+        .verify(
+            fx.code_ref(&codes[0]),
+            fx.new_code(&codes[0]).login_key,
+            DEADLINE,
+        )
+        .await
+        .unwrap();
+    let id = pending.latest_exchange.unwrap().id;
+    let done = l
+        .complete(&id, Some(vec![1, 2, 3]), Timestamp(DEADLINE.0 + 1))
+        .await
+        .unwrap();
+    assert_eq!(done.state, ExchangeState::Succeeded);
+}
+
+#[tokio::test]
+async fn batches_return_every_documented_outcome() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let nope = CampaignId::parse("c", "nope").unwrap();
+    let b1 = BatchId::parse("b", "b1").unwrap();
+    assert_eq!(
+        refusal(l.begin_batch(&nope, &b1, 10, T0).await),
+        Refusal::CampaignNotFound
+    );
+    let c = fx.campaign("leak").await;
+    assert_eq!(
+        refusal(l.begin_batch(&c.spec.id, &b1, 10, DEADLINE).await),
+        Refusal::CampaignExpired
+    );
+    let b = l.begin_batch(&c.spec.id, &b1, 10, T0).await.unwrap();
+    assert_eq!((b.ordinal, b.state, b.issued), (1, BatchState::Issuing, 0));
+    assert_eq!(
+        refusal(l.begin_batch(&c.spec.id, &b1, 10, T0).await),
+        Refusal::BatchExists
+    );
+
+    let p: Vec<Printed> = (0..10)
+        .map(|_| Printed {
+            code: Code::generate(c.series).unwrap(),
+            key: LoginKey::generate().unwrap(),
+        })
+        .collect();
+    let mut chunk: Vec<NewCode> = p[..6].iter().map(|x| fx.new_code(x)).collect();
+    chunk.push(fx.new_code(&p[0])); // duplicate in the chunk
+    let out = l.store_codes(&c, &b, &chunk, T0).await.unwrap();
+    assert_eq!((out.issued, out.collisions), (6, vec![6]));
+    let chunk: Vec<NewCode> = p[5..].iter().map(|x| fx.new_code(x)).collect();
+    let out = l.store_codes(&c, &b, &chunk, T0).await.unwrap();
+    assert_eq!((out.issued, out.collisions), (10, vec![0]));
+    assert_eq!(
+        l.get_batch(&c.spec.id, &b1, T0)
+            .await
+            .unwrap()
+            .unwrap()
+            .issued,
+        10
+    );
+
+    // Stalled: reads INCOMPLETE and takes no codes.
+    let late = T0.plus(Duration::from_secs(31));
+    assert_eq!(
+        l.get_batch(&c.spec.id, &b1, late)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        BatchState::Incomplete
+    );
+    assert_eq!(
+        refusal(l.store_codes(&c, &b, &chunk, late).await),
+        Refusal::BatchClosed
+    );
+
+    let done = l.finish_batch(&c.spec.id, &b1, true, T0).await.unwrap();
+    assert_eq!((done.state, done.issued), (BatchState::Complete, 10));
+    assert_eq!(
+        refusal(l.store_codes(&c, &b, &chunk, T0).await),
+        Refusal::BatchClosed
+    );
+    let ghost = BatchId::parse("b", "ghost").unwrap();
+    let mut gb = b.clone();
+    gb.id = ghost.clone();
+    assert_eq!(
+        refusal(l.store_codes(&c, &gb, &chunk, T0).await),
+        Refusal::BatchNotFound
+    );
+    assert_eq!(
+        refusal(l.finish_batch(&c.spec.id, &ghost, true, T0).await),
+        Refusal::BatchNotFound
+    );
+    assert_eq!(
+        refusal(l.void_batch(&c.spec.id, &ghost, T0).await),
+        Refusal::BatchNotFound
+    );
+    assert_eq!(l.get_batch(&c.spec.id, &ghost, T0).await.unwrap(), None);
+
+    // Void: every unredeemed code reads VOID; idempotent.
+    let r = claimed(
+        l.claim(&fx.claim_req(&p[1], "r", "amazon"), T0)
+            .await
+            .unwrap(),
+    );
+    l.complete(&r.id, None, T0).await.unwrap();
+    let v = l.void_batch(&c.spec.id, &b1, T0).await.unwrap();
+    assert_eq!((v.state, v.issued), (BatchState::Void, 10));
+    assert_eq!(
+        l.void_batch(&c.spec.id, &b1, T0).await.unwrap().state,
+        BatchState::Void
+    );
+    assert_eq!(
+        refusal(l.claim(&fx.claim_req(&p[2], "r", "amazon"), T0).await),
+        Refusal::Void
+    );
+    let view = l
+        .verify(fx.code_ref(&p[1]), fx.new_code(&p[1]).login_key, T0)
+        .await
+        .unwrap();
+    assert_eq!(view.state, CodeState::Redeemed);
+    let n = l.counts(&c.spec.id, T0).await.unwrap();
+    assert_eq!((n.issued, n.void, n.redeemed, n.active), (10, 9, 1, 0));
+}
+
+#[tokio::test]
+async fn claim_returns_every_documented_outcome() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = fx.campaign("leak").await;
+    let p = fx.issue(&c, "b1", 5).await;
+
+    let req = fx.claim_req(&p[0], "r1", "amazon");
+    let x = claimed(l.claim(&req, T0).await.unwrap());
+    assert_eq!(
+        (x.state, x.attempts, x.series),
+        (ExchangeState::Pending, 1, c.series)
+    );
+    assert_eq!(x.contact, req.contact);
+    assert!(x.preferences.delete_personal_data);
+    assert_eq!(x.id.provider_key(), format!("giftx-{}", x.id.0));
+    match l.claim(&req, T0).await.unwrap() {
+        ClaimOutcome::Existing(e) => assert_eq!(e, x),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(
+        refusal(l.claim(&fx.claim_req(&p[0], "r1", "donation"), T0).await),
+        Refusal::RequestIdReused
+    );
+    assert_eq!(
+        refusal(l.claim(&fx.claim_req(&p[0], "r2", "amazon"), T0).await),
+        Refusal::InFlight
+    );
+    l.complete(&x.id, Some(b"sealed".to_vec()), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(l.claim(&fx.claim_req(&p[0], "r3", "amazon"), T0).await),
+        Refusal::AlreadyRedeemed
+    );
+    match l.claim(&req, T0).await.unwrap() {
+        ClaimOutcome::Existing(e) => {
+            assert_eq!(e.sealed_deliverable.as_deref(), Some(&b"sealed"[..]))
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(
+        refusal(l.claim(&fx.claim_req(&p[1], "r", "amazon"), DEADLINE).await),
+        Refusal::Expired
+    );
+
+    // Unknown code and wrong key: the same refusal.
+    let stranger = Printed {
+        code: Code::generate(c.series).unwrap(),
+        key: LoginKey::generate().unwrap(),
+    };
+    assert_eq!(
+        refusal(l.claim(&fx.claim_req(&stranger, "r", "amazon"), T0).await),
+        Refusal::LoginKeyMismatch
+    );
+    let other_series = Printed {
+        code: Code::generate(Series::from_index(999).unwrap()).unwrap(),
+        key: LoginKey::generate().unwrap(),
+    };
+    assert_eq!(
+        refusal(
+            l.claim(&fx.claim_req(&other_series, "r", "amazon"), T0)
+                .await
+        ),
+        Refusal::LoginKeyMismatch
+    );
+    let mut wrong = fx.claim_req(&p[2], "r", "amazon");
+    wrong.login_key = Digest([9; 32]);
+    assert_eq!(
+        refusal(l.claim(&wrong, T0).await),
+        Refusal::LoginKeyMismatch
+    );
+    assert_eq!(
+        refusal(l.claim(&wrong, T0).await),
+        Refusal::LoginKeyMismatch
+    );
+    let until = T0.plus(config().lockout_duration);
+    assert_eq!(
+        refusal(l.claim(&wrong, T0).await),
+        Refusal::Locked { until }
+    );
+    // Locked even with the right key, until the lock ends.
+    assert_eq!(
+        refusal(l.claim(&fx.claim_req(&p[2], "r", "amazon"), T0).await),
+        Refusal::Locked { until }
+    );
+    claimed(
+        l.claim(&fx.claim_req(&p[2], "r", "amazon"), until)
+            .await
+            .unwrap(),
+    );
+    // A right key resets the count.
+    let mut w3 = fx.claim_req(&p[3], "r", "amazon");
+    w3.login_key = Digest([9; 32]);
+    assert_eq!(refusal(l.claim(&w3, T0).await), Refusal::LoginKeyMismatch);
+    assert_eq!(refusal(l.claim(&w3, T0).await), Refusal::LoginKeyMismatch);
+    l.verify(fx.code_ref(&p[3]), fx.new_code(&p[3]).login_key, T0)
+        .await
+        .unwrap();
+    assert_eq!(refusal(l.claim(&w3, T0).await), Refusal::LoginKeyMismatch);
+}
+
+#[tokio::test]
+async fn verify_and_latest_exchange_return_every_documented_outcome() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = fx.campaign("leak").await;
+    let p = fx.issue(&c, "b1", 2).await;
+    let key = fx.new_code(&p[0]).login_key;
+    let v = l.verify(fx.code_ref(&p[0]), key, T0).await.unwrap();
+    assert_eq!((v.state, v.latest_exchange), (CodeState::Active, None));
+    assert_eq!(
+        refusal(l.latest_exchange(fx.code_ref(&p[0]), key, T0).await),
+        Refusal::ExchangeNotFound
+    );
+    let x = claimed(
+        l.claim(&fx.claim_req(&p[0], "r", "amazon"), T0)
+            .await
+            .unwrap(),
+    );
+    let v = l.verify(fx.code_ref(&p[0]), key, T0).await.unwrap();
+    assert_eq!(
+        (v.state, v.latest_exchange.as_ref()),
+        (CodeState::Pending, Some(&x))
+    );
+    assert_eq!(
+        l.latest_exchange(fx.code_ref(&p[0]), key, T0)
+            .await
+            .unwrap(),
+        x
+    );
+    let bad = Digest([1; 32]);
+    assert_eq!(
+        refusal(l.verify(fx.code_ref(&p[1]), bad, T0).await),
+        Refusal::LoginKeyMismatch
+    );
+    assert_eq!(
+        refusal(l.verify(fx.code_ref(&p[1]), bad, T0).await),
+        Refusal::LoginKeyMismatch
+    );
+    assert!(matches!(
+        refusal(l.verify(fx.code_ref(&p[1]), bad, T0).await),
+        Refusal::Locked { .. }
+    ));
+    assert!(matches!(
+        refusal(l.latest_exchange(fx.code_ref(&p[1]), bad, T0).await),
+        Refusal::Locked { .. }
+    ));
+}
+
+#[tokio::test]
+async fn exchange_lifecycle_returns_every_documented_outcome() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = fx.campaign("leak").await;
+    let p = fx.issue(&c, "b1", 3).await;
+    let ghost = giftx_ledger::ExchangeId("0000".repeat(8));
+    let lease2 = Lease {
+        holder: "worker-2".into(),
+        until: T0.plus(Duration::from_secs(60)),
+    };
+    assert_eq!(
+        refusal(l.begin_attempt(&ghost, &lease2, T0).await),
+        Refusal::ExchangeNotFound
+    );
+    assert_eq!(
+        refusal(l.defer_attempt(&ghost, T0, false, T0).await),
+        Refusal::ExchangeNotFound
+    );
+    assert_eq!(
+        refusal(l.complete(&ghost, None, T0).await),
+        Refusal::ExchangeNotFound
+    );
+    assert_eq!(
+        refusal(l.release(&ghost, "x", T0).await),
+        Refusal::ExchangeNotFound
+    );
+    assert_eq!(
+        refusal(
+            l.complete(&giftx_ledger::ExchangeId("bogus".into()), None, T0)
+                .await
+        ),
+        Refusal::ExchangeNotFound
+    );
+    assert_eq!(l.get_exchange(&ghost).await.unwrap(), None);
+
+    let x = claimed(
+        l.claim(&fx.claim_req(&p[0], "r", "amazon"), T0)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(l.get_exchange(&x.id).await.unwrap(), Some(x.clone()));
+    assert_eq!(
+        refusal(l.begin_attempt(&x.id, &lease2, T0).await),
+        Refusal::Leased
+    );
+    let lapsed = T0.plus(Duration::from_secs(31));
+    let a = l.begin_attempt(&x.id, &lease2, lapsed).await.unwrap();
+    assert_eq!(a.attempts, 2);
+    let d = l
+        .defer_attempt(&x.id, lapsed.plus(Duration::from_secs(5)), true, lapsed)
+        .await
+        .unwrap();
+    assert!(d.parked);
+    assert_eq!(d.next_attempt_time, lapsed.plus(Duration::from_secs(5)));
+    // Lease dropped: anyone may take it now.
+    assert_eq!(
+        l.begin_attempt(&x.id, &lease2, T0).await.unwrap().attempts,
+        3
+    );
+
+    let pend = l.list_pending(lapsed, None, 10).await.unwrap();
+    assert_eq!(pend.items.len(), 1);
+    let s = l.complete(&x.id, Some(vec![7; 40]), lapsed).await.unwrap();
+    assert_eq!((s.state, s.update_time), (ExchangeState::Succeeded, lapsed));
+    assert_eq!(l.complete(&x.id, Some(vec![1]), T0).await.unwrap(), s);
+    assert_eq!(
+        refusal(l.release(&x.id, "no", T0).await),
+        Refusal::ExchangeFinished
+    );
+    assert_eq!(
+        refusal(l.begin_attempt(&x.id, &lease2, lapsed).await),
+        Refusal::ExchangeFinished
+    );
+    assert_eq!(
+        refusal(l.defer_attempt(&x.id, T0, false, T0).await),
+        Refusal::ExchangeFinished
+    );
+    assert!(
+        l.list_pending(lapsed, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    let y = claimed(
+        l.claim(&fx.claim_req(&p[1], "r", "donation"), T0)
+            .await
+            .unwrap(),
+    );
+    let f = l.release(&y.id, "out of stock", T0).await.unwrap();
+    assert_eq!(
+        (f.state, f.failure_reason.as_str()),
+        (ExchangeState::Failed, "out of stock")
+    );
+    assert_eq!(l.release(&y.id, "again", T0).await.unwrap(), f);
+    assert_eq!(
+        refusal(l.complete(&y.id, None, T0).await),
+        Refusal::ExchangeFinished
+    );
+    // The code is ACTIVE again and may be exchanged anew.
+    let v = l
+        .verify(fx.code_ref(&p[1]), fx.new_code(&p[1]).login_key, T0)
+        .await
+        .unwrap();
+    assert_eq!(v.state, CodeState::Active);
+    let y2 = claimed(
+        l.claim(&fx.claim_req(&p[1], "r2", "amazon"), T0)
+            .await
+            .unwrap(),
+    );
+    assert_ne!(y2.id, y.id);
+
+    let n = l.counts(&c.spec.id, T0).await.unwrap();
+    assert_eq!((n.issued, n.active, n.pending, n.redeemed), (3, 1, 1, 1));
+    assert_eq!(
+        n.by_option[0],
+        (OptionId::parse("o", "amazon").unwrap(), 1, 1)
+    );
+    assert_eq!(
+        n.by_option[1],
+        (OptionId::parse("o", "donation").unwrap(), 0, 0)
+    );
+    let n = l.counts(&c.spec.id, DEADLINE).await.unwrap();
+    assert_eq!((n.active, n.expired, n.pending), (0, 1, 1));
+}
+
+#[tokio::test]
+async fn sweep_reports_once_and_unsweeps_on_extend() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = fx.campaign("leak").await;
+    let p = fx.issue(&c, "b1", 30).await;
+    claimed(
+        l.claim(&fx.claim_req(&p[0], "r", "amazon"), T0)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(l.sweep(&c.spec.id, T0).await.unwrap().expired, 0);
+    let s = l.sweep(&c.spec.id, DEADLINE).await.unwrap();
+    assert_eq!((s.expired, s.buckets), (29, 4096));
+    assert_eq!(l.sweep(&c.spec.id, DEADLINE).await.unwrap().expired, 0);
+    let later = DEADLINE.plus(Duration::from_secs(3600));
+    l.extend_campaign(&c.spec.id, later, false, DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(l.counts(&c.spec.id, DEADLINE).await.unwrap().active, 29);
+    claimed(
+        l.claim(&fx.claim_req(&p[1], "r", "amazon"), DEADLINE)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(l.sweep(&c.spec.id, later).await.unwrap().expired, 28);
+    assert_eq!(
+        refusal(l.sweep(&CampaignId::parse("c", "nope").unwrap(), T0).await),
+        Refusal::CampaignNotFound
+    );
+}
+
+#[tokio::test]
+async fn singleton_leases_and_events() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let a = Lease {
+        holder: "a".into(),
+        until: T0.plus(Duration::from_secs(10)),
+    };
+    let b = Lease {
+        holder: "b".into(),
+        until: T0.plus(Duration::from_secs(20)),
+    };
+    assert!(l.acquire_lease("sweeper", &a, T0).await.unwrap());
+    assert!(!l.acquire_lease("sweeper", &b, T0).await.unwrap());
+    assert!(l.acquire_lease("sweeper", &a, T0).await.unwrap());
+    l.release_lease("sweeper", "b").await.unwrap();
+    assert!(!l.acquire_lease("sweeper", &b, T0).await.unwrap());
+    l.release_lease("sweeper", "a").await.unwrap();
+    assert!(l.acquire_lease("sweeper", &b, T0).await.unwrap());
+    assert!(
+        l.acquire_lease("sweeper", &a, a.until.plus(Duration::from_secs(11)))
+            .await
+            .unwrap()
+    );
+
+    let c = fx.campaign("leak").await;
+    let p = fx.issue(&c, "b1", 1).await;
+    let x = claimed(
+        l.claim(&fx.claim_req(&p[0], "r", "amazon"), T0)
+            .await
+            .unwrap(),
+    );
+    l.complete(&x.id, None, T0).await.unwrap();
+    let ev = l.recent_events(3).await.unwrap();
+    let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["batch.finished", "code.claimed", "exchange.succeeded"]
+    );
+    assert!(ev[2].fields.contains(&("exchange".into(), x.id.0.clone())));
+}
+
+#[tokio::test]
+async fn list_pending_pages_through_every_bucket() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = fx.campaign("leak").await;
+    let p = fx.issue(&c, "b1", 25).await;
+    for (i, x) in p.iter().enumerate() {
+        let mut r = fx.claim_req(x, "r", "amazon");
+        r.lease.until = T0;
+        let t = T0.plus(Duration::from_millis(i as u64));
+        claimed(l.claim(&r, t).await.unwrap());
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = l
+            .list_pending(T0.plus(Duration::from_millis(19)), cursor.as_deref(), 7)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 7);
+        seen.extend(page.items.into_iter().map(|x| x.id));
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_racing_claims_give_exactly_one_claimed_per_code() {
+    let fx = setup().await;
+    let c = fx.campaign("leak").await;
+    let p = Arc::new(fx.issue(&c, "b1", RACE_CODES).await);
+    let fx = Arc::new(fx);
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let (fx, p) = (fx.clone(), p.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut won = 0usize;
+            for x in p.iter() {
+                match fx
+                    .ledger
+                    .claim(&fx.claim_req(x, &format!("task-{t}"), "amazon"), T0)
+                    .await
+                {
+                    Ok(ClaimOutcome::Claimed(_)) => won += 1,
+                    Err(LedgerError::Refused(Refusal::InFlight)) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, RACE_CODES);
+    let n = fx.ledger.counts(&c.spec.id, T0).await.unwrap();
+    assert_eq!((n.pending, n.active), (RACE_CODES as i64, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_mid_run_is_invisible_to_callers() {
+    let fx = setup().await;
+    let c = fx.campaign("leak").await;
+    let p = fx.issue(&c, "b1", 200).await;
+    let url = fx.server.url();
+    let flusher = tokio::spawn(async move {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for _ in 0..20 {
+            let _: () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    for x in &p {
+        let r = claimed(
+            fx.ledger
+                .claim(&fx.claim_req(x, "r", "amazon"), T0)
+                .await
+                .unwrap(),
+        );
+        fx.ledger.complete(&r.id, None, T0).await.unwrap();
+    }
+    flusher.await.unwrap();
+    assert_eq!(
+        fx.ledger.counts(&c.spec.id, T0).await.unwrap().redeemed,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_sigkill_and_calls_fail_fast_while_down() {
+    let mut fx = setup_with(Duration::from_millis(500)).await;
+    let c = fx.campaign("leak").await;
+    let p = fx.issue(&c, "b1", 100).await;
+    let mut done = Vec::new();
+    for x in &p[..50] {
+        let r = claimed(
+            fx.ledger
+                .claim(&fx.claim_req(x, "r", "amazon"), T0)
+                .await
+                .unwrap(),
+        );
+        fx.ledger.complete(&r.id, Some(vec![1]), T0).await.unwrap();
+        done.push(r.id);
+    }
+    fx.server.kill();
+    let started = Instant::now();
+    let err = fx
+        .ledger
+        .claim(&fx.claim_req(&p[60], "r", "amazon"), T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    assert!(matches!(
+        fx.ledger.get_exchange(&done[0]).await,
+        Err(LedgerError::Unavailable(_))
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    fx.server.restart();
+    // The same ledger works again; its script cache on the server is gone.
+    let mut ok = None;
+    for _ in 0..50 {
+        match fx.ledger.get_exchange(&done[0]).await {
+            Ok(x) => {
+                ok = x;
+                break;
+            }
+            Err(LedgerError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(ok.unwrap().state, ExchangeState::Succeeded);
+    for id in &done {
+        assert_eq!(
+            fx.ledger.get_exchange(id).await.unwrap().unwrap().state,
+            ExchangeState::Succeeded
+        );
+    }
+    assert_eq!(
+        refusal(
+            fx.ledger
+                .claim(&fx.claim_req(&p[0], "x", "amazon"), T0)
+                .await
+        ),
+        Refusal::AlreadyRedeemed
+    );
+    claimed(
+        fx.ledger
+            .claim(&fx.claim_req(&p[60], "r", "amazon"), T0)
+            .await
+            .unwrap(),
+    );
+    let n = fx.ledger.counts(&c.spec.id, T0).await.unwrap();
+    assert_eq!((n.redeemed, n.pending, n.active), (50, 1, 49));
+}
+
+#[test]
+fn every_script_header_matches_its_file_name_and_its_wrapper() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
+    let catalog = script_catalog();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".lua"))
+        .collect();
+    files.sort();
+    let mut names: Vec<String> = catalog.iter().map(|c| c.0.to_owned()).collect();
+    names.sort();
+    assert_eq!(files, names, "every lua file is loaded, and only those");
+    for (file, wrapper_keys, source) in catalog {
+        let from_name: usize = file
+            .trim_end_matches(".lua")
+            .rsplit_once('-')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        let header: Vec<&str> = source.lines().take_while(|l| l.starts_with("--")).collect();
+        let keys: Vec<usize> = header
+            .iter()
+            .filter_map(|l| l.strip_prefix("-- KEYS[")?.split(']').next()?.parse().ok())
+            .collect();
+        assert_eq!(
+            keys,
+            (1..=from_name).collect::<Vec<_>>(),
+            "{file}: KEYS in header"
+        );
+        assert_eq!(wrapper_keys, from_name, "{file}: wrapper key count");
+        assert!(
+            header.iter().any(|l| l.starts_with("-- Returns")),
+            "{file}: Returns"
+        );
+        let first_code = source.lines().find(|l| !l.starts_with("--")).unwrap();
+        assert_eq!(first_code, "local rcall = redis.call", "{file}");
+        assert!(
+            !source.contains("'TIME'") && !source.contains("\"TIME\""),
+            "{file}: no TIME"
+        );
+        let max_used = (1..=9)
+            .rev()
+            .find(|i| source.contains(&format!("KEYS[{i}]")))
+            .unwrap_or(0);
+        assert_eq!(max_used, from_name, "{file}: KEYS used in code");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_has_a_hash_tag_and_no_plaintext_reaches_redis() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = fx.campaign("leak").await;
+    let p = fx.issue(&c, "b1", 50).await;
+    for x in &p[..10] {
+        let r = claimed(l.claim(&fx.claim_req(x, "r", "amazon"), T0).await.unwrap());
+        l.complete(&r.id, Some(b"sealed-bytes".to_vec()), T0)
+            .await
+            .unwrap();
+    }
+    l.acquire_lease(
+        "sweeper",
+        &Lease {
+            holder: "h".into(),
+            until: T0,
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    l.sweep(&c.spec.id, DEADLINE).await.unwrap();
+    let mut conn = fx.server.connection();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert!(keys.len() > 10);
+    let mut dump = Vec::new();
+    for k in &keys {
+        let s = String::from_utf8_lossy(k);
+        let open = s.find('{').unwrap_or_else(|| panic!("no hash tag: {s}"));
+        let close = s[open..]
+            .find('}')
+            .unwrap_or_else(|| panic!("no hash tag: {s}"));
+        assert!(close > 1, "empty hash tag: {s}");
+        let d: Vec<u8> = redis::cmd("DUMP").arg(k).query(&mut conn).unwrap();
+        dump.extend(d);
+        dump.extend(k);
+    }
+    let hay = String::from_utf8_lossy(&dump).to_uppercase();
+    for x in &p {
+        assert!(!hay.contains(x.code.canonical()), "plaintext code found");
+        assert!(
+            !hay.contains(x.key.canonical()),
+            "plaintext login key found"
+        );
+    }
+    assert!(!hay.contains("A@EXAMPLE.ORG"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_code_costs_at_most_160_bytes() {
+    const N: usize = 100_000;
+    let fx = setup().await;
+    let c = fx.campaign("leak").await;
+    let mut conn = fx.server.connection();
+    let used = |conn: &mut redis::Connection| -> i64 {
+        let info: String = redis::cmd("INFO").arg("memory").query(conn).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = used(&mut conn);
+    fx.issue(&c, "b1", N).await;
+    let per_code = (used(&mut conn) - before) as f64 / N as f64;
+    println!("bytes per code: {per_code:.1}");
+    for k in ["{b0}:e", "{b0}:m:0", "{b0}:c:0", "{b1}:c:0"] {
+        let n: Option<i64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(k)
+            .query(&mut conn)
+            .unwrap();
+        let len: i64 = redis::cmd("HLEN").arg(k).query(&mut conn).unwrap_or(-1);
+        println!("{k}: {n:?} ({len})");
+    }
+    assert!(per_code <= 160.0, "{per_code} bytes per code");
+}
