@@ -215,7 +215,10 @@ impl RedisProviderStore {
             let rc = Rc::from_int(int(first).map_err(store_err)?).map_err(store_err)?;
             match rc {
                 Rc::Ok | Rc::Existing => Ok((rc, v)),
-                rc => Err(internal(format!("{}: unexpected return code {rc:?}", s.name))),
+                rc => Err(internal(format!(
+                    "{}: unexpected return code {rc:?}",
+                    s.name
+                ))),
             }
         }
         .await;
@@ -244,7 +247,10 @@ impl ProviderStore for RedisProviderStore {
             .await?;
         match rc {
             Rc::Existing => Ok(Stored {
-                value: blob(v.get(1).ok_or_else(|| internal("EXISTING without a value"))?)?,
+                value: blob(
+                    v.get(1)
+                        .ok_or_else(|| internal("EXISTING without a value"))?,
+                )?,
                 created: false,
             }),
             _ => Ok(Stored {
