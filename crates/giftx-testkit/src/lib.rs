@@ -4,7 +4,12 @@
 //!   loopback port in a temporary directory (AOF on, `appendfsync always`),
 //!   and can kill it with SIGKILL and start it again on the same port and
 //!   data. Never touches the Redis on 6379.
+//! - [`app`]: [`TestApp`] runs giftxd in-process on a free port with a
+//!   manual clock (embedded ledger, or a private Redis) and hands out
+//!   typed clients.
 
+pub mod app;
 pub mod redis;
 
+pub use app::{TestApp, TestAppOptions};
 pub use redis::RedisServer;

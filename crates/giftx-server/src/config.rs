@@ -1,0 +1,596 @@
+//! giftxd's configuration: a TOML file (`--config`) overlaid by `GIFTX_*`
+//! environment variables, then by command-line flags.
+//!
+//! Plain serde structs. Secrets (the Redis URL may carry a password; key
+//! material is read from files) are wrapped so `Debug` never shows them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use giftx_core::Secret;
+use giftx_core::model::ProviderId;
+use giftx_ledger::LedgerConfig;
+use serde::{Deserialize, Deserializer};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+/// One of the three giftx.v1 services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// `giftx.v1.IssuanceService`.
+    Issuance,
+    /// `giftx.v1.ExchangeService`.
+    Exchange,
+    /// `giftx.v1.ExpiryService`.
+    Expiry,
+}
+
+impl ServiceKind {
+    /// All three, in a fixed order.
+    pub const ALL: [ServiceKind; 3] = [
+        ServiceKind::Issuance,
+        ServiceKind::Exchange,
+        ServiceKind::Expiry,
+    ];
+
+    /// The fully qualified gRPC service name.
+    pub fn grpc_name(self) -> &'static str {
+        match self {
+            ServiceKind::Issuance => "giftx.v1.IssuanceService",
+            ServiceKind::Exchange => "giftx.v1.ExchangeService",
+            ServiceKind::Expiry => "giftx.v1.ExpiryService",
+        }
+    }
+
+    /// Parses a comma-separated list (`"exchange,expiry"`), deduplicated.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an unknown name or an empty list.
+    pub fn parse_list(s: &str) -> Result<Vec<ServiceKind>, ConfigError> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let k = part.parse::<ServiceKind>()?;
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        if out.is_empty() {
+            return Err(ConfigError::Invalid(
+                "services: name at least one of issuance, exchange, expiry".into(),
+            ));
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+impl FromStr for ServiceKind {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "issuance" => Ok(ServiceKind::Issuance),
+            "exchange" => Ok(ServiceKind::Exchange),
+            "expiry" => Ok(ServiceKind::Expiry),
+            other => Err(ConfigError::Invalid(format!(
+                "services: unknown service {other:?} (expected issuance, exchange or expiry)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceKind::Issuance => "issuance",
+            ServiceKind::Exchange => "exchange",
+            ServiceKind::Expiry => "expiry",
+        })
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(ConfigError::Invalid(format!(
+                "log format {other:?} is not json or text"
+            ))),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (`GIFTX_LOG_FORMAT`).
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `giftx=debug`
+    /// (`GIFTX_LOG`; otherwise `RUST_LOG`; otherwise `info`).
+    pub level: Option<String>,
+}
+
+/// A string that never prints (for URLs that may carry a password).
+#[derive(Clone)]
+pub struct SecretString(Secret);
+
+impl SecretString {
+    /// Wraps `s`.
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretString(Secret::new(s.into().into_bytes()))
+    }
+
+    /// The text, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        // Built from a String only, so always UTF-8.
+        std::str::from_utf8(self.0.expose()).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretString::new)
+    }
+}
+
+/// Ledger tunables (`[ledger]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerTunables {
+    /// Wrong login keys in a row that lock a code (`GIFTX_LOCKOUT_THRESHOLD`).
+    pub lockout_threshold: u32,
+    /// Seconds a locked code stays locked (`GIFTX_LOCKOUT_SECONDS`).
+    pub lockout_seconds: u64,
+    /// Days codes and exchanges are kept after the deadline
+    /// (`GIFTX_RETENTION_DAYS`).
+    pub retention_days: u64,
+    /// Seconds an ISSUING batch may stall before it reads as INCOMPLETE
+    /// (`GIFTX_BATCH_STALL_SECONDS`).
+    pub batch_stall_seconds: u64,
+}
+
+impl Default for LedgerTunables {
+    fn default() -> Self {
+        let d = LedgerConfig::default();
+        LedgerTunables {
+            lockout_threshold: d.lockout_threshold,
+            lockout_seconds: d.lockout_duration.as_secs(),
+            retention_days: d.retention.as_secs() / 86_400,
+            batch_stall_seconds: d.batch_stall_timeout.as_secs(),
+        }
+    }
+}
+
+impl LedgerTunables {
+    /// The ledger's view of these settings.
+    pub fn ledger_config(&self) -> LedgerConfig {
+        LedgerConfig {
+            lockout_threshold: self.lockout_threshold,
+            lockout_duration: Duration::from_secs(self.lockout_seconds),
+            retention: Duration::from_secs(self.retention_days.saturating_mul(86_400)),
+            batch_stall_timeout: Duration::from_secs(self.batch_stall_seconds),
+        }
+    }
+}
+
+/// Issuance tunables (`[issuance]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IssuanceTunables {
+    /// Codes generated, stored and sent per chunk (1,000..=100,000).
+    pub chunk_size: usize,
+}
+
+impl Default for IssuanceTunables {
+    fn default() -> Self {
+        IssuanceTunables { chunk_size: 20_000 }
+    }
+}
+
+/// One configured provider (`[providers.<id>]`): its adapter kind and the
+/// adapter's own settings, kept as a TOML table until the adapter reads them.
+#[derive(Clone, Deserialize)]
+pub struct ProviderConfig {
+    /// Adapter kind: `select`, `simulated`, `shipment`, `donation`, …
+    pub kind: String,
+    /// Everything else in the table, for the adapter.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+impl ProviderConfig {
+    /// A provider of `kind` with no settings.
+    pub fn of_kind(kind: &str) -> Self {
+        ProviderConfig {
+            kind: kind.to_owned(),
+            settings: toml::Table::new(),
+        }
+    }
+}
+
+impl fmt::Debug for ProviderConfig {
+    // Settings may hold API keys: show their names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("kind", &self.kind)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The provider set used when none is configured: enough for the demo
+/// campaigns.
+pub fn default_providers() -> BTreeMap<String, ProviderConfig> {
+    [
+        ("select-gift", "select"),
+        ("emoney-a", "simulated"),
+        ("emoney-b", "simulated"),
+        ("giftcode-c", "simulated"),
+        ("book-card", "shipment"),
+        ("donation", "donation"),
+    ]
+    .into_iter()
+    .map(|(id, kind)| (id.to_owned(), ProviderConfig::of_kind(kind)))
+    .collect()
+}
+
+/// giftxd's whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where gRPC is served (`GIFTX_LISTEN`, default 127.0.0.1:50051).
+    pub listen: SocketAddr,
+    /// Redis URL (`GIFTX_REDIS_URL`); unset: the embedded ledger.
+    pub redis_url: Option<SecretString>,
+    /// Where metrics are served, if anywhere (`GIFTX_METRICS_LISTEN`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Services served (`GIFTX_SERVICES`, `--services`; default all).
+    pub services: Vec<ServiceKind>,
+    /// File holding the HMAC key, at least 32 bytes after trimming
+    /// surrounding whitespace (`GIFTX_HMAC_KEY_FILE`). Required with Redis.
+    pub hmac_key_file: Option<PathBuf>,
+    /// File holding the deliverable AEAD keys (`GIFTX_DELIVERABLE_KEYS_FILE`).
+    pub deliverable_keys_file: Option<PathBuf>,
+    /// Logging (`GIFTX_LOG_FORMAT`, `GIFTX_LOG`).
+    pub log: LogConfig,
+    /// Ledger tunables.
+    pub ledger: LedgerTunables,
+    /// Issuance tunables.
+    pub issuance: IssuanceTunables,
+    /// Seed the demo campaigns (`GIFTX_SEED_DEMO`); default: only on the
+    /// embedded ledger.
+    pub seed_demo: Option<bool>,
+    /// Seconds between health going NOT_SERVING and the listener closing,
+    /// so load balancers notice (`GIFTX_SHUTDOWN_DRAIN_SECONDS`, default 0).
+    pub shutdown_drain_seconds: u64,
+    /// Seconds in-flight calls get to finish on shutdown
+    /// (`GIFTX_SHUTDOWN_GRACE_SECONDS`, default 30).
+    pub shutdown_grace_seconds: u64,
+    /// Configured providers by id; empty: [`default_providers`].
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            redis_url: None,
+            metrics_listen: None,
+            services: ServiceKind::ALL.to_vec(),
+            hmac_key_file: None,
+            deliverable_keys_file: None,
+            log: LogConfig::default(),
+            ledger: LedgerTunables::default(),
+            issuance: IssuanceTunables::default(),
+            seed_demo: None,
+            shutdown_drain_seconds: 0,
+            shutdown_grace_seconds: 30,
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid configuration file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn env_parse<T: FromStr>(name: &str, v: &str) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    v.trim()
+        .parse::<T>()
+        .map_err(|e| ConfigError::Invalid(format!("{name}={v:?}: {e}")))
+}
+
+impl Config {
+    /// Reads the configuration: `file` (if given), then the process's
+    /// `GIFTX_*` environment, then `services_flag` (`--services`).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or variable at fault.
+    pub fn load(file: Option<&Path>, services_flag: Option<&str>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, services_flag, |k| std::env::var(k).ok())
+    }
+
+    /// As [`Config::load`], reading variables through `env` (for tests).
+    ///
+    /// # Errors
+    /// As for [`Config::load`].
+    pub fn load_with_env(
+        file: Option<&Path>,
+        services_flag: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut c = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        c.apply_env(env)?;
+        if let Some(s) = services_flag {
+            c.services = ServiceKind::parse_list(s)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parses a TOML file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`], [`ConfigError::Parse`].
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// The TOML error.
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        // An empty variable counts as unset, as shells make that easy.
+        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("GIFTX_LISTEN") {
+            self.listen = env_parse("GIFTX_LISTEN", &v)?;
+        }
+        if let Some(v) = get("GIFTX_REDIS_URL") {
+            self.redis_url = Some(SecretString::new(v.trim()));
+        }
+        if let Some(v) = get("GIFTX_METRICS_LISTEN") {
+            self.metrics_listen = Some(env_parse("GIFTX_METRICS_LISTEN", &v)?);
+        }
+        if let Some(v) = get("GIFTX_SERVICES") {
+            self.services = ServiceKind::parse_list(&v)?;
+        }
+        if let Some(v) = get("GIFTX_HMAC_KEY_FILE") {
+            self.hmac_key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("GIFTX_DELIVERABLE_KEYS_FILE") {
+            self.deliverable_keys_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("GIFTX_LOG_FORMAT") {
+            self.log.format = env_parse("GIFTX_LOG_FORMAT", &v)?;
+        }
+        if let Some(v) = get("GIFTX_LOG") {
+            self.log.level = Some(v);
+        }
+        if let Some(v) = get("GIFTX_LOCKOUT_THRESHOLD") {
+            self.ledger.lockout_threshold = env_parse("GIFTX_LOCKOUT_THRESHOLD", &v)?;
+        }
+        if let Some(v) = get("GIFTX_LOCKOUT_SECONDS") {
+            self.ledger.lockout_seconds = env_parse("GIFTX_LOCKOUT_SECONDS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_RETENTION_DAYS") {
+            self.ledger.retention_days = env_parse("GIFTX_RETENTION_DAYS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_BATCH_STALL_SECONDS") {
+            self.ledger.batch_stall_seconds = env_parse("GIFTX_BATCH_STALL_SECONDS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_ISSUE_CHUNK_SIZE") {
+            self.issuance.chunk_size = env_parse("GIFTX_ISSUE_CHUNK_SIZE", &v)?;
+        }
+        if let Some(v) = get("GIFTX_SEED_DEMO") {
+            self.seed_demo = Some(env_parse("GIFTX_SEED_DEMO", &v)?);
+        }
+        if let Some(v) = get("GIFTX_SHUTDOWN_DRAIN_SECONDS") {
+            self.shutdown_drain_seconds = env_parse("GIFTX_SHUTDOWN_DRAIN_SECONDS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_SHUTDOWN_GRACE_SECONDS") {
+            self.shutdown_grace_seconds = env_parse("GIFTX_SHUTDOWN_GRACE_SECONDS", &v)?;
+        }
+        Ok(())
+    }
+
+    /// Checks ranges and names.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] saying what is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.services.is_empty() {
+            return bad("services: name at least one of issuance, exchange, expiry".into());
+        }
+        if !(1_000..=100_000).contains(&self.issuance.chunk_size) {
+            return bad(format!(
+                "issuance.chunk_size {} is outside 1000..=100000",
+                self.issuance.chunk_size
+            ));
+        }
+        if self.ledger.lockout_threshold == 0 {
+            return bad("ledger.lockout_threshold must be at least 1".into());
+        }
+        for (id, p) in &self.providers {
+            if let Err(v) = ProviderId::parse("providers", id) {
+                return bad(format!("[providers.{id}]: provider id {}", v.description));
+            }
+            if p.kind.trim().is_empty() {
+                return bad(format!("[providers.{id}]: kind must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured providers, or [`default_providers`] when none are.
+    pub fn effective_providers(&self) -> BTreeMap<String, ProviderConfig> {
+        if self.providers.is_empty() {
+            default_providers()
+        } else {
+            self.providers.clone()
+        }
+    }
+
+    /// True when the embedded (in-process) ledger is used.
+    pub fn embedded_ledger(&self) -> bool {
+        self.redis_url.is_none()
+    }
+
+    /// Whether the demo campaigns are seeded at start.
+    pub fn seeds_demo(&self) -> bool {
+        self.seed_demo.unwrap_or(self.embedded_ledger())
+    }
+
+    /// True when `kind` is served.
+    pub fn serves(&self, kind: ServiceKind) -> bool {
+        self.services.contains(&kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn no_configuration_means_loopback_embedded_all_services_demo() {
+        let c = Config::load_with_env(None, None, env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.embedded_ledger());
+        assert!(c.seeds_demo());
+        assert_eq!(c.services, ServiceKind::ALL.to_vec());
+        let p = c.effective_providers();
+        assert_eq!(p["select-gift"].kind, "select");
+        assert_eq!(p.len(), 6);
+    }
+
+    #[test]
+    fn env_overrides_file_and_flag_overrides_env() {
+        let dir = std::env::temp_dir().join(format!("giftx-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("giftx.toml");
+        std::fs::write(
+            &f,
+            r#"
+listen = "0.0.0.0:7000"
+services = ["issuance"]
+[log]
+format = "json"
+[providers.amazon]
+kind = "simulated"
+api_key = "hunter2-very-secret"
+"#,
+        )
+        .unwrap();
+        let c = Config::load_with_env(
+            Some(&f),
+            Some("exchange"),
+            env(&[
+                ("GIFTX_LISTEN", "127.0.0.1:9"),
+                ("GIFTX_SERVICES", "expiry,issuance"),
+                ("GIFTX_REDIS_URL", "redis://:pa55word@localhost:6379"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9);
+        assert_eq!(c.services, vec![ServiceKind::Exchange]);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(!c.seeds_demo());
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("pa55word"), "{dbg}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert_eq!(
+            c.redis_url.unwrap().expose(),
+            "redis://:pa55word@localhost:6379"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_variable_named() {
+        let e = Config::load_with_env(None, None, env(&[("GIFTX_LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GIFTX_LISTEN"), "{e}");
+        let e = Config::load_with_env(None, Some("issuance,bogus"), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        assert!(Config::from_toml("nonsense = 1").is_err());
+    }
+}

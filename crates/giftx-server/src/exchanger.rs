@@ -1,0 +1,675 @@
+//! The exchange engine: claim in the ledger, call the provider, complete or
+//! release, all idempotent; and the same machinery re-drives exchanges whose
+//! outcome was unknown (reconciliation).
+//!
+//! The at-most-once guarantee rests on two things: the ledger's claim is
+//! the only way a code becomes PENDING (one atomic script, one winner), and
+//! every provider call for an exchange uses the same idempotency key
+//! (`ExchangeId::provider_key`), so a re-drive after a crash or timeout can
+//! only find or re-issue the same deliverable.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use giftx_core::model::{Campaign, CampaignId, CodeState, Deliverable, ExchangeState, ProviderId};
+use giftx_core::{Clock, Code, DomainError, Hasher, LoginKey, Series, Timestamp};
+use giftx_ledger::{
+    ClaimOutcome, ClaimRequest, CodeRef, ExchangeId, ExchangeRecord, Lease, Ledger, LedgerError,
+    Preferences, Refusal,
+};
+use giftx_provider::{IssueRequest, ProviderAdapter, ProviderError};
+use tokio::sync::Notify;
+use tracing::{Instrument, info_span, warn};
+
+use crate::sealer::Sealer;
+
+/// The configured providers, by id.
+pub type ProviderMap = HashMap<ProviderId, Arc<dyn ProviderAdapter>>;
+
+/// Tunables of the engine.
+#[derive(Clone, Debug)]
+pub struct ExchangeSettings {
+    /// Deadline of one provider call; past it the outcome is unknown.
+    pub provider_timeout: Duration,
+    /// How long a driver holds an exchange before a reconciler may take it.
+    pub lease: Duration,
+    /// How long a duplicate request waits for an in-flight one.
+    pub duplicate_wait: Duration,
+    /// First retry delay after an unknown outcome; doubles per attempt.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Attempts after which the reconciler parks an exchange.
+    pub max_attempts: u32,
+}
+
+impl Default for ExchangeSettings {
+    fn default() -> Self {
+        ExchangeSettings {
+            provider_timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
+            duplicate_wait: Duration::from_secs(5),
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(15 * 60),
+            max_attempts: 12,
+        }
+    }
+}
+
+/// An exchange as shown to callers: the record, its campaign, and the
+/// deliverable opened (or looked up again at the provider).
+#[derive(Clone, Debug)]
+pub struct ExchangeView {
+    /// The ledger's record.
+    pub record: ExchangeRecord,
+    /// The code's campaign.
+    pub campaign: CampaignId,
+    /// What was delivered (SUCCEEDED only).
+    pub deliverable: Option<Deliverable>,
+}
+
+/// What VerifyCode answers.
+#[derive(Clone, Debug)]
+pub struct CodeStatus {
+    /// The code's campaign.
+    pub campaign: Campaign,
+    /// Its state now.
+    pub state: CodeState,
+    /// Its latest exchange.
+    pub exchange: Option<ExchangeView>,
+}
+
+/// A validated Exchange request.
+#[derive(Clone, Debug)]
+pub struct ExchangeInput {
+    /// The code.
+    pub code: Code,
+    /// Its login key.
+    pub login_key: LoginKey,
+    /// The option chosen (validated against the campaign here).
+    pub option_id: String,
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// Optional contact email.
+    pub contact_email: Option<String>,
+    /// Preferences.
+    pub preferences: Preferences,
+}
+
+/// How a re-drive ended, for the reconciler's bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriveOutcome {
+    /// Deliverable issued and recorded.
+    Succeeded,
+    /// Provider refused; code ACTIVE again.
+    Failed,
+    /// Still unknown; retried later.
+    Deferred,
+    /// Parked for an operator.
+    Parked,
+    /// Someone else is driving it.
+    Busy,
+    /// It had already ended.
+    AlreadyFinished,
+}
+
+/// The exchange engine. Cheap to share behind an `Arc`.
+pub struct Exchanger {
+    ledger: Arc<dyn Ledger>,
+    hasher: Hasher,
+    clock: Arc<dyn Clock>,
+    providers: Arc<ProviderMap>,
+    sealer: Arc<Sealer>,
+    settings: ExchangeSettings,
+    /// This process's lease holder name.
+    holder: String,
+    /// Wakes duplicate requests waiting on an exchange this process drives.
+    inflight: Mutex<HashMap<ExchangeId, Arc<Notify>>>,
+    /// Campaigns by series, briefly cached: the hot path reads them per call.
+    campaigns: Mutex<HashMap<Series, (Campaign, std::time::Instant)>>,
+}
+
+const CAMPAIGN_CACHE_TTL: Duration = Duration::from_secs(1);
+
+fn ledger_error(e: LedgerError) -> DomainError {
+    match e {
+        LedgerError::Refused(r) => refusal(r),
+        LedgerError::Unavailable(m) => DomainError::Unavailable(m),
+        LedgerError::Internal(m) => DomainError::Internal(m),
+    }
+}
+
+fn refusal(r: Refusal) -> DomainError {
+    match r {
+        Refusal::LoginKeyMismatch => DomainError::LoginKeyMismatch,
+        Refusal::Locked { until } => DomainError::CodeLocked { until },
+        Refusal::Expired => DomainError::CodeExpired,
+        Refusal::Void => DomainError::CodeVoid,
+        Refusal::AlreadyRedeemed => DomainError::CodeAlreadyRedeemed,
+        Refusal::InFlight | Refusal::Leased => DomainError::ExchangeInFlight,
+        Refusal::RequestIdReused => DomainError::RequestIdReused,
+        Refusal::CampaignNotFound => DomainError::CampaignNotFound,
+        Refusal::BatchNotFound => DomainError::BatchNotFound,
+        Refusal::ExchangeNotFound => DomainError::ExchangeNotFound,
+        other => DomainError::Internal(format!("unexpected ledger refusal: {other}")),
+    }
+}
+
+impl Exchanger {
+    /// An engine over these parts. `holder` names this process in leases.
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        hasher: Hasher,
+        clock: Arc<dyn Clock>,
+        providers: Arc<ProviderMap>,
+        sealer: Arc<Sealer>,
+        settings: ExchangeSettings,
+        holder: String,
+    ) -> Self {
+        Exchanger {
+            ledger,
+            hasher,
+            clock,
+            providers,
+            sealer,
+            settings,
+            holder,
+            inflight: Mutex::new(HashMap::new()),
+            campaigns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The engine's settings.
+    pub fn settings(&self) -> &ExchangeSettings {
+        &self.settings
+    }
+
+    fn code_ref(&self, code: &Code) -> CodeRef {
+        CodeRef {
+            series: code.series(),
+            digest: self.hasher.code(code),
+        }
+    }
+
+    fn lease(&self, now: Timestamp) -> Lease {
+        Lease {
+            holder: self.holder.clone(),
+            until: now.plus(self.settings.lease),
+        }
+    }
+
+    async fn campaign_by_series(&self, series: Series) -> Result<Option<Campaign>, DomainError> {
+        if let Ok(cache) = self.campaigns.lock()
+            && let Some((c, at)) = cache.get(&series)
+            && at.elapsed() < CAMPAIGN_CACHE_TTL
+        {
+            return Ok(Some(c.clone()));
+        }
+        let found = self
+            .ledger
+            .campaign_by_series(series)
+            .await
+            .map_err(ledger_error)?;
+        if let (Some(c), Ok(mut cache)) = (&found, self.campaigns.lock()) {
+            cache.insert(series, (c.clone(), std::time::Instant::now()));
+        }
+        Ok(found)
+    }
+
+    async fn campaign_of(&self, series: Series) -> Result<Campaign, DomainError> {
+        // A code whose series has no campaign cannot have passed the ledger's
+        // login check, so this only fails on a racing campaign deletion.
+        self.campaign_by_series(series)
+            .await?
+            .ok_or(DomainError::LoginKeyMismatch)
+    }
+
+    fn provider(&self, id: &ProviderId) -> Result<Arc<dyn ProviderAdapter>, DomainError> {
+        self.providers.get(id).cloned().ok_or_else(|| {
+            DomainError::Unavailable(format!("provider {id} is not configured on this server"))
+        })
+    }
+
+    /// VerifyCode.
+    ///
+    /// # Errors
+    /// `LoginKeyMismatch`, `CodeLocked`, `Unavailable`.
+    pub async fn verify(&self, code: &Code, key: &LoginKey) -> Result<CodeStatus, DomainError> {
+        let now = self.clock.now();
+        // The ledger is asked even when the series is unknown, so an unknown
+        // code costs the same as a wrong login key.
+        let view = self
+            .ledger
+            .verify(self.code_ref(code), self.hasher.login_key(code, key), now)
+            .await
+            .map_err(ledger_error)?;
+        let campaign = self.campaign_of(code.series()).await?;
+        let exchange = match view.latest_exchange {
+            Some(r) => Some(self.view(&campaign, r).await?),
+            None => None,
+        };
+        Ok(CodeStatus {
+            campaign,
+            state: view.state,
+            exchange,
+        })
+    }
+
+    /// GetExchange: the code's latest exchange.
+    ///
+    /// # Errors
+    /// `LoginKeyMismatch`, `CodeLocked`, `ExchangeNotFound`, `Unavailable`.
+    pub async fn latest(&self, code: &Code, key: &LoginKey) -> Result<ExchangeView, DomainError> {
+        let now = self.clock.now();
+        let rec = self
+            .ledger
+            .latest_exchange(self.code_ref(code), self.hasher.login_key(code, key), now)
+            .await
+            .map_err(ledger_error)?;
+        let campaign = self.campaign_of(code.series()).await?;
+        self.view(&campaign, rec).await
+    }
+
+    /// Exchange: claim, call the provider, complete or release.
+    ///
+    /// # Errors
+    /// Every refusal of the claim; `InvalidArgument` for an option the
+    /// campaign does not have; `ExchangeInFlight` when a duplicate is still
+    /// in flight after waiting; `Unavailable`/`StockExhausted` when the
+    /// provider could not serve now (the exchange stays PENDING and is
+    /// retried).
+    pub async fn exchange(
+        self: &Arc<Self>,
+        input: ExchangeInput,
+    ) -> Result<ExchangeView, DomainError> {
+        let now = self.clock.now();
+        let code_ref = self.code_ref(&input.code);
+        let login = self.hasher.login_key(&input.code, &input.login_key);
+        let campaign = self.campaign_by_series(input.code.series()).await?;
+        let option = campaign.as_ref().and_then(|c| c.option(&input.option_id));
+        let (Some(campaign), Some(option)) = (campaign.clone(), option.cloned()) else {
+            // Check the credentials first so this answer reveals nothing
+            // about codes the caller does not hold.
+            self.ledger
+                .verify(code_ref, login, now)
+                .await
+                .map_err(ledger_error)?;
+            return Err(DomainError::invalid(
+                "option_id",
+                "not an option of this code's campaign",
+            ));
+        };
+        let contact = input.contact_email.as_deref().map(|e| self.hasher.email(e));
+        let prefs = input.preferences;
+        let fingerprint = self.hasher.fingerprint(&[
+            input.option_id.as_bytes(),
+            contact.as_ref().map_or(&[][..], |d| &d.0[..]),
+            &[
+                u8::from(prefs.delete_personal_data),
+                u8::from(prefs.stop_mail),
+            ],
+        ]);
+        let req = ClaimRequest {
+            code: code_ref,
+            login_key: login,
+            option: option.id.clone(),
+            request: self.hasher.request_id(&input.code, &input.request_id),
+            fingerprint,
+            contact,
+            preferences: prefs,
+            lease: self.lease(now),
+        };
+        match self.ledger.claim(&req, now).await.map_err(ledger_error)? {
+            ClaimOutcome::Claimed(rec) => {
+                // The provider call runs in its own task, so a caller that
+                // hangs up does not abandon it half-way (which would leave
+                // the exchange to the reconciler for no reason).
+                let me = Arc::clone(self);
+                let guard = InflightGuard::register(Arc::clone(self), rec.id.clone());
+                let task = tokio::spawn(async move {
+                    let _guard = guard;
+                    me.drive(&campaign, rec, false).await
+                });
+                match task.await {
+                    Ok(result) => result.map(|(v, _)| v),
+                    Err(e) => Err(DomainError::Internal(format!("exchange task failed: {e}"))),
+                }
+            }
+            ClaimOutcome::Existing(rec) => self.existing(&campaign, rec).await,
+        }
+    }
+
+    /// A repeated request: wait for an in-flight exchange, take over one
+    /// whose driver has gone, or return the settled result.
+    async fn existing(
+        &self,
+        campaign: &Campaign,
+        rec: ExchangeRecord,
+    ) -> Result<ExchangeView, DomainError> {
+        if rec.state != ExchangeState::Pending {
+            return self.view(campaign, rec).await;
+        }
+        let rec = self.wait_settled(rec).await?;
+        if rec.state != ExchangeState::Pending {
+            return self.view(campaign, rec).await;
+        }
+        // Still PENDING: drive it ourselves if its lease has lapsed.
+        let now = self.clock.now();
+        match self
+            .ledger
+            .begin_attempt(&rec.id, &self.lease(now), now)
+            .await
+        {
+            Ok(rec) => self.drive(campaign, rec, true).await.map(|(v, _)| v),
+            Err(LedgerError::Refused(Refusal::Leased)) => Err(DomainError::ExchangeInFlight),
+            Err(LedgerError::Refused(Refusal::ExchangeFinished)) => {
+                let rec = self
+                    .ledger
+                    .get_exchange(&rec.id)
+                    .await
+                    .map_err(ledger_error)?
+                    .ok_or(DomainError::ExchangeNotFound)?;
+                self.view(campaign, rec).await
+            }
+            Err(e) => Err(ledger_error(e)),
+        }
+    }
+
+    async fn wait_settled(&self, rec: ExchangeRecord) -> Result<ExchangeRecord, DomainError> {
+        let notify = self
+            .inflight
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&rec.id).cloned());
+        let deadline = tokio::time::Instant::now() + self.settings.duplicate_wait;
+        let mut current = rec;
+        loop {
+            if current.state != ExchangeState::Pending || tokio::time::Instant::now() >= deadline {
+                return Ok(current);
+            }
+            let step = Duration::from_millis(50);
+            match &notify {
+                Some(n) => {
+                    let _ = tokio::time::timeout(step, n.notified()).await;
+                }
+                None => tokio::time::sleep(step).await,
+            }
+            current = self
+                .ledger
+                .get_exchange(&current.id)
+                .await
+                .map_err(ledger_error)?
+                .ok_or(DomainError::ExchangeNotFound)?;
+            // A deferred exchange (unknown outcome) has no driver to wait for.
+            if current.next_attempt_time > Timestamp(0) && notify.is_none() {
+                return Ok(current);
+            }
+        }
+    }
+
+    /// Re-drives a PENDING exchange now (ReconcileExchange and the
+    /// reconciler).
+    ///
+    /// # Errors
+    /// `ExchangeNotFound`, `ExchangeInFlight` (someone else drives it),
+    /// `Unavailable`.
+    pub async fn reconcile(
+        &self,
+        id: &ExchangeId,
+    ) -> Result<(ExchangeView, DriveOutcome), DomainError> {
+        let rec = self
+            .ledger
+            .get_exchange(id)
+            .await
+            .map_err(ledger_error)?
+            .ok_or(DomainError::ExchangeNotFound)?;
+        let campaign = self.campaign_of(rec.series).await?;
+        if rec.state != ExchangeState::Pending {
+            return Ok((
+                self.view(&campaign, rec).await?,
+                DriveOutcome::AlreadyFinished,
+            ));
+        }
+        let now = self.clock.now();
+        let rec = match self.ledger.begin_attempt(id, &self.lease(now), now).await {
+            Ok(r) => r,
+            Err(LedgerError::Refused(Refusal::ExchangeFinished)) => {
+                let rec = self
+                    .ledger
+                    .get_exchange(id)
+                    .await
+                    .map_err(ledger_error)?
+                    .ok_or(DomainError::ExchangeNotFound)?;
+                return Ok((
+                    self.view(&campaign, rec).await?,
+                    DriveOutcome::AlreadyFinished,
+                ));
+            }
+            Err(e) => return Err(ledger_error(e)),
+        };
+        match self.drive(&campaign, rec, true).await {
+            Ok(v) => Ok(v),
+            // The reconciler treats "provider can't serve now" as deferred.
+            Err(DomainError::StockExhausted | DomainError::Unavailable(_)) => {
+                let rec = self
+                    .ledger
+                    .get_exchange(id)
+                    .await
+                    .map_err(ledger_error)?
+                    .ok_or(DomainError::ExchangeNotFound)?;
+                let outcome = if rec.parked {
+                    DriveOutcome::Parked
+                } else {
+                    DriveOutcome::Deferred
+                };
+                Ok((self.view(&campaign, rec).await?, outcome))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One provider attempt for an exchange this process holds the lease
+    /// of. `redrive` looks the key up at the provider before issuing.
+    async fn drive(
+        &self,
+        campaign: &Campaign,
+        rec: ExchangeRecord,
+        redrive: bool,
+    ) -> Result<(ExchangeView, DriveOutcome), DomainError> {
+        let option = campaign
+            .option(rec.option.as_str())
+            .ok_or_else(|| DomainError::Internal("exchange option left its campaign".into()))?;
+        let provider = self.provider(&option.provider)?;
+        let key = rec.id.provider_key();
+        let span = info_span!(
+            "provider.call",
+            provider = %option.provider,
+            attempt = rec.attempts,
+            outcome = tracing::field::Empty,
+        );
+        let result = async {
+            let req = IssueRequest {
+                idempotency_key: key.clone(),
+                campaign: campaign.spec.id.clone(),
+                option: rec.option.clone(),
+                face_value: campaign.spec.face_value,
+                attempt: rec.attempts,
+            };
+            let call = async {
+                if redrive && let Some(d) = provider.lookup(&key).await? {
+                    return Ok(d);
+                }
+                provider.issue(&req).await
+            };
+            let r = match tokio::time::timeout(self.settings.provider_timeout, call).await {
+                Ok(r) => r,
+                Err(_) => Err(ProviderError::unknown("provider call timed out")),
+            };
+            let class = match &r {
+                Ok(_) => "ok",
+                Err(e) => e.class(),
+            };
+            tracing::Span::current().record("outcome", class);
+            r
+        }
+        .instrument(span)
+        .await;
+
+        let now = self.clock.now();
+        match result {
+            Ok(d) => {
+                let sealed = if provider.capabilities().store_deliverable {
+                    Some(
+                        self.sealer
+                            .seal(&rec.id.0, &d)
+                            .map_err(|e| DomainError::Internal(e.to_string()))?,
+                    )
+                } else {
+                    None
+                };
+                let done = self
+                    .ledger
+                    .complete(&rec.id, sealed, now)
+                    .await
+                    .map_err(ledger_error)?;
+                Ok((
+                    ExchangeView {
+                        record: done,
+                        campaign: campaign.spec.id.clone(),
+                        deliverable: Some(d),
+                    },
+                    DriveOutcome::Succeeded,
+                ))
+            }
+            Err(ProviderError::Rejected { reason }) => {
+                let done = self
+                    .ledger
+                    .release(&rec.id, &reason, now)
+                    .await
+                    .map_err(ledger_error)?;
+                Ok((self.view(campaign, done).await?, DriveOutcome::Failed))
+            }
+            Err(err @ (ProviderError::Retryable { .. } | ProviderError::Unknown { .. })) => {
+                let park = rec.attempts >= self.settings.max_attempts;
+                let hint = match &err {
+                    ProviderError::Retryable {
+                        retry_after: Some(d),
+                        ..
+                    } => Some(*d),
+                    _ => None,
+                };
+                let next = now.plus(hint.unwrap_or_else(|| self.backoff(rec.attempts)));
+                let deferred = self
+                    .ledger
+                    .defer_attempt(&rec.id, next, park, now)
+                    .await
+                    .map_err(ledger_error)?;
+                warn!(exchange = %rec.id.0, attempt = rec.attempts, park, error = %err, "provider attempt deferred");
+                match err {
+                    ProviderError::Retryable { reason, .. } if reason == "STOCK_EXHAUSTED" => {
+                        Err(DomainError::StockExhausted)
+                    }
+                    ProviderError::Retryable { reason, .. } => Err(DomainError::Unavailable(
+                        format!("provider {} cannot serve now ({reason})", option.provider),
+                    )),
+                    _ => Ok((
+                        self.view(campaign, deferred.clone()).await?,
+                        if park {
+                            DriveOutcome::Parked
+                        } else {
+                            DriveOutcome::Deferred
+                        },
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Exponential backoff after `attempts` attempts.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(20);
+        self.settings
+            .backoff_base
+            .saturating_mul(factor)
+            .min(self.settings.backoff_max)
+    }
+
+    /// Opens (or re-fetches) the deliverable of a record for display.
+    async fn view(
+        &self,
+        campaign: &Campaign,
+        rec: ExchangeRecord,
+    ) -> Result<ExchangeView, DomainError> {
+        let deliverable = if rec.state == ExchangeState::Succeeded {
+            match &rec.sealed_deliverable {
+                Some(sealed) => Some(
+                    self.sealer
+                        .open(&rec.id.0, sealed)
+                        .map_err(|e| DomainError::Internal(e.to_string()))?,
+                ),
+                None => {
+                    // The provider forbids storing it: ask again by key.
+                    let option = campaign.option(rec.option.as_str()).ok_or_else(|| {
+                        DomainError::Internal("exchange option left its campaign".into())
+                    })?;
+                    let provider = self.provider(&option.provider)?;
+                    match tokio::time::timeout(
+                        self.settings.provider_timeout,
+                        provider.lookup(&rec.id.provider_key()),
+                    )
+                    .await
+                    {
+                        Ok(Ok(d)) => d,
+                        Ok(Err(e)) => {
+                            return Err(DomainError::Unavailable(format!(
+                                "provider {} cannot show the deliverable now: {e}",
+                                option.provider
+                            )));
+                        }
+                        Err(_) => {
+                            return Err(DomainError::Unavailable(format!(
+                                "provider {} timed out",
+                                option.provider
+                            )));
+                        }
+                    }
+                }
+            }
+        } else {
+            None
+        };
+        Ok(ExchangeView {
+            record: rec,
+            campaign: campaign.spec.id.clone(),
+            deliverable,
+        })
+    }
+}
+
+/// Marks an exchange as driven by this process while alive; wakes waiting
+/// duplicates when dropped, however the drive ended.
+struct InflightGuard {
+    engine: Arc<Exchanger>,
+    id: ExchangeId,
+    notify: Arc<Notify>,
+}
+
+impl InflightGuard {
+    fn register(engine: Arc<Exchanger>, id: ExchangeId) -> Self {
+        let notify = Arc::new(Notify::new());
+        if let Ok(mut m) = engine.inflight.lock() {
+            m.insert(id.clone(), notify.clone());
+        }
+        InflightGuard { engine, id, notify }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.engine.inflight.lock() {
+            m.remove(&self.id);
+        }
+        self.notify.notify_waiters();
+    }
+}

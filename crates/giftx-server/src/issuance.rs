@@ -1,0 +1,600 @@
+//! `giftx.v1.IssuanceService`: campaigns, batches of codes, counters.
+//!
+//! IssueCodes is a pipeline with back-pressure, so memory stays flat
+//! whatever the count:
+//!
+//! ```text
+//! chunk n+2: generate (blocking pool), store ─┐
+//! chunk n+1: generate (blocking pool), store ─┤  in order
+//! chunk n:   generate (blocking pool), store ─┴─> bounded channel ─> gRPC stream
+//! ```
+//!
+//! A chunk is sent only after `store_codes` returned for it, so every code
+//! a client ever saw is in the ledger. When the client goes away the batch
+//! is closed INCOMPLETE with the exact stored count; the batch is closed
+//! COMPLETE only after the last code was handed to the transport.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::Stream;
+use giftx_core::model::{Batch, BatchId, Campaign, CampaignId, CodeState};
+use giftx_core::{Code, FieldViolation, Hasher, LoginKey, Series};
+use giftx_ledger::NewCode;
+use giftx_proto::v1 as pb;
+use giftx_proto::v1::issuance_service_server::IssuanceService;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+
+use crate::convert::{
+    self, MAX_ISSUE_COUNT, batch_to_proto, campaign_name, campaign_to_proto, code_state_to_proto,
+    money_to_proto, timestamp_to_proto,
+};
+use crate::state::AppState;
+use crate::status::ApiError;
+
+/// Default ListCampaigns page size.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Largest ListCampaigns page size (larger requests are coerced).
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// How many times colliding codes are regenerated before giving up.
+const COLLISION_ROUNDS: usize = 8;
+/// Chunks generated and stored concurrently ahead of the stream: hides
+/// ledger round trips and uses both cores for hashing.
+const PIPELINE_DEPTH: usize = 3;
+
+/// The IssuanceService implementation.
+#[derive(Debug, Clone)]
+pub struct IssuanceApi {
+    state: Arc<AppState>,
+}
+
+impl IssuanceApi {
+    /// The service over shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        IssuanceApi { state }
+    }
+
+    fn reply<T>(&self, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
+        r.map(Response::new).map_err(|e| self.state.status(e))
+    }
+
+    async fn create_campaign_impl(
+        &self,
+        req: pb::CreateCampaignRequest,
+    ) -> Result<pb::Campaign, ApiError> {
+        let now = self.state.now();
+        let spec =
+            convert::campaign_spec_from_request(&req, now, |p| self.state.provider_configured(p))?;
+        let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
+        let c = self
+            .state
+            .ledger
+            .create_campaign(&spec, request_id, now)
+            .await?;
+        let c = self.state.remember_campaign(c);
+        tracing::info!(campaign = %c.spec.id, series = %c.series, "campaign ready");
+        Ok(campaign_to_proto(&c))
+    }
+
+    async fn get_campaign_impl(
+        &self,
+        req: pb::GetCampaignRequest,
+    ) -> Result<pb::Campaign, ApiError> {
+        let id = convert::parse_campaign_name("name", &req.name)?;
+        let c = self.state.campaign(&id).await?;
+        Ok(campaign_to_proto(&c))
+    }
+
+    async fn list_campaigns_impl(
+        &self,
+        req: pb::ListCampaignsRequest,
+    ) -> Result<pb::ListCampaignsResponse, ApiError> {
+        let mut v = Vec::new();
+        let size = convert::page_size("page_size", req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            .map_err(|e| v.push(e))
+            .ok();
+        let cursor = convert::decode_page_token(&self.state.hasher, "page_token", &req.page_token)
+            .map_err(|e| v.push(e))
+            .ok();
+        let (Some(size), Some(cursor)) = (size, cursor) else {
+            return Err(v.into());
+        };
+        let page = self
+            .state
+            .ledger
+            .list_campaigns(cursor.as_deref(), size)
+            .await?;
+        Ok(pb::ListCampaignsResponse {
+            campaigns: page.items.iter().map(campaign_to_proto).collect(),
+            next_page_token: page
+                .next
+                .as_deref()
+                .map(|c| convert::encode_page_token(&self.state.hasher, c))
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn get_batch_impl(&self, req: pb::GetBatchRequest) -> Result<pb::Batch, ApiError> {
+        let (c, b) = convert::parse_batch_name("name", &req.name)?;
+        match self
+            .state
+            .ledger
+            .get_batch(&c, &b, self.state.now())
+            .await?
+        {
+            Some(batch) => Ok(batch_to_proto(&batch)),
+            None => Err(giftx_core::DomainError::BatchNotFound.into()),
+        }
+    }
+
+    async fn void_batch_impl(&self, req: pb::VoidBatchRequest) -> Result<pb::Batch, ApiError> {
+        let (c, b) = convert::parse_batch_name("name", &req.name)?;
+        let batch = self
+            .state
+            .ledger
+            .void_batch(&c, &b, self.state.now())
+            .await?;
+        tracing::info!(campaign = %c, batch = %b, issued = batch.issued, "batch voided");
+        Ok(batch_to_proto(&batch))
+    }
+
+    async fn get_campaign_stats_impl(
+        &self,
+        req: pb::GetCampaignStatsRequest,
+    ) -> Result<pb::CampaignStats, ApiError> {
+        let id = convert::parse_campaign_name("campaign", &req.campaign)?;
+        let campaign = self.state.campaign(&id).await?;
+        let now = self.state.now();
+        let counts = self.state.ledger.counts(&id, now).await?;
+        let face = campaign.spec.face_value;
+        let by_state = [
+            (CodeState::Active, counts.active),
+            (CodeState::Pending, counts.pending),
+            (CodeState::Redeemed, counts.redeemed),
+            (CodeState::Expired, counts.expired),
+            (CodeState::Void, counts.void),
+        ]
+        .into_iter()
+        .map(|(s, n)| pb::StateStats {
+            state: code_state_to_proto(s) as i32,
+            count: n,
+            value: Some(money_to_proto(face.times(n))),
+        })
+        .collect();
+        let by_option = campaign
+            .spec
+            .options
+            .iter()
+            .map(|o| {
+                let (redeemed, pending) = counts
+                    .by_option
+                    .iter()
+                    .find(|(id, _, _)| id == &o.id)
+                    .map_or((0, 0), |&(_, r, p)| (r, p));
+                pb::OptionStats {
+                    option_id: o.id.to_string(),
+                    redeemed_count: redeemed,
+                    redeemed_value: Some(money_to_proto(face.times(redeemed))),
+                    pending_count: pending,
+                }
+            })
+            .collect();
+        Ok(pb::CampaignStats {
+            campaign: campaign_name(&id),
+            issued_count: counts.issued,
+            by_state,
+            by_option,
+            breakage: Some(money_to_proto(face.times(counts.expired))),
+            read_time: Some(timestamp_to_proto(now)),
+        })
+    }
+
+    async fn issue_codes_impl(&self, req: pb::IssueCodesRequest) -> Result<IssueStream, ApiError> {
+        let mut v: Vec<FieldViolation> = Vec::new();
+        let campaign_id = convert::parse_campaign_name("campaign", &req.campaign)
+            .map_err(|e| v.push(e))
+            .ok();
+        let batch_id = BatchId::parse("batch_id", &req.batch_id)
+            .map_err(|e| v.push(e))
+            .ok();
+        if !(1..=MAX_ISSUE_COUNT).contains(&req.count) {
+            v.push(FieldViolation::new(
+                "count",
+                format!("must be between 1 and {MAX_ISSUE_COUNT}"),
+            ));
+        }
+        let (Some(campaign_id), Some(batch_id), true) = (campaign_id, batch_id, v.is_empty())
+        else {
+            return Err(v.into());
+        };
+        let count = req.count.unsigned_abs();
+        let campaign = self.state.campaign(&campaign_id).await?;
+        let batch = self
+            .state
+            .ledger
+            .begin_batch(&campaign_id, &batch_id, count, self.state.now())
+            .await?;
+        tracing::info!(campaign = %campaign_id, batch = %batch_id, count, "issuing");
+
+        let (tx, rx) = mpsc::channel::<Msg>(1);
+        let completed = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            state: self.state.clone(),
+            campaign,
+            batch,
+            count,
+            chunk_size: self.state.config.issuance.chunk_size,
+        };
+        tokio::spawn(job.run(tx, completed.clone()).in_current_span());
+
+        let reader = Reader {
+            rx,
+            buf: Vec::new().into_iter(),
+            done: false,
+            state: self.state.clone(),
+            campaign: campaign_id,
+            batch: batch_id,
+            completed,
+        };
+        Ok(Box::pin(futures::stream::unfold(reader, Reader::next)))
+    }
+}
+
+/// The IssueCodes response stream.
+pub type IssueStream = Pin<Box<dyn Stream<Item = Result<pb::IssuedCode, Status>> + Send>>;
+
+/// What the producer hands the response stream.
+enum Msg {
+    /// Stored codes, ready to send.
+    Codes(Vec<pb::IssuedCode>),
+    /// Issuing failed; the batch is already closed INCOMPLETE.
+    Failed(Status),
+    /// Every code was stored and queued.
+    Done,
+}
+
+/// Codes generated for one chunk: what is sent and what is stored.
+struct Chunk {
+    items: Vec<pb::IssuedCode>,
+    hashes: Vec<NewCode>,
+}
+
+fn one_code(
+    hasher: &Hasher,
+    series: Series,
+    serial: i64,
+) -> Result<(pb::IssuedCode, NewCode), ApiError> {
+    let code =
+        Code::generate(series).map_err(|e| ApiError::internal(format!("CSPRNG failed: {e}")))?;
+    let key =
+        LoginKey::generate().map_err(|e| ApiError::internal(format!("CSPRNG failed: {e}")))?;
+    let stored = NewCode {
+        code: hasher.code(&code),
+        login_key: hasher.login_key(&code, &key),
+    };
+    Ok((
+        pb::IssuedCode {
+            code: code.printed(),
+            login_key: key.printed(),
+            serial,
+        },
+        stored,
+    ))
+}
+
+fn generate_chunk(
+    hasher: &Hasher,
+    series: Series,
+    first_serial: u64,
+    n: usize,
+) -> Result<Chunk, ApiError> {
+    let mut items = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let serial = i64::try_from(first_serial + i).unwrap_or(i64::MAX);
+        let (item, hash) = one_code(hasher, series, serial)?;
+        items.push(item);
+        hashes.push(hash);
+    }
+    Ok(Chunk { items, hashes })
+}
+
+/// Why the producer stopped early.
+enum Stop {
+    /// The response stream was dropped: the client went away.
+    ClientGone,
+    /// Something failed; the client is told.
+    Failed(ApiError),
+}
+
+impl From<ApiError> for Stop {
+    fn from(e: ApiError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl From<giftx_ledger::LedgerError> for Stop {
+    fn from(e: giftx_ledger::LedgerError) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+/// One IssueCodes call's producer.
+#[derive(Clone)]
+struct Job {
+    state: Arc<AppState>,
+    campaign: Arc<Campaign>,
+    batch: Batch,
+    count: u64,
+    chunk_size: usize,
+}
+
+impl Job {
+    async fn run(self, tx: mpsc::Sender<Msg>, completed: Arc<AtomicBool>) {
+        match self.produce(&tx).await {
+            Ok(()) => {
+                // Everything is queued; the stream closes the batch COMPLETE
+                // after the last code. If it goes away first, close it
+                // INCOMPLETE here.
+                tx.closed().await;
+                if !completed.load(Ordering::SeqCst) {
+                    self.close_incomplete("client went away before the end")
+                        .await;
+                }
+            }
+            Err(Stop::ClientGone) => {
+                self.close_incomplete("client went away").await;
+            }
+            Err(Stop::Failed(e)) => {
+                self.close_incomplete("issuing failed").await;
+                let _ = tx.send(Msg::Failed(self.state.status(e))).await;
+            }
+        }
+    }
+
+    async fn close_incomplete(&self, why: &str) {
+        let b = &self.batch;
+        match self
+            .state
+            .ledger
+            .finish_batch(&b.campaign, &b.id, false, self.state.now())
+            .await
+        {
+            Ok(batch) => tracing::warn!(
+                campaign = %b.campaign, batch = %b.id, issued = batch.issued,
+                requested = batch.requested, "batch INCOMPLETE: {why}"
+            ),
+            Err(e) => tracing::warn!(
+                campaign = %b.campaign, batch = %b.id, error = %e,
+                "could not close the batch INCOMPLETE ({why}); it will read INCOMPLETE after the stall timeout"
+            ),
+        }
+    }
+
+    /// Generates and stores one chunk (serials `first_serial..`), on its
+    /// own task so several chunks are in flight at once.
+    fn spawn_chunk(&self, first_serial: u64, n: usize) -> JoinHandle<Result<Chunk, Stop>> {
+        let job = self.clone();
+        tokio::spawn(
+            async move {
+                let hasher = job.state.hasher.clone();
+                let series = job.campaign.series;
+                let mut chunk = tokio::task::spawn_blocking(move || {
+                    generate_chunk(&hasher, series, first_serial, n)
+                })
+                .await
+                .map_err(|e| ApiError::internal(format!("code generation task: {e}")))??;
+                job.store(&mut chunk).await?;
+                Ok(chunk)
+            }
+            .in_current_span(),
+        )
+    }
+
+    async fn produce(&self, tx: &mpsc::Sender<Msg>) -> Result<(), Stop> {
+        let mut inflight = VecDeque::with_capacity(PIPELINE_DEPTH);
+        let res = self.pipeline(tx, &mut inflight).await;
+        if res.is_err() {
+            // Let chunks already being stored land, so the batch's count
+            // is final when it is closed.
+            for handle in inflight {
+                let _ = handle.await;
+            }
+        }
+        res
+    }
+
+    async fn pipeline(
+        &self,
+        tx: &mpsc::Sender<Msg>,
+        inflight: &mut VecDeque<JoinHandle<Result<Chunk, Stop>>>,
+    ) -> Result<(), Stop> {
+        // `queued`: codes handed to chunk tasks so far (serials 1..=queued).
+        let mut queued: u64 = 0;
+        loop {
+            while inflight.len() < PIPELINE_DEPTH && queued < self.count {
+                let n = usize::try_from((self.count - queued).min(self.chunk_size as u64))
+                    .unwrap_or(self.chunk_size);
+                inflight.push_back(self.spawn_chunk(queued + 1, n));
+                queued += n as u64;
+            }
+            let Some(handle) = inflight.pop_front() else {
+                break;
+            };
+            let chunk = handle
+                .await
+                .map_err(|e| ApiError::internal(format!("code storing task: {e}")))??;
+            // Chunks are sent in order, each only once stored.
+            tx.send(Msg::Codes(chunk.items))
+                .await
+                .map_err(|_| Stop::ClientGone)?;
+            if tx.is_closed() {
+                return Err(Stop::ClientGone);
+            }
+        }
+        tx.send(Msg::Done).await.map_err(|_| Stop::ClientGone)
+    }
+
+    /// Stores a chunk, regenerating codes whose hash was already taken,
+    /// until every code of the chunk is stored.
+    async fn store(&self, chunk: &mut Chunk) -> Result<(), Stop> {
+        let ledger = &self.state.ledger;
+        let out = ledger
+            .store_codes(&self.campaign, &self.batch, &chunk.hashes, self.state.now())
+            .await?;
+        let mut pending: Vec<usize> = out.collisions;
+        for _ in 0..COLLISION_ROUNDS {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            tracing::debug!(collisions = pending.len(), "regenerating colliding codes");
+            let mut retry = Vec::with_capacity(pending.len());
+            for &i in &pending {
+                let (Some(item), Some(hash)) = (chunk.items.get_mut(i), chunk.hashes.get_mut(i))
+                else {
+                    return Err(ApiError::internal(format!(
+                        "ledger reported collision index {i} outside a chunk of {}",
+                        chunk.items.len()
+                    ))
+                    .into());
+                };
+                let (new_item, new_hash) =
+                    one_code(&self.state.hasher, self.campaign.series, item.serial)?;
+                *item = new_item;
+                *hash = new_hash;
+                retry.push(new_hash);
+            }
+            let out = ledger
+                .store_codes(&self.campaign, &self.batch, &retry, self.state.now())
+                .await?;
+            // Map indexes in `retry` back to indexes in the chunk.
+            pending = out
+                .collisions
+                .iter()
+                .filter_map(|&j| pending.get(j).copied())
+                .collect();
+        }
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::internal("could not generate unique codes").into())
+        }
+    }
+}
+
+/// The response stream's state.
+struct Reader {
+    rx: mpsc::Receiver<Msg>,
+    buf: std::vec::IntoIter<pb::IssuedCode>,
+    done: bool,
+    state: Arc<AppState>,
+    campaign: CampaignId,
+    batch: BatchId,
+    completed: Arc<AtomicBool>,
+}
+
+impl Reader {
+    async fn next(mut self) -> Option<(Result<pb::IssuedCode, Status>, Self)> {
+        loop {
+            if let Some(item) = self.buf.next() {
+                return Some((Ok(item), self));
+            }
+            if self.done {
+                return None;
+            }
+            match self.rx.recv().await {
+                Some(Msg::Codes(v)) => self.buf = v.into_iter(),
+                Some(Msg::Failed(status)) => {
+                    self.done = true;
+                    return Some((Err(status), self));
+                }
+                Some(Msg::Done) => {
+                    self.done = true;
+                    let now = self.state.now();
+                    return match self
+                        .state
+                        .ledger
+                        .finish_batch(&self.campaign, &self.batch, true, now)
+                        .await
+                    {
+                        Ok(b) => {
+                            self.completed.store(true, Ordering::SeqCst);
+                            tracing::info!(campaign = %self.campaign, batch = %self.batch, issued = b.issued, "batch COMPLETE");
+                            None
+                        }
+                        Err(e) => {
+                            let status = self.state.status(e);
+                            Some((Err(status), self))
+                        }
+                    };
+                }
+                None => {
+                    self.done = true;
+                    let status = self
+                        .state
+                        .status(ApiError::internal("the issuing task stopped unexpectedly"));
+                    return Some((Err(status), self));
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IssuanceService for IssuanceApi {
+    async fn create_campaign(
+        &self,
+        request: Request<pb::CreateCampaignRequest>,
+    ) -> Result<Response<pb::Campaign>, Status> {
+        self.reply(self.create_campaign_impl(request.into_inner()).await)
+    }
+
+    async fn get_campaign(
+        &self,
+        request: Request<pb::GetCampaignRequest>,
+    ) -> Result<Response<pb::Campaign>, Status> {
+        self.reply(self.get_campaign_impl(request.into_inner()).await)
+    }
+
+    async fn list_campaigns(
+        &self,
+        request: Request<pb::ListCampaignsRequest>,
+    ) -> Result<Response<pb::ListCampaignsResponse>, Status> {
+        self.reply(self.list_campaigns_impl(request.into_inner()).await)
+    }
+
+    type IssueCodesStream = IssueStream;
+
+    async fn issue_codes(
+        &self,
+        request: Request<pb::IssueCodesRequest>,
+    ) -> Result<Response<Self::IssueCodesStream>, Status> {
+        self.reply(self.issue_codes_impl(request.into_inner()).await)
+    }
+
+    async fn get_batch(
+        &self,
+        request: Request<pb::GetBatchRequest>,
+    ) -> Result<Response<pb::Batch>, Status> {
+        self.reply(self.get_batch_impl(request.into_inner()).await)
+    }
+
+    async fn void_batch(
+        &self,
+        request: Request<pb::VoidBatchRequest>,
+    ) -> Result<Response<pb::Batch>, Status> {
+        self.reply(self.void_batch_impl(request.into_inner()).await)
+    }
+
+    async fn get_campaign_stats(
+        &self,
+        request: Request<pb::GetCampaignStatsRequest>,
+    ) -> Result<Response<pb::CampaignStats>, Status> {
+        self.reply(self.get_campaign_stats_impl(request.into_inner()).await)
+    }
+}

@@ -1,0 +1,90 @@
+//! giftxd: the giftx gRPC server.
+//!
+//! With no configuration it listens on 127.0.0.1:50051 with the embedded
+//! ledger and a demo campaign. See `giftx_server::config` for every
+//! setting; SIGTERM or SIGINT shut it down gracefully (exit 0).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use giftx_server::Config;
+
+/// giftx gift-code exchange broker (gRPC server).
+#[derive(Debug, Parser)]
+#[command(name = "giftxd", version, about)]
+struct Args {
+    /// TOML configuration file; GIFTX_* environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Services to serve, comma-separated: issuance,exchange,expiry
+    /// (overrides GIFTX_SERVICES; default all).
+    #[arg(long, value_name = "LIST")]
+    services: Option<String>,
+}
+
+/// Registers SIGTERM and SIGINT handlers now (so a signal that arrives
+/// during start-up is not fatal) and returns a future that resolves on
+/// either.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref(), args.services.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("giftxd: configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = giftx_server::telemetry::init(&config.log) {
+        eprintln!("giftxd: logging: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("giftxd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown =
+            shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        giftx_server::run(config, listener, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("giftxd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

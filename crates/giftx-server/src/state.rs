@@ -1,0 +1,151 @@
+//! What every service shares: the ledger, the keyed hasher, the clock, the
+//! configuration, and a short-lived campaign cache.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use giftx_core::model::{Campaign, CampaignId};
+use giftx_core::{Clock, DomainError, Hasher, Secret, Series, Timestamp};
+use giftx_ledger::Ledger;
+use tonic::Status;
+
+use crate::config::{Config, ProviderConfig};
+use crate::status::ApiError;
+
+/// How long a cached campaign is trusted. Deadlines are enforced by the
+/// ledger itself, so a stale copy only delays what callers are shown.
+const CAMPAIGN_TTL: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct CampaignCache {
+    by_id: HashMap<CampaignId, (Instant, Arc<Campaign>)>,
+    by_series: HashMap<Series, (Instant, Arc<Campaign>)>,
+}
+
+/// Shared state, handed to every service as `Arc<AppState>`.
+pub struct AppState {
+    /// The ledger (Redis or embedded).
+    pub ledger: Arc<dyn Ledger>,
+    /// Keyed hashing of codes, login keys, emails.
+    pub hasher: Hasher,
+    /// Where time comes from (a manual clock in tests).
+    pub clock: Arc<dyn Clock>,
+    /// The configuration giftxd started with.
+    pub config: Arc<Config>,
+    /// Configured providers by id (the defaults when none are configured).
+    pub providers: Arc<BTreeMap<String, ProviderConfig>>,
+    /// Deliverable AEAD key material, if a keys file was configured.
+    pub deliverable_keys: Option<Secret>,
+    /// This process's token, for leases (`giftxd-<pid>-<start ms>`).
+    pub instance_id: String,
+    cache: Mutex<CampaignCache>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("clock", &self.clock)
+            .field("config", &self.config)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Assembles the state from its parts (the ledger already open).
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        hasher: Hasher,
+        clock: Arc<dyn Clock>,
+        config: Config,
+    ) -> AppState {
+        let providers = Arc::new(config.effective_providers());
+        let instance_id = format!("giftxd-{}-{}", std::process::id(), clock.now().millis());
+        AppState {
+            ledger,
+            hasher,
+            clock,
+            config: Arc::new(config),
+            providers,
+            deliverable_keys: None,
+            instance_id,
+            cache: Mutex::new(CampaignCache::default()),
+        }
+    }
+
+    /// The current instant, from the injected clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Turns any handler error into the gRPC status (the one mapping in
+    /// [`crate::status`]), at the current time.
+    pub fn status(&self, e: impl Into<ApiError>) -> Status {
+        e.into().into_status(self.now())
+    }
+
+    /// True when `id` is a configured provider.
+    pub fn provider_configured(&self, id: &str) -> bool {
+        self.providers.contains_key(id)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, CampaignCache> {
+        // A poisoned cache is still a valid cache: entries are replaced whole.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts a campaign in the cache (after creating or changing it).
+    pub fn remember_campaign(&self, c: Campaign) -> Arc<Campaign> {
+        let c = Arc::new(c);
+        let now = Instant::now();
+        let mut cache = self.cache();
+        cache.by_id.insert(c.spec.id.clone(), (now, c.clone()));
+        cache.by_series.insert(c.series, (now, c.clone()));
+        c
+    }
+
+    /// Drops a campaign from the cache (after its deadline moved).
+    pub fn invalidate_campaign(&self, id: &CampaignId) {
+        let mut cache = self.cache();
+        if let Some((_, c)) = cache.by_id.remove(id) {
+            cache.by_series.remove(&c.series);
+        }
+    }
+
+    /// A campaign by id, from the cache when fresh.
+    ///
+    /// # Errors
+    /// NOT_FOUND (`CAMPAIGN_NOT_FOUND`), or the ledger's error.
+    pub async fn campaign(&self, id: &CampaignId) -> Result<Arc<Campaign>, ApiError> {
+        if let Some((at, c)) = self.cache().by_id.get(id)
+            && at.elapsed() < CAMPAIGN_TTL
+        {
+            return Ok(c.clone());
+        }
+        match self.ledger.get_campaign(id).await? {
+            Some(c) => Ok(self.remember_campaign(c)),
+            None => Err(DomainError::CampaignNotFound.into()),
+        }
+    }
+
+    /// The campaign holding `series`, from the cache when fresh.
+    ///
+    /// # Errors
+    /// The ledger's error.
+    pub async fn campaign_by_series(
+        &self,
+        series: Series,
+    ) -> Result<Option<Arc<Campaign>>, ApiError> {
+        if let Some((at, c)) = self.cache().by_series.get(&series)
+            && at.elapsed() < CAMPAIGN_TTL
+        {
+            return Ok(Some(c.clone()));
+        }
+        Ok(self
+            .ledger
+            .campaign_by_series(series)
+            .await?
+            .map(|c| self.remember_campaign(c)))
+    }
+}
