@@ -214,6 +214,97 @@ impl Default for IssuanceTunables {
     }
 }
 
+/// Exchange tunables (`[exchange]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExchangeTunables {
+    /// Deadline of one provider call in milliseconds; past it the outcome
+    /// is unknown and the exchange stays PENDING (`GIFTX_PROVIDER_TIMEOUT_MS`).
+    pub provider_timeout_ms: u64,
+    /// Seconds a driver holds an exchange before a reconciler may take it
+    /// over (must exceed the provider timeout).
+    pub lease_seconds: u64,
+    /// Milliseconds a duplicate request waits for the in-flight one.
+    pub duplicate_wait_ms: u64,
+    /// First re-drive delay after an unknown outcome, in milliseconds;
+    /// doubles per attempt.
+    pub backoff_base_ms: u64,
+    /// Longest re-drive delay, in seconds.
+    pub backoff_max_seconds: u64,
+    /// Attempts after which an exchange is parked for an operator
+    /// (`GIFTX_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+}
+
+impl Default for ExchangeTunables {
+    fn default() -> Self {
+        let d = crate::exchanger::ExchangeSettings::default();
+        ExchangeTunables {
+            provider_timeout_ms: d.provider_timeout.as_millis() as u64,
+            lease_seconds: d.lease.as_secs(),
+            duplicate_wait_ms: d.duplicate_wait.as_millis() as u64,
+            backoff_base_ms: d.backoff_base.as_millis() as u64,
+            backoff_max_seconds: d.backoff_max.as_secs(),
+            max_attempts: d.max_attempts,
+        }
+    }
+}
+
+impl ExchangeTunables {
+    /// The engine's view of these settings.
+    pub fn settings(&self) -> crate::exchanger::ExchangeSettings {
+        crate::exchanger::ExchangeSettings {
+            provider_timeout: Duration::from_millis(self.provider_timeout_ms),
+            lease: Duration::from_secs(self.lease_seconds),
+            duplicate_wait: Duration::from_millis(self.duplicate_wait_ms),
+            backoff_base: Duration::from_millis(self.backoff_base_ms),
+            backoff_max: Duration::from_secs(self.backoff_max_seconds),
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+/// Expiry workers' schedule (`[expiry]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExpiryTunables {
+    /// Run the sweeper and reconciler in this process when it serves the
+    /// expiry service (`GIFTX_WORKERS`, default true). At most one process
+    /// works at a time whatever this says: they share a lease.
+    pub workers: bool,
+    /// Milliseconds between worker passes (`GIFTX_WORKER_INTERVAL_MS`).
+    pub interval_ms: u64,
+    /// Lease time-to-live in milliseconds: another instance takes over
+    /// within it when the holder dies (`GIFTX_WORKER_LEASE_MS`).
+    pub lease_ttl_ms: u64,
+    /// Seconds a PENDING exchange must be old before the reconciler
+    /// re-drives it (`GIFTX_RECONCILE_MIN_AGE_SECONDS`).
+    pub reconcile_min_age_seconds: u64,
+}
+
+impl Default for ExpiryTunables {
+    fn default() -> Self {
+        let d = crate::workers::WorkerSettings::default();
+        ExpiryTunables {
+            workers: true,
+            interval_ms: d.interval.as_millis() as u64,
+            lease_ttl_ms: d.lease_ttl.as_millis() as u64,
+            reconcile_min_age_seconds: d.reconcile_min_age.as_secs(),
+        }
+    }
+}
+
+impl ExpiryTunables {
+    /// The workers' view of these settings.
+    pub fn settings(&self) -> crate::workers::WorkerSettings {
+        crate::workers::WorkerSettings {
+            lease_ttl: Duration::from_millis(self.lease_ttl_ms),
+            interval: Duration::from_millis(self.interval_ms),
+            reconcile_min_age: Duration::from_secs(self.reconcile_min_age_seconds),
+        }
+    }
+}
+
 /// One configured provider (`[providers.<id>]`): its adapter kind and the
 /// adapter's own settings, kept as a TOML table until the adapter reads them.
 #[derive(Clone, Deserialize)]
@@ -257,7 +348,16 @@ pub fn default_providers() -> BTreeMap<String, ProviderConfig> {
         ("donation", "donation"),
     ]
     .into_iter()
-    .map(|(id, kind)| (id.to_owned(), ProviderConfig::of_kind(kind)))
+    .map(|(id, kind)| {
+        let mut p = ProviderConfig::of_kind(kind);
+        if kind == "select" {
+            p.settings.insert(
+                "campaign".into(),
+                toml::Value::String(crate::demo::DEMO_SELECT_CAMPAIGN.into()),
+            );
+        }
+        (id.to_owned(), p)
+    })
     .collect()
 }
 
@@ -284,6 +384,10 @@ pub struct Config {
     pub ledger: LedgerTunables,
     /// Issuance tunables.
     pub issuance: IssuanceTunables,
+    /// Exchange tunables.
+    pub exchange: ExchangeTunables,
+    /// Expiry workers' schedule.
+    pub expiry: ExpiryTunables,
     /// Seed the demo campaigns (`GIFTX_SEED_DEMO`); default: only on the
     /// embedded ledger.
     pub seed_demo: Option<bool>,
@@ -309,6 +413,8 @@ impl Default for Config {
             log: LogConfig::default(),
             ledger: LedgerTunables::default(),
             issuance: IssuanceTunables::default(),
+            exchange: ExchangeTunables::default(),
+            expiry: ExpiryTunables::default(),
             seed_demo: None,
             shutdown_drain_seconds: 0,
             shutdown_grace_seconds: 30,
@@ -448,6 +554,25 @@ impl Config {
         if let Some(v) = get("GIFTX_ISSUE_CHUNK_SIZE") {
             self.issuance.chunk_size = env_parse("GIFTX_ISSUE_CHUNK_SIZE", &v)?;
         }
+        if let Some(v) = get("GIFTX_PROVIDER_TIMEOUT_MS") {
+            self.exchange.provider_timeout_ms = env_parse("GIFTX_PROVIDER_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_MAX_ATTEMPTS") {
+            self.exchange.max_attempts = env_parse("GIFTX_MAX_ATTEMPTS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_WORKERS") {
+            self.expiry.workers = env_parse("GIFTX_WORKERS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_WORKER_INTERVAL_MS") {
+            self.expiry.interval_ms = env_parse("GIFTX_WORKER_INTERVAL_MS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_WORKER_LEASE_MS") {
+            self.expiry.lease_ttl_ms = env_parse("GIFTX_WORKER_LEASE_MS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_RECONCILE_MIN_AGE_SECONDS") {
+            self.expiry.reconcile_min_age_seconds =
+                env_parse("GIFTX_RECONCILE_MIN_AGE_SECONDS", &v)?;
+        }
         if let Some(v) = get("GIFTX_SEED_DEMO") {
             self.seed_demo = Some(env_parse("GIFTX_SEED_DEMO", &v)?);
         }
@@ -477,6 +602,28 @@ impl Config {
         }
         if self.ledger.lockout_threshold == 0 {
             return bad("ledger.lockout_threshold must be at least 1".into());
+        }
+        let x = &self.exchange;
+        if x.provider_timeout_ms == 0
+            || x.lease_seconds.saturating_mul(1000) <= x.provider_timeout_ms
+        {
+            return bad(format!(
+                "exchange.lease_seconds ({}) must exceed exchange.provider_timeout_ms ({} ms), \
+                 which must be positive: a lease that lapses during a provider call would let a \
+                 reconciler drive the same exchange concurrently",
+                x.lease_seconds, x.provider_timeout_ms
+            ));
+        }
+        if x.max_attempts == 0 {
+            return bad("exchange.max_attempts must be at least 1".into());
+        }
+        let e = &self.expiry;
+        if e.interval_ms == 0 || e.lease_ttl_ms <= e.interval_ms.saturating_mul(2) {
+            return bad(format!(
+                "expiry.lease_ttl_ms ({}) must exceed twice expiry.interval_ms ({}), \
+                 which must be positive, so the holder renews in time",
+                e.lease_ttl_ms, e.interval_ms
+            ));
         }
         for (id, p) in &self.providers {
             if let Err(v) = ProviderId::parse("providers", id) {

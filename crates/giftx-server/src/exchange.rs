@@ -1,20 +1,25 @@
-//! `giftx.v1.ExchangeService`: verify, exchange, re-display.
-//!
-//! Placeholder: the RPCs answer UNIMPLEMENTED until the exchange issue
-//! lands; the constructor is the contract the server wiring relies on.
+//! `giftx.v1.ExchangeService`: verify, exchange, re-display. The logic is
+//! the engine's ([`crate::exchanger`]); this is the protobuf edge.
 
 use std::sync::Arc;
 
+use giftx_core::FieldViolation;
+use giftx_ledger::Preferences;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::exchange_service_server::ExchangeService;
 use tonic::{Request, Response, Status};
 
+use crate::convert::{
+    self, campaign_name, code_state_to_proto, deliverable_kind_to_proto, exchange_name,
+    exchange_state_to_proto, money_to_proto, timestamp_to_proto,
+};
+use crate::exchanger::{ExchangeInput, ExchangeView};
 use crate::state::AppState;
+use crate::status::ApiError;
 
 /// The ExchangeService implementation.
 #[derive(Debug, Clone)]
 pub struct ExchangeApi {
-    #[allow(dead_code)] // used once the RPCs are implemented
     state: Arc<AppState>,
 }
 
@@ -23,34 +28,133 @@ impl ExchangeApi {
     pub fn new(state: Arc<AppState>) -> Self {
         ExchangeApi { state }
     }
+
+    fn reply<T>(&self, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
+        r.map(Response::new).map_err(|e| self.state.status(e))
+    }
 }
 
-fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "giftx.v1.ExchangeService/{rpc} is not implemented yet in this giftxd build"
-    ))
+/// An exchange as protobuf.
+pub fn exchange_to_proto(v: &ExchangeView) -> pb::Exchange {
+    let r = &v.record;
+    pb::Exchange {
+        name: exchange_name(&r.id),
+        state: exchange_state_to_proto(r.state) as i32,
+        option_id: r.option.to_string(),
+        deliverable: v.deliverable.as_ref().map(|d| pb::Deliverable {
+            kind: deliverable_kind_to_proto(d.kind) as i32,
+            code: d.code.clone(),
+            pin: d.pin.clone(),
+            value: d.value.map(money_to_proto),
+            expire_time: d.expire_time.map(timestamp_to_proto),
+            redeem_url: d.redeem_url.clone(),
+            reference: d.reference.clone(),
+        }),
+        create_time: Some(timestamp_to_proto(r.create_time)),
+        update_time: Some(timestamp_to_proto(r.update_time)),
+        campaign: campaign_name(&v.campaign),
+        failure_reason: r.failure_reason.clone(),
+        attempts: i32::try_from(r.attempts).unwrap_or(i32::MAX),
+        parked: r.parked,
+    }
+}
+
+/// Parses the code and login key of a request, reporting both fields.
+fn credentials(
+    code: &str,
+    login_key: &str,
+) -> Result<(giftx_core::Code, giftx_core::LoginKey), Vec<FieldViolation>> {
+    let c = convert::parse_code("code", code);
+    let k = convert::parse_login_key("login_key", login_key);
+    match (c, k) {
+        (Ok(c), Ok(k)) => Ok((c, k)),
+        (c, k) => Err(c.err().into_iter().chain(k.err()).collect()),
+    }
+}
+
+impl ExchangeApi {
+    async fn verify_impl(&self, req: pb::VerifyCodeRequest) -> Result<pb::CodeStatus, ApiError> {
+        let (code, key) = credentials(&req.code, &req.login_key)?;
+        let s = self.state.exchanger.verify(&code, &key).await?;
+        let c = &s.campaign;
+        Ok(pb::CodeStatus {
+            campaign: campaign_name(&c.spec.id),
+            state: code_state_to_proto(s.state) as i32,
+            face_value: Some(money_to_proto(c.spec.face_value)),
+            expire_time: Some(timestamp_to_proto(c.spec.expire_time)),
+            options: convert::campaign_to_proto(c).options,
+            exchange: s.exchange.as_ref().map(exchange_to_proto),
+        })
+    }
+
+    async fn exchange_impl(&self, req: pb::ExchangeRequest) -> Result<pb::Exchange, ApiError> {
+        let mut v = Vec::new();
+        let creds = credentials(&req.code, &req.login_key)
+            .map_err(|e| v.extend(e))
+            .ok();
+        if req.option_id.is_empty() {
+            v.push(FieldViolation::new("option_id", "must not be empty"));
+        } else if let Err(e) = convert::check_text("option_id", &req.option_id, 63) {
+            v.push(e);
+        }
+        if let Err(e) = convert::check_request_id("request_id", &req.request_id, true) {
+            v.push(e);
+        }
+        let email = convert::check_email("contact_email", &req.contact_email)
+            .map_err(|e| v.push(e))
+            .ok()
+            .flatten();
+        let Some((code, login_key)) = creds.filter(|_| v.is_empty()) else {
+            return Err(v.into());
+        };
+        let view = self
+            .state
+            .exchanger
+            .exchange(ExchangeInput {
+                code,
+                login_key,
+                option_id: req.option_id,
+                request_id: req.request_id,
+                contact_email: email,
+                preferences: Preferences {
+                    delete_personal_data: req.delete_personal_data,
+                    stop_mail: req.stop_mail,
+                },
+            })
+            .await?;
+        Ok(exchange_to_proto(&view))
+    }
+
+    async fn get_exchange_impl(
+        &self,
+        req: pb::GetExchangeRequest,
+    ) -> Result<pb::Exchange, ApiError> {
+        let (code, key) = credentials(&req.code, &req.login_key)?;
+        let view = self.state.exchanger.latest(&code, &key).await?;
+        Ok(exchange_to_proto(&view))
+    }
 }
 
 #[tonic::async_trait]
 impl ExchangeService for ExchangeApi {
     async fn verify_code(
         &self,
-        _request: Request<pb::VerifyCodeRequest>,
+        request: Request<pb::VerifyCodeRequest>,
     ) -> Result<Response<pb::CodeStatus>, Status> {
-        Err(unimplemented("VerifyCode"))
+        self.reply(self.verify_impl(request.into_inner()).await)
     }
 
     async fn exchange(
         &self,
-        _request: Request<pb::ExchangeRequest>,
+        request: Request<pb::ExchangeRequest>,
     ) -> Result<Response<pb::Exchange>, Status> {
-        Err(unimplemented("Exchange"))
+        self.reply(self.exchange_impl(request.into_inner()).await)
     }
 
     async fn get_exchange(
         &self,
-        _request: Request<pb::GetExchangeRequest>,
+        request: Request<pb::GetExchangeRequest>,
     ) -> Result<Response<pb::Exchange>, Status> {
-        Err(unimplemented("GetExchange"))
+        self.reply(self.get_exchange_impl(request.into_inner()).await)
     }
 }

@@ -1,20 +1,28 @@
 //! `giftx.v1.ExpiryService`: deadlines, sweeps and in-flight exchanges.
-//!
-//! Placeholder: the RPCs answer UNIMPLEMENTED until the expiry issue
-//! lands; the constructor is the contract the server wiring relies on.
+//! The background workers behind it are in [`crate::workers`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use giftx_core::FieldViolation;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::expiry_service_server::ExpiryService;
 use tonic::{Request, Response, Status};
 
+use crate::convert::{self, campaign_name, campaign_to_proto, money_to_proto, timestamp_to_proto};
+use crate::exchange::exchange_to_proto;
+use crate::exchanger::ExchangeView;
 use crate::state::AppState;
+use crate::status::ApiError;
+
+/// Default ListPendingExchanges page size.
+const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest ListPendingExchanges page size.
+const MAX_PAGE_SIZE: usize = 1000;
 
 /// The ExpiryService implementation.
 #[derive(Debug, Clone)]
 pub struct ExpiryApi {
-    #[allow(dead_code)] // used once the RPCs are implemented
     state: Arc<AppState>,
 }
 
@@ -23,41 +31,143 @@ impl ExpiryApi {
     pub fn new(state: Arc<AppState>) -> Self {
         ExpiryApi { state }
     }
-}
 
-fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "giftx.v1.ExpiryService/{rpc} is not implemented yet in this giftxd build"
-    ))
+    fn reply<T>(&self, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
+        r.map(Response::new).map_err(|e| self.state.status(e))
+    }
+
+    async fn extend_impl(&self, req: pb::ExtendCampaignRequest) -> Result<pb::Campaign, ApiError> {
+        let mut v = Vec::new();
+        let id = convert::parse_campaign_name("campaign", &req.campaign)
+            .map_err(|e| v.push(e))
+            .ok();
+        let t = match &req.expire_time {
+            None => {
+                v.push(FieldViolation::new("expire_time", "must be set"));
+                None
+            }
+            Some(t) => convert::timestamp_from_proto("expire_time", t)
+                .map_err(|e| v.push(e))
+                .ok(),
+        };
+        let (Some(id), Some(t)) = (id, t) else {
+            return Err(v.into());
+        };
+        let now = self.state.now();
+        let c = self
+            .state
+            .ledger
+            .extend_campaign(&id, t, req.force, now)
+            .await?;
+        self.state.invalidate_campaign(&id);
+        tracing::info!(campaign = %id, expire_time = t.millis(), force = req.force, "deadline moved");
+        Ok(campaign_to_proto(&self.state.remember_campaign(c)))
+    }
+
+    async fn sweep_impl(&self, req: pb::SweepExpiredRequest) -> Result<pb::SweepReport, ApiError> {
+        let id = convert::parse_campaign_name("campaign", &req.campaign)?;
+        let campaign = self.state.campaign(&id).await?;
+        let now = self.state.now();
+        let out = self.state.ledger.sweep(&id, now).await?;
+        Ok(pb::SweepReport {
+            campaign: campaign_name(&id),
+            expired_count: out.expired,
+            expired_value: Some(money_to_proto(campaign.spec.face_value.times(out.expired))),
+            buckets_swept: i64::try_from(out.buckets).unwrap_or(i64::MAX),
+            sweep_time: Some(timestamp_to_proto(self.state.now())),
+        })
+    }
+
+    async fn list_pending_impl(
+        &self,
+        req: pb::ListPendingExchangesRequest,
+    ) -> Result<pb::ListPendingExchangesResponse, ApiError> {
+        let mut v = Vec::new();
+        let older_than = match &req.older_than {
+            None => Some(Duration::ZERO),
+            Some(d) if d.seconds < 0 || d.nanos < 0 => {
+                v.push(FieldViolation::new("older_than", "must not be negative"));
+                None
+            }
+            Some(d) => Some(
+                Duration::from_secs(u64::try_from(d.seconds).unwrap_or(0))
+                    + Duration::from_nanos(u64::try_from(d.nanos).unwrap_or(0)),
+            ),
+        };
+        let size = convert::page_size("page_size", req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            .map_err(|e| v.push(e))
+            .ok();
+        let cursor = convert::decode_page_token(&self.state.hasher, "page_token", &req.page_token)
+            .map_err(|e| v.push(e))
+            .ok();
+        let (Some(older_than), Some(size), Some(cursor)) = (older_than, size, cursor) else {
+            return Err(v.into());
+        };
+        let before = self.state.now().minus(older_than);
+        let page = self
+            .state
+            .ledger
+            .list_pending(before, cursor.as_deref(), size)
+            .await?;
+        let mut exchanges = Vec::with_capacity(page.items.len());
+        for record in page.items {
+            let Some(c) = self.state.campaign_by_series(record.series).await? else {
+                continue;
+            };
+            exchanges.push(exchange_to_proto(&ExchangeView {
+                record,
+                campaign: c.spec.id.clone(),
+                deliverable: None,
+            }));
+        }
+        Ok(pb::ListPendingExchangesResponse {
+            exchanges,
+            next_page_token: page
+                .next
+                .as_deref()
+                .map(|c| convert::encode_page_token(&self.state.hasher, c))
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn reconcile_impl(
+        &self,
+        req: pb::ReconcileExchangeRequest,
+    ) -> Result<pb::Exchange, ApiError> {
+        let id = convert::parse_exchange_name("name", &req.name)?;
+        let (view, outcome) = self.state.exchanger.reconcile(&id).await?;
+        tracing::info!(exchange = %id.0, ?outcome, "reconciled on request");
+        Ok(exchange_to_proto(&view))
+    }
 }
 
 #[tonic::async_trait]
 impl ExpiryService for ExpiryApi {
     async fn extend_campaign(
         &self,
-        _request: Request<pb::ExtendCampaignRequest>,
+        request: Request<pb::ExtendCampaignRequest>,
     ) -> Result<Response<pb::Campaign>, Status> {
-        Err(unimplemented("ExtendCampaign"))
+        self.reply(self.extend_impl(request.into_inner()).await)
     }
 
     async fn sweep_expired(
         &self,
-        _request: Request<pb::SweepExpiredRequest>,
+        request: Request<pb::SweepExpiredRequest>,
     ) -> Result<Response<pb::SweepReport>, Status> {
-        Err(unimplemented("SweepExpired"))
+        self.reply(self.sweep_impl(request.into_inner()).await)
     }
 
     async fn list_pending_exchanges(
         &self,
-        _request: Request<pb::ListPendingExchangesRequest>,
+        request: Request<pb::ListPendingExchangesRequest>,
     ) -> Result<Response<pb::ListPendingExchangesResponse>, Status> {
-        Err(unimplemented("ListPendingExchanges"))
+        self.reply(self.list_pending_impl(request.into_inner()).await)
     }
 
     async fn reconcile_exchange(
         &self,
-        _request: Request<pb::ReconcileExchangeRequest>,
+        request: Request<pb::ReconcileExchangeRequest>,
     ) -> Result<Response<pb::Exchange>, Status> {
-        Err(unimplemented("ReconcileExchange"))
+        self.reply(self.reconcile_impl(request.into_inner()).await)
     }
 }

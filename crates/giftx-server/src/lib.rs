@@ -15,11 +15,15 @@ pub mod config;
 pub mod convert;
 pub mod demo;
 pub mod exchange;
+pub mod exchanger;
 pub mod expiry;
 pub mod issuance;
+pub mod providers;
+pub mod sealer;
 pub mod state;
 pub mod status;
 pub mod telemetry;
+pub mod workers;
 
 use std::future::Future;
 use std::path::Path;
@@ -29,6 +33,10 @@ use std::time::Duration;
 use giftx_core::hash::KeyTooShort;
 use giftx_core::{Clock, Hasher, Secret, SystemClock};
 use giftx_ledger::{Ledger, LedgerError, MemoryLedger};
+use giftx_provider::{MemoryProviderStore, ProviderStore};
+
+use crate::exchanger::Exchanger;
+use crate::sealer::Sealer;
 use giftx_proto::v1::exchange_service_server::ExchangeServiceServer;
 use giftx_proto::v1::expiry_service_server::ExpiryServiceServer;
 use giftx_proto::v1::issuance_service_server::IssuanceServiceServer;
@@ -109,18 +117,69 @@ pub async fn build_state(
             Hasher::random().map_err(|e| ServerError::Key(format!("random HMAC key: {e}")))?
         }
     };
-    let deliverable_keys = match &config.deliverable_keys_file {
-        Some(p) => Some(read_key_file("GIFTX_DELIVERABLE_KEYS_FILE", p)?),
-        None => None,
+    let sealer = match &config.deliverable_keys_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                ServerError::Key(format!(
+                    "cannot read GIFTX_DELIVERABLE_KEYS_FILE {}: {e}",
+                    p.display()
+                ))
+            })?;
+            Sealer::from_key_file(&text).map_err(|e| {
+                ServerError::Key(format!("GIFTX_DELIVERABLE_KEYS_FILE {}: {e}", p.display()))
+            })?
+        }
+        None if !config.embedded_ledger() => {
+            return Err(ServerError::Key(
+                "GIFTX_DELIVERABLE_KEYS_FILE is required with the Redis ledger: deliverables \
+                 are stored encrypted, and the key must outlive this process. Create one with \
+                 `openssl rand -hex 32 > deliverable.keys`"
+                    .into(),
+            ));
+        }
+        None => Sealer::random().map_err(|e| ServerError::Key(e.to_string()))?,
     };
+    let sealer = Arc::new(sealer);
     let ledger_config = config.ledger.ledger_config();
-    let ledger: Arc<dyn Ledger> = match &config.redis_url {
-        None => Arc::new(MemoryLedger::new(ledger_config)),
-        Some(url) => open_redis(url.expose(), ledger_config).await?,
+    let (ledger, store): (Arc<dyn Ledger>, Arc<dyn ProviderStore>) = match &config.redis_url {
+        None => (
+            Arc::new(MemoryLedger::new(ledger_config)),
+            Arc::new(MemoryProviderStore::new()),
+        ),
+        Some(url) => {
+            let redis = giftx_ledger::RedisLedger::connect(url.expose(), ledger_config)
+                .await
+                .map_err(|e| ServerError::Ledger(format!("cannot connect to Redis: {e}")))?;
+            let store = Arc::new(redis.provider_store());
+            (Arc::new(redis), store)
+        }
     };
-    let mut state = AppState::new(ledger, hasher, clock, config);
-    state.deliverable_keys = deliverable_keys;
-    let state = Arc::new(state);
+    let provider_set = providers::build(
+        &config,
+        ledger.clone(),
+        hasher.clone(),
+        clock.clone(),
+        store,
+        sealer.clone(),
+    )
+    .map_err(|e| ServerError::Config(config::ConfigError::Invalid(e.to_string())))?;
+    let instance_id = state::new_instance_id();
+    let exchanger = Arc::new(Exchanger::new(
+        ledger.clone(),
+        hasher.clone(),
+        clock.clone(),
+        provider_set.adapters.clone(),
+        sealer,
+        config.exchange.settings(),
+        instance_id.clone(),
+    ));
+    let engine = state::Engine {
+        instance_id,
+        exchanger,
+        provider_set: Arc::new(provider_set),
+    };
+    let state = Arc::new(AppState::new(ledger, hasher, clock, config, engine));
+    check_campaign_providers(&state).await?;
     if state.config.seeds_demo() {
         let seeded = demo::seed(&state)
             .await
@@ -130,14 +189,28 @@ pub async fn build_state(
     Ok(state)
 }
 
-async fn open_redis(
-    url: &str,
-    config: giftx_ledger::LedgerConfig,
-) -> Result<Arc<dyn Ledger>, ServerError> {
-    let ledger = giftx_ledger::RedisLedger::connect(url, config)
-        .await
-        .map_err(|e| ServerError::Ledger(format!("cannot connect to Redis: {e}")))?;
-    Ok(Arc::new(ledger))
+/// Refuses to serve campaigns whose options name providers this process
+/// does not have: their codes could be claimed but never fulfilled.
+async fn check_campaign_providers(state: &AppState) -> Result<(), ServerError> {
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = state.ledger.list_campaigns(cursor.as_deref(), 500).await?;
+        for c in &page.items {
+            for o in &c.spec.options {
+                if !state.provider_set.adapters.contains_key(&o.provider) {
+                    return Err(ServerError::Config(config::ConfigError::Invalid(format!(
+                        "campaign {} option {} uses provider {}, which is not configured \
+                         (add [providers.{}])",
+                        c.spec.id, o.id, o.provider, o.provider
+                    ))));
+                }
+            }
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// Reflection lists the served giftx services, health and reflection
@@ -221,6 +294,20 @@ pub async fn serve(
         let _ = stop_rx.await;
     }));
 
+    // The expiry service's background workers (sweeper, reconciler): every
+    // instance serving expiry competes for one lease; one works.
+    let (workers_stop, workers_stop_rx) = tokio::sync::watch::channel(false);
+    let workers = (serves(ServiceKind::Expiry) && state.config.expiry.workers).then(|| {
+        let (w, _stats) = workers::Workers::new(
+            state.ledger.clone(),
+            state.exchanger.clone(),
+            state.clock.clone(),
+            state.config.expiry.settings(),
+            state.instance_id.clone(),
+        );
+        tokio::spawn(w.run(workers_stop_rx))
+    });
+
     let ledger_kind = if state.config.embedded_ledger() {
         "embedded ledger"
     } else {
@@ -258,6 +345,14 @@ pub async fn serve(
     }
 
     tracing::info!("shutting down: health NOT_SERVING");
+    let _ = workers_stop.send(true);
+    if let Some(w) = workers
+        && tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .is_err()
+    {
+        tracing::warn!("expiry workers did not stop within 10s");
+    }
     reporter
         .set_service_status("", ServingStatus::NotServing)
         .await;

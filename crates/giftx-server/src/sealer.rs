@@ -109,16 +109,24 @@ impl Sealer {
     /// # Errors
     /// When the CSPRNG fails.
     pub fn seal(&self, exchange_id: &str, d: &Deliverable) -> Result<Vec<u8>, SealError> {
+        let plain = serde_json::to_vec(&StoredDeliverable::from(d)).map_err(|_| SealError::Open)?;
+        self.seal_bytes(exchange_id.as_bytes(), &plain)
+    }
+
+    /// Seals arbitrary bytes, bound to `context` (associated data).
+    ///
+    /// # Errors
+    /// When the CSPRNG fails.
+    pub fn seal_bytes(&self, context: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
         let (id, cipher) = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
-        let plain = serde_json::to_vec(&StoredDeliverable::from(d)).map_err(|_| SealError::Open)?;
         let ct = cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
-                    msg: &plain,
-                    aad: exchange_id.as_bytes(),
+                    msg: plain,
+                    aad: context,
                 },
             )
             .map_err(|_| SealError::Open)?;
@@ -135,6 +143,16 @@ impl Sealer {
     /// # Errors
     /// [`SealError::Open`] when it does not open.
     pub fn open(&self, exchange_id: &str, sealed: &[u8]) -> Result<Deliverable, SealError> {
+        let plain = self.open_bytes(exchange_id.as_bytes(), sealed)?;
+        let s: StoredDeliverable = serde_json::from_slice(&plain).map_err(|_| SealError::Open)?;
+        s.into_deliverable().ok_or(SealError::Open)
+    }
+
+    /// Opens what [`Sealer::seal_bytes`] sealed with the same `context`.
+    ///
+    /// # Errors
+    /// [`SealError::Open`] when it does not open.
+    pub fn open_bytes(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         if sealed.len() < 2 + NONCE_LEN || sealed[0] != VERSION {
             return Err(SealError::Open);
         }
@@ -145,17 +163,15 @@ impl Sealer {
             .find(|(id, _)| *id == key_id)
             .ok_or(SealError::Open)?;
         let nonce = XNonce::from_slice(&sealed[2..2 + NONCE_LEN]);
-        let plain = cipher
+        cipher
             .decrypt(
                 nonce,
                 Payload {
                     msg: &sealed[2 + NONCE_LEN..],
-                    aad: exchange_id.as_bytes(),
+                    aad: context,
                 },
             )
-            .map_err(|_| SealError::Open)?;
-        let s: StoredDeliverable = serde_json::from_slice(&plain).map_err(|_| SealError::Open)?;
-        s.into_deliverable().ok_or(SealError::Open)
+            .map_err(|_| SealError::Open)
     }
 }
 

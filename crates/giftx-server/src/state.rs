@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use giftx_core::model::{Campaign, CampaignId};
-use giftx_core::{Clock, DomainError, Hasher, Secret, Series, Timestamp};
+use giftx_core::{Clock, DomainError, Hasher, Series, Timestamp};
 use giftx_ledger::Ledger;
 use tonic::Status;
 
 use crate::config::{Config, ProviderConfig};
+use crate::exchanger::Exchanger;
+use crate::providers::ProviderSet;
 use crate::status::ApiError;
 
 /// How long a cached campaign is trusted. Deadlines are enforced by the
@@ -21,6 +23,25 @@ const CAMPAIGN_TTL: Duration = Duration::from_secs(2);
 struct CampaignCache {
     by_id: HashMap<CampaignId, (Instant, Arc<Campaign>)>,
     by_series: HashMap<Series, (Instant, Arc<Campaign>)>,
+}
+
+/// The parts of [`AppState`] built over the ledger.
+pub struct Engine {
+    /// This process's lease token.
+    pub instance_id: String,
+    /// The exchange engine.
+    pub exchanger: Arc<Exchanger>,
+    /// The providers.
+    pub provider_set: Arc<ProviderSet>,
+}
+
+/// A token naming this process in leases: unique even for two giftxd in
+/// one process (tests) or PID reuse across containers.
+pub fn new_instance_id() -> String {
+    let mut r = [0u8; 6];
+    // A failing CSPRNG leaves zeros: the PID still tells processes apart.
+    let _ = getrandom::fill(&mut r);
+    format!("giftxd-{}-{}", std::process::id(), hex::encode(r))
 }
 
 /// Shared state, handed to every service as `Arc<AppState>`.
@@ -35,10 +56,12 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Configured providers by id (the defaults when none are configured).
     pub providers: Arc<BTreeMap<String, ProviderConfig>>,
-    /// Deliverable AEAD key material, if a keys file was configured.
-    pub deliverable_keys: Option<Secret>,
-    /// This process's token, for leases (`giftxd-<pid>-<start ms>`).
+    /// This process's token, for leases (`giftxd-<pid>-<random>`).
     pub instance_id: String,
+    /// The exchange engine (claim → provider → complete/release).
+    pub exchanger: Arc<Exchanger>,
+    /// The provider adapters, their store and simulator handles.
+    pub provider_set: Arc<ProviderSet>,
     cache: Mutex<CampaignCache>,
 }
 
@@ -53,23 +76,25 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Assembles the state from its parts (the ledger already open).
+    /// Assembles the state from its parts (the ledger already open, the
+    /// providers and the engine built over it).
     pub fn new(
         ledger: Arc<dyn Ledger>,
         hasher: Hasher,
         clock: Arc<dyn Clock>,
         config: Config,
+        engine: Engine,
     ) -> AppState {
         let providers = Arc::new(config.effective_providers());
-        let instance_id = format!("giftxd-{}-{}", std::process::id(), clock.now().millis());
         AppState {
             ledger,
             hasher,
             clock,
             config: Arc::new(config),
             providers,
-            deliverable_keys: None,
-            instance_id,
+            instance_id: engine.instance_id,
+            exchanger: engine.exchanger,
+            provider_set: engine.provider_set,
             cache: Mutex::new(CampaignCache::default()),
         }
     }

@@ -30,6 +30,10 @@ pub const DEFAULT_START: Timestamp = Timestamp(1_404_864_000_000);
 /// The HMAC key the test app uses with Redis (tests only).
 pub const TEST_HMAC_KEY: &[u8; 32] = b"giftx-test-hmac-key-0123456789ab";
 
+/// The deliverable key ring the test app uses with Redis (tests only).
+pub const TEST_DELIVERABLE_KEY: &str =
+    "67696674782d746573742d64656c6976657261626c652d6b65792d3031323334\n";
+
 /// How to spawn a [`TestApp`].
 #[derive(Clone, Debug)]
 pub struct TestAppOptions {
@@ -199,13 +203,18 @@ impl TestApp {
         };
         if let Some(url) = url {
             config.redis_url = Some(giftx_server::config::SecretString::new(url));
+            let dir = tempfile::tempdir().expect("temp dir for keys");
             if config.hmac_key_file.is_none() {
-                let dir = tempfile::tempdir().expect("temp dir for keys");
                 let path = dir.path().join("hmac.key");
                 std::fs::write(&path, TEST_HMAC_KEY).expect("write HMAC key");
                 config.hmac_key_file = Some(path);
-                keys = Some(dir);
             }
+            if config.deliverable_keys_file.is_none() {
+                let path = dir.path().join("deliverable.keys");
+                std::fs::write(&path, TEST_DELIVERABLE_KEY).expect("write deliverable key");
+                config.deliverable_keys_file = Some(path);
+            }
+            keys = Some(dir);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
