@@ -19,7 +19,25 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Two test threads per binary keep a 2-core machine responsive; each test
-# binary runs its own redis-server.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "test.sh: installing python3-venv" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+
 export RUST_BACKTRACE=1
+
+# The API from an independent client: Python grpcio stubs generated from
+# proto/ at test time, against a real giftxd process.
+cargo build --locked --bin giftxd
+venv=target/pyenv
+if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/python/requirements.txt "$venv/requirements.txt"; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+  cp tests/python/requirements.txt "$venv/requirements.txt"
+fi
+GIFTXD=target/debug/giftxd "$venv/bin/python" tests/python/test_story.py
+
+# Every Rust test. Each test binary runs its own redis-server.
 cargo test --workspace --locked -- --test-threads="${GIFTX_TEST_THREADS:-4}"
