@@ -29,6 +29,11 @@
 -- record = state, option, request, fingerprint, create, update, attempts, parked,
 -- next attempt, lease holder, lease until, contact, preferences, reason, has deliverable,
 -- deliverable
+-- Past deadline + retention (by ARGV[1], not Redis's clock) the campaign's codes and
+-- exchanges in this bucket are gone: they are deleted here (with their PENDING entries)
+-- and the claim reads {2}.
+-- The login key prefix is compared in constant time (OR of the XORs of all 8 bytes).
+-- 64 bits are plenty: lockout allows ARGV[15] guesses per lockout duration.
 local rcall = redis.call
 local now, field = tonumber(ARGV[1]), ARGV[2]
 local function seq2(n) return string.char(math.floor(n / 256), n % 256) end
@@ -41,16 +46,44 @@ local function event(kind, ...)
   rcall('XADD', KEYS[6], 'MINID', '~', ARGV[18], '*', 'k', kind, 't', ARGV[1], ...)
 end
 
+local function same_key(rec, key)
+  if #key ~= 8 then return false end
+  local d = 0
+  for i = 1, 8 do
+    d = bit.bor(d, bit.bxor(string.byte(rec, i + 1), string.byte(key, i)))
+  end
+  return d == 0
+end
+
 local rec = rcall('HGET', KEYS[1], field)
 if not rec then return {2} end
+local ord = string.sub(rec, 12)
+local dl, ver = tonumber(ARGV[11]), tonumber(ARGV[12])
+local m = rcall('HMGET', KEYS[3], 'dl', 'ver', 'sw', 'v:' .. ord)
+local sync = true
+if m[2] and tonumber(m[2]) >= ver then dl = tonumber(m[1]) sync = false end
 local lk = rcall('HGET', KEYS[4], field)
+if now >= dl + tonumber(ARGV[14]) then
+  local series = string.sub(ARGV[17], 1, 4)
+  local stale = {}
+  for _, id in ipairs(rcall('ZRANGE', KEYS[5], 0, -1)) do
+    if string.sub(id, 1, 4) == series then stale[#stale + 1] = id end
+  end
+  rcall('DEL', KEYS[1], KEYS[2])
+  if lk then rcall('HDEL', KEYS[4], field) end
+  for i = 1, #stale, 1000 do
+    rcall('ZREM', KEYS[5], unpack(stale, i, math.min(i + 999, #stale)))
+  end
+  event('campaign.purged', 'series', string.match(KEYS[1], ':c:(%d+)$'))
+  return {2}
+end
 local fails, locked = 0, 0
 if lk then
   local a, b = string.match(lk, '^(%d+):(%d+)$')
   fails, locked = tonumber(a), tonumber(b)
 end
 if locked > now then return {3, locked} end
-if string.sub(rec, 2, 9) ~= ARGV[3] then
+if not same_key(rec, ARGV[3]) then
   fails = fails + 1
   if fails >= tonumber(ARGV[15]) then
     local untl = now + tonumber(ARGV[16])
@@ -77,11 +110,6 @@ end
 local st = string.sub(rec, 1, 1)
 if st == 'R' then return {6} end
 if st == 'P' then return {7} end
-local ord = string.sub(rec, 12)
-local dl, ver = tonumber(ARGV[11]), tonumber(ARGV[12])
-local m = rcall('HMGET', KEYS[3], 'dl', 'ver', 'sw', 'v:' .. ord)
-local sync = true
-if m[2] and tonumber(m[2]) >= ver then dl = tonumber(m[1]) sync = false end
 if m[4] or string.find(ARGV[13], ',' .. ord .. ',', 1, true) then return {5} end
 if now >= dl then return {4} end
 if seq >= 65535 then return {7} end

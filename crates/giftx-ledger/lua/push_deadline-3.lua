@@ -1,6 +1,6 @@
 -- push_deadline: give this bucket a campaign's new deadline if it is newer than its copy.
--- KEYS[1] {bN}:c:<s>   code records (TTL follows the deadline)
--- KEYS[2] {bN}:x:<s>   exchanges (TTL follows the deadline)
+-- KEYS[1] {bN}:c:<s>   code records (TTL follows the deadline; deleted past retention)
+-- KEYS[2] {bN}:x:<s>   exchanges (TTL follows the deadline; deleted past retention)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
 -- ARGV[1] deadline (ms)
 -- ARGV[2] version
@@ -18,5 +18,7 @@ local ttl = dl + tonumber(ARGV[4]) - now
 if ttl > 0 then
   rcall('PEXPIRE', KEYS[1], ttl)
   rcall('PEXPIRE', KEYS[2], ttl)
+else
+  rcall('DEL', KEYS[1], KEYS[2])
 end
 return {0, 1}

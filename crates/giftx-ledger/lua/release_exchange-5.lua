@@ -9,11 +9,34 @@
 -- ARGV[3] failure reason
 -- ARGV[4] exchange id
 -- ARGV[5] event trim threshold (ms, XADD MINID)
+-- ARGV[6] campaign deadline known to the caller (ms)
+-- ARGV[7] campaign version known to the caller
+-- ARGV[8] retention after the deadline (ms)
 -- Returns {0, record...} OK (also when it had already FAILED: unchanged);
 -- {17} EXCHANGE_NOT_FOUND; {18} EXCHANGE_FINISHED (it SUCCEEDED)
+-- Past deadline + retention (by ARGV[1], not Redis's clock; deadline = the newer of
+-- ARGV[6]/ARGV[7] and the bucket's copy) the campaign's codes and exchanges in this
+-- bucket are gone: they are deleted here (with their PENDING entries) and this reads {17}.
 local rcall = redis.call
 local raw = rcall('HGET', KEYS[2], ARGV[2])
 if not raw then return {17} end
+local m = rcall('HMGET', KEYS[3], 'dl', 'ver')
+local dl = tonumber(ARGV[6])
+if m[2] and tonumber(m[2]) >= tonumber(ARGV[7]) then dl = tonumber(m[1]) end
+if tonumber(ARGV[1]) >= dl + tonumber(ARGV[8]) then
+  local series = string.sub(ARGV[4], 1, 4)
+  local stale = {}
+  for _, id in ipairs(rcall('ZRANGE', KEYS[4], 0, -1)) do
+    if string.sub(id, 1, 4) == series then stale[#stale + 1] = id end
+  end
+  rcall('DEL', KEYS[1], KEYS[2])
+  for i = 1, #stale, 1000 do
+    rcall('ZREM', KEYS[4], unpack(stale, i, math.min(i + 999, #stale)))
+  end
+  rcall('XADD', KEYS[5], 'MINID', '~', ARGV[5], '*', 'k', 'campaign.purged', 't', ARGV[1],
+    'series', string.match(KEYS[1], ':c:(%d+)$'))
+  return {17}
+end
 local x = cmsgpack.unpack(raw)
 local function reply()
   local r = {0}

@@ -13,22 +13,46 @@
 -- ARGV[7] lockout threshold
 -- ARGV[8] lockout duration (ms)
 -- ARGV[9] event trim threshold (ms, XADD MINID)
+-- ARGV[10] retention after the deadline (ms)
 -- Returns {0, state, seq, record...} OK: state one of A P R E V, seq 0 when no exchange
--- (then no record); {2} LOGIN_KEY_MISMATCH (also: no such code); {3, until} LOCKED
+-- (then no record); {2} LOGIN_KEY_MISMATCH (also: no such code, or the campaign's codes
+-- are past deadline + retention: then this bucket's codes and exchanges of the campaign
+-- are deleted here, whatever Redis's own clock says); {3, until} LOCKED
+-- The login key prefix is compared in constant time (OR of the XORs of all 8 bytes).
+-- 64 bits are plenty: lockout allows ARGV[7] guesses per lockout duration.
 local rcall = redis.call
 local now, field = tonumber(ARGV[1]), ARGV[2]
 local function seq2(n) return string.char(math.floor(n / 256), n % 256) end
+local function same_key(rec, key)
+  if #key ~= 8 then return false end
+  local d = 0
+  for i = 1, 8 do
+    d = bit.bor(d, bit.bxor(string.byte(rec, i + 1), string.byte(key, i)))
+  end
+  return d == 0
+end
 
 local rec = rcall('HGET', KEYS[1], field)
 if not rec then return {2} end
+local ord = string.sub(rec, 12)
+local dl, ver = tonumber(ARGV[4]), tonumber(ARGV[5])
+local m = rcall('HMGET', KEYS[3], 'dl', 'ver', 'v:' .. ord)
+if m[2] and tonumber(m[2]) >= ver then dl = tonumber(m[1]) end
 local lk = rcall('HGET', KEYS[4], field)
+if now >= dl + tonumber(ARGV[10]) then
+  rcall('DEL', KEYS[1], KEYS[2])
+  if lk then rcall('HDEL', KEYS[4], field) end
+  rcall('XADD', KEYS[5], 'MINID', '~', ARGV[9], '*', 'k', 'campaign.purged', 't', ARGV[1],
+    'series', string.match(KEYS[1], ':c:(%d+)$'))
+  return {2}
+end
 local fails, locked = 0, 0
 if lk then
   local a, b = string.match(lk, '^(%d+):(%d+)$')
   fails, locked = tonumber(a), tonumber(b)
 end
 if locked > now then return {3, locked} end
-if string.sub(rec, 2, 9) ~= ARGV[3] then
+if not same_key(rec, ARGV[3]) then
   fails = fails + 1
   if fails >= tonumber(ARGV[7]) then
     local untl = now + tonumber(ARGV[8])
@@ -43,10 +67,6 @@ end
 
 local st = string.sub(rec, 1, 1)
 if st == 'A' then
-  local ord = string.sub(rec, 12)
-  local dl, ver = tonumber(ARGV[4]), tonumber(ARGV[5])
-  local m = rcall('HMGET', KEYS[3], 'dl', 'ver', 'v:' .. ord)
-  if m[2] and tonumber(m[2]) >= ver then dl = tonumber(m[1]) end
   if m[3] or string.find(ARGV[6], ',' .. ord .. ',', 1, true) then
     st = 'V'
   elseif now >= dl then

@@ -1583,6 +1583,77 @@ async fn list_pending_pages_through_old_pending_exchanges(l: &dyn Ledger) {
     assert!(none.items.is_empty());
 }
 
+async fn list_pending_skips_nothing_when_listed_exchanges_finish_between_pages(l: &dyn Ledger) {
+    let w = world(l, "pending-moving", 12).await;
+    let base = ms(w.start, 10_000);
+    let mut want = BTreeSet::new();
+    for (i, c) in w.codes.iter().enumerate() {
+        // Pairs share a millisecond: the cursor must order within a score.
+        let t = ms(base, 1000 * (i as i64 / 2));
+        let x = claimed(
+            l.claim(&claim_req(c, "gift-code", "r", "h", ms(t, 1)), t)
+                .await,
+        );
+        want.insert(x.id);
+    }
+    let cutoff = ms(base, 3_600_000);
+    for limit in [1, 2, 5] {
+        let mut got = BTreeSet::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = l
+                .list_pending(cutoff, cursor.as_deref(), limit)
+                .await
+                .unwrap();
+            assert!(page.items.len() <= limit);
+            // The first entry of each page finishes before the next page.
+            if let Some(x) = page.items.first() {
+                l.defer_attempt(&x.id, ms(base, 5000), false, ms(base, 60_000))
+                    .await
+                    .unwrap();
+            }
+            for x in page.items {
+                assert!(got.insert(x.id), "an exchange listed twice (limit {limit})");
+            }
+            pages += 1;
+            assert!(pages <= 40, "paging does not end");
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(got, want, "limit {limit}");
+    }
+    // Now finish listed ones between pages for real: each page's first
+    // exchange completes, and nothing still pending is skipped.
+    let mut got = BTreeSet::new();
+    let mut done = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = l.list_pending(cutoff, cursor.as_deref(), 3).await.unwrap();
+        if let Some(x) = page.items.first() {
+            l.complete(&x.id, None, ms(base, 60_000)).await.unwrap();
+            done.insert(x.id.clone());
+        }
+        got.extend(page.items.into_iter().map(|x| x.id));
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(got, want);
+    let left: BTreeSet<ExchangeId> = l
+        .list_pending(cutoff, None, 100)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(left, want.difference(&done).cloned().collect());
+}
+
 async fn sweep_marks_each_code_once(l: &dyn Ledger) {
     let w = world(l, "sweep", 6).await;
     let id = &w.campaign.spec.id;
@@ -2458,6 +2529,7 @@ macro_rules! suite {
             latest_exchange_refusals,
             attempts_are_leased_counted_and_deferred,
             list_pending_pages_through_old_pending_exchanges,
+            list_pending_skips_nothing_when_listed_exchanges_finish_between_pages,
             sweep_marks_each_code_once,
             counts_are_exact_after_a_mixed_workload,
             singleton_leases,

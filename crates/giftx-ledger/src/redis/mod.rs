@@ -58,6 +58,13 @@ pub struct RedisOptions {
     pub cache_ttl: Duration,
     /// Bucket scripts in flight at once when a call fans out over buckets.
     pub fan_out: usize,
+    /// Connections the bucket scripts and bulk pipelines are spread over
+    /// (by bucket). Redis reads at most 16 KiB per connection per
+    /// event-loop turn, and with `appendfsync always` each turn that writes
+    /// costs one fsync, so a single connection caps write throughput at
+    /// 16 KiB per fsync; several connections let one turn (and one fsync)
+    /// take several times that.
+    pub connections: usize,
 }
 
 impl Default for RedisOptions {
@@ -67,6 +74,7 @@ impl Default for RedisOptions {
             event_retention: Duration::from_secs(30 * 24 * 3600),
             cache_ttl: Duration::from_secs(1),
             fan_out: 512,
+            connections: 4,
         }
     }
 }
@@ -74,6 +82,8 @@ impl Default for RedisOptions {
 /// The ledger on Redis (standalone; every script also runs on Cluster).
 pub struct RedisLedger {
     conn: ConnectionManager,
+    /// `conn` first, then `connections - 1` more.
+    pool: Vec<ConnectionManager>,
     config: LedgerConfig,
     options: RedisOptions,
     cache: Mutex<HashMap<u16, (Instant, CampaignInfo)>>,
@@ -134,14 +144,97 @@ fn refused(rc: Rc, v: &[Value]) -> LedgerError {
     }
 }
 
-fn code_value(login: &Digest, ordinal: u32) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16);
-    v.push(b'A');
-    v.extend_from_slice(&login.0[..8]);
-    v.extend_from_slice(&[0, 0]);
-    v.extend_from_slice(ordinal.to_string().as_bytes());
-    v
+/// A chunk of codes grouped by bucket, without a per-code allocation:
+/// `order` holds chunk indexes bucket by bucket, each bucket's run sorted by
+/// code field so a field repeated within the chunk is found here (the
+/// script never sees two equal fields; the later ones are `repeats`, as an
+/// insert-if-absent in chunk order would report them).
+struct StorePlan {
+    /// Chunk indexes sent, bucket by bucket.
+    order: Vec<usize>,
+    /// (bucket, start, end) into `order`, ascending by bucket.
+    ranges: Vec<(u16, usize, usize)>,
+    /// Code field of every code of the chunk.
+    fields: Vec<[u8; 10]>,
+    /// Chunk indexes repeating an earlier code of the chunk.
+    repeats: Vec<usize>,
 }
+
+impl StorePlan {
+    fn new(codes: &[NewCode]) -> StorePlan {
+        let slots: Vec<Slot> = codes.iter().map(|c| Slot::of(&c.code)).collect();
+        let nb = usize::from(BUCKETS);
+        let mut start = vec![0usize; nb + 1];
+        for s in &slots {
+            start[usize::from(s.bucket) + 1] += 1;
+        }
+        for b in 0..nb {
+            start[b + 1] += start[b];
+        }
+        let mut fill = start.clone();
+        let mut sorted = vec![0usize; slots.len()];
+        for (i, s) in slots.iter().enumerate() {
+            let b = usize::from(s.bucket);
+            sorted[fill[b]] = i;
+            fill[b] += 1;
+        }
+        let mut order = Vec::with_capacity(slots.len());
+        let mut ranges = Vec::new();
+        let mut repeats = Vec::new();
+        for (b, w) in start.windows(2).enumerate() {
+            if w[0] == w[1] {
+                continue;
+            }
+            let run = &mut sorted[w[0]..w[1]];
+            run.sort_unstable_by_key(|&i| (slots[i].field, i));
+            let from = order.len();
+            for (j, &i) in run.iter().enumerate() {
+                if j > 0 && slots[run[j - 1]].field == slots[i].field {
+                    repeats.push(i);
+                } else {
+                    order.push(i);
+                }
+            }
+            let bucket = u16::try_from(b).unwrap_or(u16::MAX);
+            ranges.push((bucket, from, order.len()));
+        }
+        StorePlan {
+            order,
+            ranges,
+            fields: slots.iter().map(|s| s.field).collect(),
+            repeats,
+        }
+    }
+
+    /// The 18-byte records (code field, login key prefix) of one range.
+    fn records(&self, codes: &[NewCode], from: usize, to: usize) -> Vec<u8> {
+        let mut blob = Vec::with_capacity((to - from) * 18);
+        for &i in &self.order[from..to] {
+            blob.extend_from_slice(&self.fields[i]);
+            blob.extend_from_slice(&codes[i].login_key.0[..8]);
+        }
+        blob
+    }
+}
+
+/// Sees every script this process runs, for metrics (the server's
+/// Prometheus histograms); set once with [`set_script_observer`].
+pub trait ScriptObserver: Send + Sync + 'static {
+    /// `script` finished after `elapsed` (round trip); `failed` when Redis
+    /// or the connection failed it (a business refusal is not a failure).
+    fn script_finished(&self, script: &'static str, elapsed: Duration, failed: bool);
+}
+
+static SCRIPT_OBSERVER: std::sync::OnceLock<Box<dyn ScriptObserver>> = std::sync::OnceLock::new();
+
+/// Installs the process-wide [`ScriptObserver`]; false when one already is.
+pub fn set_script_observer(observer: Box<dyn ScriptObserver>) -> bool {
+    SCRIPT_OBSERVER.set(observer).is_ok()
+}
+
+/// Bucket scripts per pipeline when storing codes (about 24 codes, 600
+/// bytes each for a full chunk).
+const STORE_PIPELINE: usize = 128;
 
 impl RedisLedger {
     /// Connects with default [`RedisOptions`].
@@ -167,15 +260,20 @@ impl RedisLedger {
             .set_response_timeout(Some(options.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            options.timeout,
-            ConnectionManager::new_with_config(client, cm),
-        )
-        .await
-        .map_err(|_| LedgerError::Unavailable("connect timed out".into()))?
-        .map_err(map_err)?;
+        let mut pool = Vec::with_capacity(options.connections.max(1));
+        for _ in 0..options.connections.max(1) {
+            let conn = tokio::time::timeout(
+                options.timeout,
+                ConnectionManager::new_with_config(client.clone(), cm.clone()),
+            )
+            .await
+            .map_err(|_| LedgerError::Unavailable("connect timed out".into()))?
+            .map_err(map_err)?;
+            pool.push(conn);
+        }
         Ok(RedisLedger {
-            conn,
+            conn: pool[0].clone(),
+            pool,
             config,
             options,
             cache: Mutex::new(HashMap::new()),
@@ -190,6 +288,33 @@ impl RedisLedger {
             .map(ms)
             .unwrap_or(0);
         wall.saturating_sub(ms(self.options.event_retention)).max(0)
+    }
+
+    /// The connection for work on `bucket` (the first for `{g}`).
+    fn conn_for(&self, bucket: Option<u16>) -> ConnectionManager {
+        let i = bucket.map_or(0, |b| usize::from(b) % self.pool.len());
+        self.pool[i].clone()
+    }
+
+    /// After one connection found Redis gone, makes every other pooled
+    /// connection find out too (a PING fails and starts its reconnect), so
+    /// that once Redis is back no call fails on a socket that died while
+    /// it sat idle: a lost server costs callers about one failure, as with
+    /// a single connection.
+    async fn poke_pool(&self, e: &RedisError) {
+        if self.pool.len() < 2 || !(e.is_connection_dropped() || e.is_io_error()) {
+            return;
+        }
+        futures::future::join_all(self.pool.iter().map(|c| {
+            let mut c = c.clone();
+            async move {
+                let ping = redis::cmd("PING");
+                let _ =
+                    tokio::time::timeout(self.options.timeout, ping.query_async::<Value>(&mut c))
+                        .await;
+            }
+        }))
+        .await;
     }
 
     fn retention(&self) -> i64 {
@@ -223,7 +348,8 @@ impl RedisLedger {
             bucket = bucket.map(i64::from).unwrap_or(-1),
             result = tracing::field::Empty
         );
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn_for(bucket);
+        let started = Instant::now();
         let out = async {
             let call = async {
                 // invoke_async reloads the script on NOSCRIPT; a SCRIPT FLUSH
@@ -241,10 +367,16 @@ impl RedisLedger {
                     }
                 }
             };
-            let v: Value = tokio::time::timeout(self.options.timeout, call)
+            let v: Value = match tokio::time::timeout(self.options.timeout, call)
                 .await
                 .map_err(|_| LedgerError::Unavailable(format!("{} timed out", s.name)))?
-                .map_err(map_err)?;
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    self.poke_pool(&e).await;
+                    return Err(map_err(e));
+                }
+            };
             let Value::Array(v) = v else {
                 return Err(internal(format!("{} returned a non-array", s.name)));
             };
@@ -254,6 +386,9 @@ impl RedisLedger {
         }
         .instrument(span)
         .await;
+        if let Some(o) = SCRIPT_OBSERVER.get() {
+            o.script_finished(s.name, started.elapsed(), out.is_err());
+        }
         if let Err(e) = &out {
             tracing::debug!(script = s.name, error = %e, "ledger script failed");
         }
@@ -263,21 +398,27 @@ impl RedisLedger {
     /// Runs plain commands in pipelines of at most 512, concurrently.
     async fn pipelined(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, LedgerError> {
         let chunks: Vec<Vec<redis::Cmd>> = cmds.chunks(512).map(<[redis::Cmd]>::to_vec).collect();
-        let results: Vec<Vec<Value>> = futures::stream::iter(chunks)
-            .map(|chunk| {
-                let mut conn = self.conn.clone();
+        let results: Vec<Vec<Value>> = futures::stream::iter(chunks.into_iter().enumerate())
+            .map(|(n, chunk)| {
+                let mut conn = self.pool[n % self.pool.len()].clone();
                 async move {
                     let mut p = redis::pipe();
                     for c in chunk {
                         p.add_command(c);
                     }
-                    tokio::time::timeout(
+                    match tokio::time::timeout(
                         self.options.timeout,
                         p.query_async::<Vec<Value>>(&mut conn),
                     )
                     .await
                     .map_err(|_| LedgerError::Unavailable("pipeline timed out".into()))?
-                    .map_err(map_err)
+                    {
+                        Ok(v) => Ok(v),
+                        Err(e) => {
+                            self.poke_pool(&e).await;
+                            Err(map_err(e))
+                        }
+                    }
                 }
             })
             .buffered(8)
@@ -382,6 +523,121 @@ impl RedisLedger {
         Ok(())
     }
 
+    /// Runs `store_codes` for every bucket of `plan`: EVALSHA pipelines of
+    /// [`STORE_PIPELINE`] scripts, spread over the connections and run
+    /// concurrently. A script the server lost (NOSCRIPT: it did not run) is
+    /// loaded again and only its buckets are retried, so no bucket runs
+    /// twice. Returns per bucket (issued in the bucket, chunk indexes that
+    /// collided).
+    async fn store_buckets(
+        &self,
+        plan: &StorePlan,
+        codes: &[NewCode],
+        series: Series,
+        ordinal: u32,
+        (dl, ver): (i64, u64),
+        now: Timestamp,
+    ) -> Result<Vec<(u64, Vec<usize>)>, LedgerError> {
+        let s = &SCRIPTS.store_codes;
+        let retention = self.retention();
+        let mut todo: Vec<usize> = (0..plan.ranges.len()).collect();
+        let mut out = Vec::with_capacity(plan.ranges.len());
+        for _ in 0..5 {
+            let batches: Vec<Vec<usize>> =
+                todo.chunks(STORE_PIPELINE).map(<[usize]>::to_vec).collect();
+            let replies: Vec<Vec<(usize, redis::RedisResult<Value>)>> =
+                futures::stream::iter(batches.into_iter().enumerate())
+                    .map(|(n, batch)| {
+                        let mut conn = self.pool[n % self.pool.len()].clone();
+                        let mut p = redis::pipe();
+                        p.ignore_errors();
+                        for &r in &batch {
+                            let (b, from, to) = plan.ranges[r];
+                            let k = BucketKeys::new(b, series);
+                            p.cmd("EVALSHA")
+                                .arg(s.script.get_hash())
+                                .arg(s.keys)
+                                .arg(k.codes())
+                                .arg(k.meta())
+                                .arg(now.0)
+                                .arg(ordinal)
+                                .arg(dl)
+                                .arg(ver)
+                                .arg(retention)
+                                .arg(plan.records(codes, from, to));
+                        }
+                        async move {
+                            let v: Vec<redis::RedisResult<Value>> = match tokio::time::timeout(
+                                self.options.timeout,
+                                p.query_async(&mut conn),
+                            )
+                            .await
+                            .map_err(|_| LedgerError::Unavailable("store_codes timed out".into()))?
+                            {
+                                Ok(v) => v,
+                                Err(e) => {
+                                    self.poke_pool(&e).await;
+                                    return Err(map_err(e));
+                                }
+                            };
+                            if v.len() != batch.len() {
+                                return Err(internal("short store_codes pipeline reply"));
+                            }
+                            Ok(batch.into_iter().zip(v).collect())
+                        }
+                    })
+                    .buffer_unordered(self.pool.len() * 2)
+                    .try_collect()
+                    .await?;
+            let mut lost = Vec::new();
+            for (r, reply) in replies.into_iter().flatten() {
+                let v = match reply {
+                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        lost.push(r);
+                        continue;
+                    }
+                    Err(e) => return Err(map_err(e)),
+                    Ok(Value::Array(v)) => v,
+                    Ok(_) => return Err(internal("store_codes returned a non-array")),
+                };
+                let rc = Rc::from_int(int(v.first().ok_or_else(|| internal("empty reply"))?)?)?;
+                if rc != Rc::Ok {
+                    return Err(refused(rc, &v));
+                }
+                let (_, from, to) = plan.ranges[r];
+                let sent = &plan.order[from..to];
+                let issued = u64::try_from(int(v.get(1).ok_or_else(|| internal("short"))?)?)
+                    .map_err(internal)?;
+                let mut coll = Vec::new();
+                for x in &v[2..] {
+                    let n = usize::try_from(int(x)?).map_err(internal)?;
+                    let i = n.checked_sub(1).and_then(|n| sent.get(n));
+                    coll.push(*i.ok_or_else(|| internal("bad index"))?);
+                }
+                out.push((issued, coll));
+            }
+            if lost.is_empty() {
+                return Ok(out);
+            }
+            tracing::debug!(buckets = lost.len(), "store_codes script lost; reloading");
+            let mut conn = self.conn.clone();
+            tokio::time::timeout(
+                self.options.timeout,
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(s.source)
+                    .query_async::<String>(&mut conn),
+            )
+            .await
+            .map_err(|_| LedgerError::Unavailable("SCRIPT LOAD timed out".into()))?
+            .map_err(map_err)?;
+            todo = lost;
+        }
+        Err(LedgerError::Unavailable(
+            "store_codes script keeps disappearing".into(),
+        ))
+    }
+
     /// Sums a batch's per-bucket issued counters.
     async fn bucket_issued(&self, series: Series, ordinal: u32) -> Result<u64, LedgerError> {
         let cmds = (0..BUCKETS)
@@ -480,6 +736,17 @@ impl RedisLedger {
             Rc::ExchangeNotFound => Ok(None),
             rc => Err(refused(rc, &v)),
         }
+    }
+
+    /// The deadline and version of the campaign holding `series`, for the
+    /// scripts that decide retention; `ExchangeNotFound` when no campaign
+    /// holds it (then no exchange of it can exist).
+    async fn deadline_of(&self, series: Series) -> Result<(i64, u64), LedgerError> {
+        let info = self
+            .info_by_series(series)
+            .await?
+            .ok_or(LedgerError::Refused(Refusal::ExchangeNotFound))?;
+        Ok((info.campaign.spec.expire_time.0, info.campaign.version))
     }
 
     fn loc(id: &ExchangeId) -> Result<ExchangeLoc, LedgerError> {
@@ -677,50 +944,18 @@ impl Ledger for RedisLedger {
             .ok_or(LedgerError::Refused(Refusal::BatchNotFound))?;
         let (dl, ver) = (info.campaign.spec.expire_time.0, info.campaign.version);
 
-        let mut by_bucket: Vec<Vec<usize>> = vec![Vec::new(); usize::from(BUCKETS)];
-        for (i, c) in codes.iter().enumerate() {
-            by_bucket[usize::from(Slot::of(&c.code).bucket)].push(i);
-        }
-        let (retention, trim) = (self.retention(), self.trim());
         let series = campaign.series;
-        let by_bucket = &by_bucket;
-        let results: Vec<(u16, u64, Vec<usize>)> =
-            futures::stream::iter((0..BUCKETS).filter(|b| !by_bucket[usize::from(*b)].is_empty()))
-                .map(|b| async move {
-                    let idx = &by_bucket[usize::from(b)];
-                    let k = BucketKeys::new(b, series);
-                    let (ck, mk) = (k.codes(), k.meta());
-                    let (rc, v) = self
-                        .run(&SCRIPTS.store_codes, Some(b), &[&ck, &mk], |inv| {
-                            inv.arg(now.0).arg(ordinal).arg(dl).arg(ver).arg(retention);
-                            for &i in idx {
-                                let c = &codes[i];
-                                inv.arg(&Slot::of(&c.code).field[..])
-                                    .arg(code_value(&c.login_key, ordinal));
-                            }
-                        })
-                        .await?;
-                    if rc != Rc::Ok {
-                        return Err(refused(rc, &v));
-                    }
-                    let issued = u64::try_from(int(v.get(1).ok_or_else(|| internal("short"))?)?)
-                        .map_err(internal)?;
-                    let mut coll = Vec::new();
-                    for x in &v[2..] {
-                        let n = usize::try_from(int(x)?).map_err(internal)?;
-                        coll.push(*idx.get(n - 1).ok_or_else(|| internal("bad index"))?);
-                    }
-                    Ok((b, issued, coll))
-                })
-                .buffer_unordered(self.options.fan_out)
-                .try_collect()
-                .await?;
+        let plan = StorePlan::new(codes);
+        let results = self
+            .store_buckets(&plan, codes, series, ordinal, (dl, ver), now)
+            .await?;
 
-        let mut issued: u64 = results.iter().map(|r| r.1).sum();
-        let mut collisions: Vec<usize> = results.iter().flat_map(|r| r.2.iter().copied()).collect();
+        let mut issued: u64 = results.iter().map(|r| r.0).sum();
+        let mut collisions = plan.repeats.clone();
+        collisions.extend(results.iter().flat_map(|r| r.1.iter().copied()));
         collisions.sort_unstable();
         let untouched: Vec<u16> = (0..BUCKETS)
-            .filter(|b| by_bucket[usize::from(*b)].is_empty())
+            .filter(|&b| plan.ranges.binary_search_by_key(&b, |r| r.0).is_err())
             .collect();
         if !untouched.is_empty() {
             let cmds = untouched
@@ -738,6 +973,7 @@ impl Ledger for RedisLedger {
                 }
             }
         }
+        let trim = self.trim();
         let stored = codes.len() - collisions.len();
         let (rc, v) = self
             .run(
@@ -885,7 +1121,8 @@ impl Ledger for RedisLedger {
                         .arg(&info.voided)
                         .arg(self.config.lockout_threshold)
                         .arg(ms(self.config.lockout_duration))
-                        .arg(trim);
+                        .arg(trim)
+                        .arg(self.retention());
                 },
             )
             .await?;
@@ -1005,21 +1242,25 @@ impl Ledger for RedisLedger {
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
         let loc = Self::loc(id)?;
+        let (dl, ver) = self.deadline_of(loc.series).await?;
         let k = loc.keys();
-        let (xk, ek) = (k.exchanges(), k.events());
+        let (ck, xk, mk, pk, ek) = (k.codes(), k.exchanges(), k.meta(), k.pending(), k.events());
         let trim = self.trim();
         let (rc, v) = self
             .run(
                 &SCRIPTS.begin_attempt,
                 Some(loc.bucket()),
-                &[&xk, &ek],
+                &[&ck, &xk, &mk, &pk, &ek],
                 |i| {
                     i.arg(now.0)
                         .arg(loc.field())
                         .arg(&lease.holder)
                         .arg(lease.until.0)
                         .arg(id.0.as_str())
-                        .arg(trim);
+                        .arg(trim)
+                        .arg(dl)
+                        .arg(ver)
+                        .arg(self.retention());
                 },
             )
             .await?;
@@ -1037,21 +1278,25 @@ impl Ledger for RedisLedger {
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
         let loc = Self::loc(id)?;
+        let (dl, ver) = self.deadline_of(loc.series).await?;
         let k = loc.keys();
-        let (xk, ek) = (k.exchanges(), k.events());
+        let (ck, xk, mk, pk, ek) = (k.codes(), k.exchanges(), k.meta(), k.pending(), k.events());
         let trim = self.trim();
         let (rc, v) = self
             .run(
                 &SCRIPTS.defer_attempt,
                 Some(loc.bucket()),
-                &[&xk, &ek],
+                &[&ck, &xk, &mk, &pk, &ek],
                 |i| {
                     i.arg(now.0)
                         .arg(loc.field())
                         .arg(next_attempt_time.0)
                         .arg(if park { "1" } else { "0" })
                         .arg(id.0.as_str())
-                        .arg(trim);
+                        .arg(trim)
+                        .arg(dl)
+                        .arg(ver)
+                        .arg(self.retention());
                 },
             )
             .await?;
@@ -1068,6 +1313,7 @@ impl Ledger for RedisLedger {
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
         let loc = Self::loc(id)?;
+        let (dl, ver) = self.deadline_of(loc.series).await?;
         let k = loc.keys();
         let (ck, xk, mk, pk, ek) = (k.codes(), k.exchanges(), k.meta(), k.pending(), k.events());
         let trim = self.trim();
@@ -1086,7 +1332,10 @@ impl Ledger for RedisLedger {
                         })
                         .arg(sealed_deliverable.as_deref().unwrap_or(b""))
                         .arg(id.0.as_str())
-                        .arg(trim);
+                        .arg(trim)
+                        .arg(dl)
+                        .arg(ver)
+                        .arg(self.retention());
                 },
             )
             .await?;
@@ -1103,6 +1352,7 @@ impl Ledger for RedisLedger {
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
         let loc = Self::loc(id)?;
+        let (dl, ver) = self.deadline_of(loc.series).await?;
         let k = loc.keys();
         let (ck, xk, mk, pk, ek) = (k.codes(), k.exchanges(), k.meta(), k.pending(), k.events());
         let trim = self.trim();
@@ -1116,7 +1366,10 @@ impl Ledger for RedisLedger {
                         .arg(loc.field())
                         .arg(reason)
                         .arg(id.0.as_str())
-                        .arg(trim);
+                        .arg(trim)
+                        .arg(dl)
+                        .arg(ver)
+                        .arg(self.retention());
                 },
             )
             .await?;
@@ -1132,51 +1385,104 @@ impl Ledger for RedisLedger {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<ExchangeRecord>, LedgerError> {
-        // Cursor: `<bucket>:<offset into that bucket's matching entries>`.
-        let (mut bucket, mut offset) = match cursor {
-            None | Some("") => (0u16, 0usize),
+        // Cursor: `<bucket>:<score>:<member>` of the last entry handed out;
+        // the next page starts strictly after it in (bucket, score, member)
+        // order (the ZSET's own order), so entries finishing between pages
+        // shift nothing and none is skipped.
+        let (mut bucket, after) = match cursor {
+            None | Some("") => (0u16, None),
             Some(c) => {
-                let (b, o) = c.split_once(':').ok_or_else(|| internal("bad cursor"))?;
-                (
-                    b.parse().map_err(|_| internal("bad cursor"))?,
-                    o.parse().map_err(|_| internal("bad cursor"))?,
-                )
+                let bad = || internal("bad cursor");
+                let mut it = c.splitn(3, ':');
+                let b: u16 = it.next().and_then(|b| b.parse().ok()).ok_or_else(bad)?;
+                let s: i64 = it.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+                let m = it.next().ok_or_else(bad)?;
+                (b, Some((s, m.to_owned())))
             }
         };
         let limit = limit.max(1);
-        let mut ids: Vec<String> = Vec::new();
-        let mut next = None;
-        'outer: while bucket < BUCKETS {
+        let mut taken: Vec<(u16, i64, String)> = Vec::new();
+        let mut more = false;
+        let scored = |v: Value| -> Result<Vec<(i64, String)>, LedgerError> {
+            let pairs: Vec<(String, f64)> =
+                redis::from_redis_value(v).map_err(|e| internal(e.to_string()))?;
+            // Scores are whole milliseconds, exact in an f64.
+            #[allow(clippy::cast_possible_truncation)]
+            Ok(pairs.into_iter().map(|(m, s)| (s as i64, m)).collect())
+        };
+        if let Some((score, member)) = after {
+            if bucket >= BUCKETS {
+                return Err(internal("bad cursor"));
+            }
+            // The rest of the cursor's bucket: its score's later members,
+            // then higher scores.
+            let key = keys::pending(bucket);
+            let cmds = vec![
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(score)
+                    .arg(score)
+                    .arg("WITHSCORES")
+                    .to_owned(),
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(format!("({score}"))
+                    .arg(created_before.0)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit + 1)
+                    .to_owned(),
+            ];
+            let mut replies = self.pipelined(cmds).await?.into_iter();
+            let same = scored(replies.next().unwrap_or(Value::Nil))?;
+            let later = scored(replies.next().unwrap_or(Value::Nil))?;
+            let rest = same
+                .into_iter()
+                .filter(|(s, m)| *s <= created_before.0 && *m > member)
+                .chain(later);
+            for (s, m) in rest {
+                if taken.len() == limit {
+                    more = true;
+                    break;
+                }
+                taken.push((bucket, s, m));
+            }
+            bucket += 1;
+        }
+        'outer: while !more && bucket < BUCKETS {
             let end = (bucket + 256).min(BUCKETS);
             let cmds = (bucket..end)
                 .map(|b| {
-                    let off = if b == bucket { offset } else { 0 };
                     redis::cmd("ZRANGEBYSCORE")
                         .arg(keys::pending(b))
                         .arg("-inf")
                         .arg(created_before.0)
+                        .arg("WITHSCORES")
                         .arg("LIMIT")
-                        .arg(off)
+                        .arg(0)
                         .arg(limit + 1)
                         .to_owned()
                 })
                 .collect();
             let replies = self.pipelined(cmds).await?;
             for (b, r) in (bucket..end).zip(replies) {
-                let members: Vec<String> =
-                    redis::from_redis_value(r).map_err(|e| internal(e.to_string()))?;
-                let off = if b == bucket { offset } else { 0 };
-                for (j, m) in members.into_iter().enumerate() {
-                    if ids.len() == limit {
-                        next = Some(format!("{b}:{}", off + j));
+                for (s, m) in scored(r)? {
+                    if taken.len() == limit {
+                        more = true;
                         break 'outer;
                     }
-                    ids.push(m);
+                    taken.push((b, s, m));
                 }
             }
             bucket = end;
-            offset = 0;
         }
+        let next = if more {
+            taken.last().map(|(b, s, m)| format!("{b}:{s}:{m}"))
+        } else {
+            None
+        };
+        let ids: Vec<String> = taken.into_iter().map(|(_, _, m)| m).collect();
         let items: Vec<Option<ExchangeRecord>> = futures::stream::iter(ids)
             .map(|id| async move { self.get_exchange(&ExchangeId(id)).await })
             .buffered(64)
@@ -1204,20 +1510,30 @@ impl Ledger for RedisLedger {
             });
         }
         let trim = self.trim();
+        let retention = self.retention();
         let c = &info.campaign;
         let voided = &info.voided;
+        let prefix = &hex::encode(c.series.index().to_be_bytes());
         let counts = self
             .each_bucket(|b| async move {
                 let k = BucketKeys::new(b, c.series);
-                let (mk, ek) = (k.meta(), k.events());
+                let (mk, ek, ck, xk, pk) =
+                    (k.meta(), k.events(), k.codes(), k.exchanges(), k.pending());
                 let (_, v) = self
-                    .run(&SCRIPTS.sweep_expired, Some(b), &[&mk, &ek], |i| {
-                        i.arg(now.0)
-                            .arg(c.spec.expire_time.0)
-                            .arg(c.version)
-                            .arg(voided)
-                            .arg(trim);
-                    })
+                    .run(
+                        &SCRIPTS.sweep_expired,
+                        Some(b),
+                        &[&mk, &ek, &ck, &xk, &pk],
+                        |i| {
+                            i.arg(now.0)
+                                .arg(c.spec.expire_time.0)
+                                .arg(c.version)
+                                .arg(voided)
+                                .arg(trim)
+                                .arg(retention)
+                                .arg(prefix.as_str());
+                        },
+                    )
                     .await?;
                 int(v.get(1).ok_or_else(|| internal("short sweep reply"))?)
             })

@@ -68,13 +68,13 @@ scripts! {
     claim_code => "claim_code-6.lua",
     verify_code => "verify_code-5.lua",
     read_exchange => "read_exchange-1.lua",
-    begin_attempt => "begin_attempt-2.lua",
-    defer_attempt => "defer_attempt-2.lua",
+    begin_attempt => "begin_attempt-5.lua",
+    defer_attempt => "defer_attempt-5.lua",
     complete_exchange => "complete_exchange-5.lua",
     release_exchange => "release_exchange-5.lua",
     push_deadline => "push_deadline-3.lua",
     void_bucket => "void_bucket-2.lua",
-    sweep_expired => "sweep_expired-2.lua",
+    sweep_expired => "sweep_expired-5.lua",
 }
 
 /// What a script answered: the first element of every reply. The scripts'

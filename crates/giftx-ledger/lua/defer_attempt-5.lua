@@ -1,0 +1,52 @@
+-- defer_attempt: end an attempt with an unknown outcome: drop the lease, set the next try.
+-- KEYS[1] {bN}:c:<s>   code records (only deleted here, past retention)
+-- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
+-- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy)
+-- KEYS[4] {bN}:p       PENDING exchanges (ZSET; only cleaned here, past retention)
+-- KEYS[5] {bN}:e       outbox stream
+-- ARGV[1] now (ms)
+-- ARGV[2] exchange field (code field .. seq2)
+-- ARGV[3] next attempt time (ms)
+-- ARGV[4] park ('1' parks it for an operator)
+-- ARGV[5] exchange id (for the event)
+-- ARGV[6] event trim threshold (ms, XADD MINID)
+-- ARGV[7] campaign deadline known to the caller (ms)
+-- ARGV[8] campaign version known to the caller
+-- ARGV[9] retention after the deadline (ms)
+-- Returns {0, record...} OK; {17} EXCHANGE_NOT_FOUND; {18} EXCHANGE_FINISHED
+-- Past deadline + retention (by ARGV[1], not Redis's clock; deadline = the newer of
+-- ARGV[7]/ARGV[8] and the bucket's copy) the campaign's codes and exchanges in this
+-- bucket are gone: they are deleted here (with their PENDING entries) and this reads {17}.
+local rcall = redis.call
+local raw = rcall('HGET', KEYS[2], ARGV[2])
+if not raw then return {17} end
+local m = rcall('HMGET', KEYS[3], 'dl', 'ver')
+local dl = tonumber(ARGV[7])
+if m[2] and tonumber(m[2]) >= tonumber(ARGV[8]) then dl = tonumber(m[1]) end
+if tonumber(ARGV[1]) >= dl + tonumber(ARGV[9]) then
+  local series = string.sub(ARGV[5], 1, 4)
+  local stale = {}
+  for _, id in ipairs(rcall('ZRANGE', KEYS[4], 0, -1)) do
+    if string.sub(id, 1, 4) == series then stale[#stale + 1] = id end
+  end
+  rcall('DEL', KEYS[1], KEYS[2])
+  for i = 1, #stale, 1000 do
+    rcall('ZREM', KEYS[4], unpack(stale, i, math.min(i + 999, #stale)))
+  end
+  rcall('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'k', 'campaign.purged', 't', ARGV[1],
+    'series', string.match(KEYS[1], ':c:(%d+)$'))
+  return {17}
+end
+local x = cmsgpack.unpack(raw)
+if x[1] ~= 'P' then return {18} end
+
+x[9] = tonumber(ARGV[3])
+x[10] = ''
+x[11] = 0
+if ARGV[4] == '1' then x[8] = 1 end
+rcall('HSET', KEYS[2], ARGV[2], cmsgpack.pack(x))
+rcall('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'k', 'exchange.deferred', 't', ARGV[1],
+  'exchange', ARGV[5], 'parked', x[8])
+local r = {0}
+for i = 1, 16 do r[i + 1] = x[i] end
+return r
