@@ -2,7 +2,8 @@
 //!
 //! With no configuration it listens on 127.0.0.1:50051 with the embedded
 //! ledger and a demo campaign. See `giftx_server::config` for every
-//! setting; SIGTERM or SIGINT shut it down gracefully (exit 0).
+//! setting (and `giftx_server::telemetry` for `OTEL_EXPORTER_OTLP_ENDPOINT`);
+//! SIGTERM or SIGINT shut it down gracefully (exit 0), flushing traces.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,10 +56,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = giftx_server::telemetry::init(&config.log) {
-        eprintln!("giftxd: logging: {e}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,6 +64,14 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("giftxd: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Inside the runtime: the OTLP exporter is a tonic client.
+    let telemetry = match runtime.block_on(async { giftx_server::telemetry::init(&config.log) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("giftxd: telemetry: {e}");
+            return ExitCode::from(2);
         }
     };
     let result = runtime.block_on(async {
@@ -79,6 +84,8 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| e.to_string())
     });
+    // Spans still buffered are exported while the runtime is alive.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

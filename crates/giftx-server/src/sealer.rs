@@ -268,7 +268,7 @@ mod tests {
     fn rotation_keeps_old_deliverables_readable() {
         let old = vec![7u8; 32];
         let new = vec![9u8; 32];
-        let before = Sealer::new(&[old.clone()]).unwrap();
+        let before = Sealer::new(std::slice::from_ref(&old)).unwrap();
         let sealed_old = before.seal("ex", &sample()).unwrap();
         let after = Sealer::new(&[new, old]).unwrap();
         assert_eq!(after.open("ex", &sealed_old).unwrap(), sample());

@@ -1,34 +1,118 @@
-//! Logs and per-RPC tracing.
+//! Logs, traces and per-RPC instrumentation.
 //!
 //! - [`init`]: the global subscriber (text by default, JSON with
 //!   `GIFTX_LOG_FORMAT=json`; level from `GIFTX_LOG`, else `RUST_LOG`,
-//!   else `info`). Called by `main` only; tests install nothing.
-//! - [`RpcTraceLayer`]: a tower layer that opens a span per RPC with
-//!   `rpc.method` and records the final gRPC status code
-//!   (`rpc.grpc.status_code`) when the call ends, streams included.
-//!
-//! Hook for OTLP export and metrics (a later issue): add a
-//! `tracing_opentelemetry` layer to the registry in [`init`], and read
-//! counters off the `rpc finished` events or this layer.
+//!   else `info`) and, when `GIFTX_OTLP_ENDPOINT` or
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OTLP/gRPC trace export with the
+//!   W3C trace-context propagator. Without an endpoint no OpenTelemetry
+//!   layer is installed: tracing costs nothing beyond the log spans. JSON
+//!   lines carry the `trace_id` and `span_id` of their span when traces are
+//!   on. Called by `main` (inside the runtime: the exporter is a tonic
+//!   client); tests install nothing, or call [`init_with`].
+//! - [`RpcTraceLayer`]: a tower layer that opens a span per RPC (parented
+//!   on the caller's `traceparent`), records the final gRPC status code
+//!   (`rpc.grpc.status_code`) when the call ends, streams included, and
+//!   counts the call in [`crate::metrics`]. Handlers add `giftx.campaign`
+//!   and `giftx.option` with `Span::current().record(..)`; never a code,
+//!   login key, email or deliverable.
 
 use std::io::IsTerminal as _;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http_body::{Body, Frame, SizeHint};
-use tracing::Span;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::{Span, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global tracing subscriber.
+/// The OTLP endpoint from the environment: `GIFTX_OTLP_ENDPOINT`, else
+/// the standard `OTEL_EXPORTER_OTLP_ENDPOINT`; empty counts as unset.
+pub fn otlp_endpoint_from_env() -> Option<String> {
+    ["GIFTX_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .map(|v| v.trim().to_owned())
+        .find(|v| !v.is_empty())
+}
+
+/// What [`init`] set up; [`Telemetry::shutdown`] flushes the spans still
+/// buffered.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// True when spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports every finished span now (blocks until the exporter answers
+    /// or times out). Call it from outside the runtime's worker threads,
+    /// or from `spawn_blocking`.
+    ///
+    /// # Errors
+    /// The exporter's error.
+    pub fn force_flush(&self) -> Result<(), String> {
+        match &self.provider {
+            Some(p) => p.force_flush().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes and stops the exporter. Call it while the runtime is still
+    /// alive, from outside its worker threads.
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("giftxd: flushing traces: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber, writing logs to stdout and exporting
+/// traces to the endpoint from [`otlp_endpoint_from_env`].
 ///
 /// # Errors
-/// When the level directive is malformed or a subscriber is already set.
-pub fn init(cfg: &LogConfig) -> Result<(), String> {
+/// When the level directive is malformed, the endpoint is unusable, or a
+/// subscriber is already set.
+pub fn init(cfg: &LogConfig) -> Result<Telemetry, String> {
+    init_with(
+        cfg,
+        otlp_endpoint_from_env().as_deref(),
+        std::io::stdout,
+        std::io::stdout().is_terminal(),
+    )
+}
+
+/// As [`init`], with the OTLP endpoint (None: no traces) and the log
+/// writer given. Must run inside a Tokio runtime when `otlp` is set.
+///
+/// # Errors
+/// As for [`init`].
+pub fn init_with<W>(
+    cfg: &LogConfig,
+    otlp: Option<&str>,
+    writer: W,
+    ansi: bool,
+) -> Result<Telemetry, String>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let directive = cfg
         .level
         .clone()
@@ -36,26 +120,138 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
         .unwrap_or_else(|| "info".to_owned());
     let filter =
         EnvFilter::try_new(&directive).map_err(|e| format!("log level {directive:?}: {e}"))?;
-    let registry = tracing_subscriber::registry().with(filter);
+    let provider = match otlp {
+        Some(endpoint) => Some(tracer_provider(endpoint)?),
+        None => None,
+    };
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("giftxd"))
+            .with_level(true)
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let dispatch = Arc::new(OnceLock::new());
     let res = match cfg.format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_target(false)
-                    .with_ansi(std::io::stdout().is_terminal()),
+                    .with_ansi(ansi)
+                    .with_writer(writer),
             )
             .try_init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
+                    .event_format(WithTraceIds {
+                        inner: tracing_subscriber::fmt::format()
+                            .json()
+                            .flatten_event(true)
+                            .with_current_span(true)
+                            .with_span_list(false),
+                        dispatch: dispatch.clone(),
+                    })
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .with_writer(writer),
             )
             .try_init(),
     };
-    res.map_err(|e| e.to_string())
+    if let Err(e) = res {
+        if let Some(p) = provider {
+            let _ = p.shutdown();
+        }
+        return Err(e.to_string());
+    }
+    // The formatter needs the dispatcher to read span contexts; inside an
+    // event `dispatcher::get_default` is re-entrant and yields none.
+    tracing::dispatcher::get_default(|d| {
+        let _ = dispatch.set(d.downgrade());
+    });
+    if provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+    }
+    Ok(Telemetry { provider })
+}
+
+fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    // OTEL_SERVICE_NAME, read by the default detectors, wins.
+    if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
+        resource = resource.with_service_name("giftxd");
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+/// A JSON event format that adds `trace_id` and `span_id` (of the event's
+/// span, as exported) in front of what the wrapped format writes.
+struct WithTraceIds<F> {
+    inner: F,
+    dispatch: Arc<OnceLock<tracing::dispatcher::WeakDispatch>>,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = ctx.parent_span().and_then(|span| {
+            let dispatch = self.dispatch.get()?.upgrade()?;
+            let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+            let sc = cx.span().span_context().clone();
+            sc.is_valid()
+                .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+        });
+        let Some((trace_id, span_id)) = ids else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => {
+                let sep = if rest.trim_start().starts_with('}') {
+                    ""
+                } else {
+                    ","
+                };
+                write!(
+                    writer,
+                    "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"{sep}{rest}"
+                )
+            }
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// Reads W3C trace context from request headers.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
 }
 
 /// Tower layer: one span per RPC, final status recorded.
@@ -109,6 +305,8 @@ fn code_name(code: i32) -> &'static str {
 /// Records the end of one RPC exactly once.
 struct Finish {
     span: Span,
+    service: String,
+    method: String,
     start: Instant,
     quiet: bool,
     done: bool,
@@ -122,7 +320,18 @@ impl Finish {
         self.done = true;
         let name = code_name(code);
         self.span.record("rpc.grpc.status_code", code);
-        let elapsed_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = self.start.elapsed();
+        if code == 12 {
+            // Paths nobody serves (scanners, typos): one series for all.
+            crate::metrics::global().rpc_finished("other", "other", name, elapsed);
+        } else {
+            crate::metrics::global().rpc_finished(&self.service, &self.method, name, elapsed);
+        }
+        if matches!(code, 2 | 4 | 13 | 14 | 15) {
+            // Server faults (OpenTelemetry's gRPC server conventions).
+            self.span.record("otel.status_code", "error");
+        }
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         let _g = self.span.enter();
         if self.quiet {
             tracing::debug!(grpc.status = name, elapsed_ms, "rpc finished");
@@ -169,14 +378,28 @@ where
             .unwrap_or(("", ""));
         let span = tracing::info_span!(
             "rpc",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
             rpc.service = %service,
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
-            otel.kind = "server",
+            giftx.campaign = tracing::field::Empty,
+            giftx.option = tracing::field::Empty,
         );
+        // The caller's W3C `traceparent` (gRPC metadata = HTTP/2 headers).
+        // Without an exporter the global propagator is a no-op.
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(req.headers()))
+        });
+        if parent.span().span_context().is_valid() {
+            let _ = span.set_parent(parent);
+        }
         let mut finish = Finish {
             span: span.clone(),
+            service: service.to_owned(),
+            method: method.to_owned(),
             start: Instant::now(),
             quiet,
             done: false,

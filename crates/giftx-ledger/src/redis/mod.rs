@@ -2,13 +2,16 @@
 //! key of a script under one hash tag, time always from the caller.
 //!
 //! Layout (see `keys`):
-//! - `{g}`: campaigns, series, batches, create request ids, leases, and an
-//!   outbox stream for registry events.
+//! - `{g}`: campaigns, series, batches (and their ids by ordinal, `bo`),
+//!   create request ids, leases, and an outbox stream for registry events.
 //! - `{b<n>}`, n in 0..4096 (from the code digest): per campaign series a
-//!   hash of compact code records (`c`), a hash of exchanges (`x`) and a
-//!   meta hash (`m`: deadline copy + version, voided batch flags, swept
-//!   flag, counters); per bucket a lockout hash (`l`), a ZSET of PENDING
-//!   exchanges (`p`) and an outbox stream (`e`).
+//!   hash of compact code records (`c`: state, login key prefix, latest
+//!   exchange seq, serial in the batch, batch ordinal), a hash of exchanges
+//!   (`x`), a ZSET of exchanges given with a holder preference (`f`, only
+//!   once there is one) and a meta hash (`m`: deadline copy + version,
+//!   voided batch flags, swept flag, counters); per bucket a lockout hash
+//!   (`l`), a ZSET of PENDING exchanges (`p`) and an outbox stream (`e`).
+//!   `c`, `x` and `f` expire together at deadline + retention.
 //!
 //! Deadlines and voids are lazy: a code record stays ACTIVE and reads
 //! EXPIRED or VOID from its bucket's copy of the campaign. Extending or
@@ -206,12 +209,14 @@ impl StorePlan {
         }
     }
 
-    /// The 18-byte records (code field, login key prefix) of one range.
+    /// The 22-byte records (code field, login key prefix, serial) of one
+    /// range.
     fn records(&self, codes: &[NewCode], from: usize, to: usize) -> Vec<u8> {
-        let mut blob = Vec::with_capacity((to - from) * 18);
+        let mut blob = Vec::with_capacity((to - from) * 22);
         for &i in &self.order[from..to] {
             blob.extend_from_slice(&self.fields[i]);
             blob.extend_from_slice(&codes[i].login_key.0[..8]);
+            blob.extend_from_slice(&codes[i].serial.to_be_bytes());
         }
         blob
     }
@@ -232,7 +237,7 @@ pub fn set_script_observer(observer: Box<dyn ScriptObserver>) -> bool {
     SCRIPT_OBSERVER.set(observer).is_ok()
 }
 
-/// Bucket scripts per pipeline when storing codes (about 24 codes, 600
+/// Bucket scripts per pipeline when storing codes (about 24 codes, 700
 /// bytes each for a full chunk).
 const STORE_PIPELINE: usize = 128;
 
@@ -498,11 +503,11 @@ impl RedisLedger {
         let retention = self.retention();
         self.each_bucket(|b| async move {
             let k = BucketKeys::new(b, c.series);
-            let (codes, xs, meta) = (k.codes(), k.exchanges(), k.meta());
+            let (codes, xs, meta, prefs) = (k.codes(), k.exchanges(), k.meta(), k.preferences());
             self.run(
                 &SCRIPTS.push_deadline,
                 Some(b),
-                &[&codes, &xs, &meta],
+                &[&codes, &xs, &meta, &prefs],
                 |i| {
                     i.arg(dl).arg(ver).arg(now.0).arg(retention);
                 },
@@ -657,11 +662,13 @@ impl RedisLedger {
         Ok(total)
     }
 
+    /// A batch; with `now`, an ISSUING batch idle past the stall timeout
+    /// reads INCOMPLETE (without, it reads as stored).
     async fn read_batch(
         &self,
         info: &CampaignInfo,
         batch: &BatchId,
-        now: Timestamp,
+        now: Option<Timestamp>,
     ) -> Result<Option<Batch>, LedgerError> {
         let mut conn = self.conn.clone();
         let h: HashMap<String, String> = tokio::time::timeout(
@@ -683,8 +690,14 @@ impl RedisLedger {
         };
         let ordinal = u32::try_from(n("ord")?).map_err(internal)?;
         let stall = ms(self.config.batch_stall_timeout);
+        let stalled = || -> Result<bool, LedgerError> {
+            Ok(match now {
+                Some(now) => now.0 - n("la")? > stall,
+                None => false,
+            })
+        };
         let state = match h.get("st").map(String::as_str) {
-            Some("I") if now.0 - n("la")? > stall => BatchState::Incomplete,
+            Some("I") if stalled()? => BatchState::Incomplete,
             Some("I") => BatchState::Issuing,
             Some("C") => BatchState::Complete,
             Some("N") => BatchState::Incomplete,
@@ -747,6 +760,127 @@ impl RedisLedger {
             .await?
             .ok_or(LedgerError::Refused(Refusal::ExchangeNotFound))?;
         Ok((info.campaign.spec.expire_time.0, info.campaign.version))
+    }
+
+    /// One page of members of a per-bucket ZSET family (`key_of(bucket)`),
+    /// scores up to `max_score`, in (bucket, score, member) order, from an
+    /// opaque cursor; with the cursor of the next page.
+    async fn page_buckets(
+        &self,
+        key_of: impl Fn(u16) -> String,
+        max_score: i64,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<String>), LedgerError> {
+        // Cursor: `<bucket>:<score>:<member>` of the last entry handed out;
+        // the next page starts strictly after it in (bucket, score, member)
+        // order (the ZSET's own order), so entries finishing between pages
+        // shift nothing and none is skipped.
+        let (mut bucket, after) = match cursor {
+            None | Some("") => (0u16, None),
+            Some(c) => {
+                let bad = || internal("bad cursor");
+                let mut it = c.splitn(3, ':');
+                let b: u16 = it.next().and_then(|b| b.parse().ok()).ok_or_else(bad)?;
+                let s: i64 = it.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+                let m = it.next().ok_or_else(bad)?;
+                (b, Some((s, m.to_owned())))
+            }
+        };
+        let limit = limit.max(1);
+        let mut taken: Vec<(u16, i64, String)> = Vec::new();
+        let mut more = false;
+        let scored = |v: Value| -> Result<Vec<(i64, String)>, LedgerError> {
+            let pairs: Vec<(String, f64)> =
+                redis::from_redis_value(v).map_err(|e| internal(e.to_string()))?;
+            // Scores are whole milliseconds, exact in an f64.
+            #[allow(clippy::cast_possible_truncation)]
+            Ok(pairs.into_iter().map(|(m, s)| (s as i64, m)).collect())
+        };
+        if let Some((score, member)) = after {
+            if bucket >= BUCKETS {
+                return Err(internal("bad cursor"));
+            }
+            // The rest of the cursor's bucket: its score's later members,
+            // then higher scores.
+            let key = key_of(bucket);
+            let cmds = vec![
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(score)
+                    .arg(score)
+                    .arg("WITHSCORES")
+                    .to_owned(),
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(format!("({score}"))
+                    .arg(max_score)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit + 1)
+                    .to_owned(),
+            ];
+            let mut replies = self.pipelined(cmds).await?.into_iter();
+            let same = scored(replies.next().unwrap_or(Value::Nil))?;
+            let later = scored(replies.next().unwrap_or(Value::Nil))?;
+            let rest = same
+                .into_iter()
+                .filter(|(s, m)| *s <= max_score && *m > member)
+                .chain(later);
+            for (s, m) in rest {
+                if taken.len() == limit {
+                    more = true;
+                    break;
+                }
+                taken.push((bucket, s, m));
+            }
+            bucket += 1;
+        }
+        'outer: while !more && bucket < BUCKETS {
+            let end = (bucket + 256).min(BUCKETS);
+            let cmds = (bucket..end)
+                .map(|b| {
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(key_of(b))
+                        .arg("-inf")
+                        .arg(max_score)
+                        .arg("WITHSCORES")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit + 1)
+                        .to_owned()
+                })
+                .collect();
+            let replies = self.pipelined(cmds).await?;
+            for (b, r) in (bucket..end).zip(replies) {
+                for (s, m) in scored(r)? {
+                    if taken.len() == limit {
+                        more = true;
+                        break 'outer;
+                    }
+                    taken.push((b, s, m));
+                }
+            }
+            bucket = end;
+        }
+        let next = if more {
+            taken.last().map(|(b, s, m)| format!("{b}:{s}:{m}"))
+        } else {
+            None
+        };
+        let ids = taken.into_iter().map(|(_, _, m)| m).collect();
+        Ok((ids, next))
+    }
+
+    /// The exchanges of `ids` that exist, in order.
+    async fn exchanges_by_id(&self, ids: Vec<String>) -> Result<Vec<ExchangeRecord>, LedgerError> {
+        let items: Vec<Option<ExchangeRecord>> = futures::stream::iter(ids)
+            .map(|id| async move { self.get_exchange(&ExchangeId(id)).await })
+            .buffered(64)
+            .try_collect()
+            .await?;
+        Ok(items.into_iter().flatten().collect())
     }
 
     fn loc(id: &ExchangeId) -> Result<ExchangeLoc, LedgerError> {
@@ -901,6 +1035,7 @@ impl Ledger for RedisLedger {
                     &global::campaign(campaign),
                     &global::batch(campaign, batch),
                     global::EVENTS,
+                    &global::batch_ordinals(campaign),
                 ],
                 |i| {
                     i.arg(batch.as_str()).arg(requested).arg(now.0).arg(trim);
@@ -1007,7 +1142,7 @@ impl Ledger for RedisLedger {
             .await?
             .ok_or(LedgerError::Refused(Refusal::BatchNotFound))?;
         let current = self
-            .read_batch(&info, batch, now)
+            .read_batch(&info, batch, Some(now))
             .await?
             .ok_or(LedgerError::Refused(Refusal::BatchNotFound))?;
         let trim = self.trim();
@@ -1031,7 +1166,7 @@ impl Ledger for RedisLedger {
         if rc != Rc::Ok {
             return Err(refused(rc, &v));
         }
-        self.read_batch(&info, batch, now)
+        self.read_batch(&info, batch, Some(now))
             .await?
             .ok_or_else(|| internal("batch vanished"))
     }
@@ -1043,7 +1178,7 @@ impl Ledger for RedisLedger {
         now: Timestamp,
     ) -> Result<Option<Batch>, LedgerError> {
         match self.load_campaign(campaign).await? {
-            Some(info) => self.read_batch(&info, batch, now).await,
+            Some(info) => self.read_batch(&info, batch, Some(now)).await,
             None => Ok(None),
         }
     }
@@ -1089,7 +1224,7 @@ impl Ledger for RedisLedger {
             .await?;
             self.run(&SCRIPTS.clear_void, None, &[&bk], |_| {}).await?;
         }
-        self.read_batch(&info, batch, now)
+        self.read_batch(&info, batch, Some(now))
             .await?
             .ok_or_else(|| internal("batch vanished"))
     }
@@ -1161,13 +1296,14 @@ impl Ledger for RedisLedger {
         };
         let slot = Slot::of(&req.code.digest);
         let k = BucketKeys::new(slot.bucket, series);
-        let (ck, xk, mk, lk, pk, ek) = (
+        let (ck, xk, mk, lk, pk, ek, fk) = (
             k.codes(),
             k.exchanges(),
             k.meta(),
             k.lockout(),
             k.pending(),
             k.events(),
+            k.preferences(),
         );
         let trim = self.trim();
         let prefix = ExchangeLoc::id_prefix(series, &req.code.digest);
@@ -1175,7 +1311,7 @@ impl Ledger for RedisLedger {
             .run(
                 &SCRIPTS.claim_code,
                 Some(slot.bucket),
-                &[&ck, &xk, &mk, &lk, &pk, &ek],
+                &[&ck, &xk, &mk, &lk, &pk, &ek, &fk],
                 |i| {
                     i.arg(now.0)
                         .arg(&slot.field[..])
@@ -1200,7 +1336,7 @@ impl Ledger for RedisLedger {
             .await?;
         match rc {
             Rc::Ok | Rc::Existing => {
-                if v.len() < 2 + codec::RECORD_LEN {
+                if v.len() < 2 + codec::RECORD_MIN_LEN {
                     return Err(internal("short claim reply"));
                 }
                 let seq = u16::try_from(int(&v[1])?).map_err(internal)?;
@@ -1385,113 +1521,62 @@ impl Ledger for RedisLedger {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<ExchangeRecord>, LedgerError> {
-        // Cursor: `<bucket>:<score>:<member>` of the last entry handed out;
-        // the next page starts strictly after it in (bucket, score, member)
-        // order (the ZSET's own order), so entries finishing between pages
-        // shift nothing and none is skipped.
-        let (mut bucket, after) = match cursor {
-            None | Some("") => (0u16, None),
-            Some(c) => {
-                let bad = || internal("bad cursor");
-                let mut it = c.splitn(3, ':');
-                let b: u16 = it.next().and_then(|b| b.parse().ok()).ok_or_else(bad)?;
-                let s: i64 = it.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-                let m = it.next().ok_or_else(bad)?;
-                (b, Some((s, m.to_owned())))
-            }
-        };
-        let limit = limit.max(1);
-        let mut taken: Vec<(u16, i64, String)> = Vec::new();
-        let mut more = false;
-        let scored = |v: Value| -> Result<Vec<(i64, String)>, LedgerError> {
-            let pairs: Vec<(String, f64)> =
-                redis::from_redis_value(v).map_err(|e| internal(e.to_string()))?;
-            // Scores are whole milliseconds, exact in an f64.
-            #[allow(clippy::cast_possible_truncation)]
-            Ok(pairs.into_iter().map(|(m, s)| (s as i64, m)).collect())
-        };
-        if let Some((score, member)) = after {
-            if bucket >= BUCKETS {
-                return Err(internal("bad cursor"));
-            }
-            // The rest of the cursor's bucket: its score's later members,
-            // then higher scores.
-            let key = keys::pending(bucket);
-            let cmds = vec![
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(&key)
-                    .arg(score)
-                    .arg(score)
-                    .arg("WITHSCORES")
-                    .to_owned(),
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(&key)
-                    .arg(format!("({score}"))
-                    .arg(created_before.0)
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit + 1)
-                    .to_owned(),
-            ];
-            let mut replies = self.pipelined(cmds).await?.into_iter();
-            let same = scored(replies.next().unwrap_or(Value::Nil))?;
-            let later = scored(replies.next().unwrap_or(Value::Nil))?;
-            let rest = same
-                .into_iter()
-                .filter(|(s, m)| *s <= created_before.0 && *m > member)
-                .chain(later);
-            for (s, m) in rest {
-                if taken.len() == limit {
-                    more = true;
-                    break;
-                }
-                taken.push((bucket, s, m));
-            }
-            bucket += 1;
-        }
-        'outer: while !more && bucket < BUCKETS {
-            let end = (bucket + 256).min(BUCKETS);
-            let cmds = (bucket..end)
-                .map(|b| {
-                    redis::cmd("ZRANGEBYSCORE")
-                        .arg(keys::pending(b))
-                        .arg("-inf")
-                        .arg(created_before.0)
-                        .arg("WITHSCORES")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(limit + 1)
-                        .to_owned()
-                })
-                .collect();
-            let replies = self.pipelined(cmds).await?;
-            for (b, r) in (bucket..end).zip(replies) {
-                for (s, m) in scored(r)? {
-                    if taken.len() == limit {
-                        more = true;
-                        break 'outer;
-                    }
-                    taken.push((b, s, m));
-                }
-            }
-            bucket = end;
-        }
-        let next = if more {
-            taken.last().map(|(b, s, m)| format!("{b}:{s}:{m}"))
-        } else {
-            None
-        };
-        let ids: Vec<String> = taken.into_iter().map(|(_, _, m)| m).collect();
-        let items: Vec<Option<ExchangeRecord>> = futures::stream::iter(ids)
-            .map(|id| async move { self.get_exchange(&ExchangeId(id)).await })
-            .buffered(64)
-            .try_collect()
+        let (ids, next) = self
+            .page_buckets(keys::pending, created_before.0, cursor, limit)
             .await?;
         Ok(Page {
-            items: items.into_iter().flatten().collect(),
+            items: self.exchanges_by_id(ids).await?,
             next,
         })
+    }
+
+    async fn list_preferences(
+        &self,
+        campaign: &CampaignId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ExchangeRecord>, LedgerError> {
+        let info = self
+            .load_campaign(campaign)
+            .await?
+            .ok_or(LedgerError::Refused(Refusal::CampaignNotFound))?;
+        let series = info.campaign.series.index();
+        let (ids, next) = self
+            .page_buckets(|b| keys::preferences(b, series), i64::MAX, cursor, limit)
+            .await?;
+        // Ids whose exchange is gone (purged past retention by a script
+        // that does not hold the index's key; the index then goes by its
+        // TTL or the next sweep) are skipped.
+        Ok(Page {
+            items: self.exchanges_by_id(ids).await?,
+            next,
+        })
+    }
+
+    async fn batch_by_ordinal(
+        &self,
+        campaign: &CampaignId,
+        ordinal: u32,
+    ) -> Result<Option<Batch>, LedgerError> {
+        let Some(info) = self.load_campaign(campaign).await? else {
+            return Ok(None);
+        };
+        let mut conn = self.conn.clone();
+        let id: Option<String> = tokio::time::timeout(
+            self.options.timeout,
+            redis::cmd("HGET")
+                .arg(global::batch_ordinals(campaign))
+                .arg(ordinal)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| LedgerError::Unavailable("HGET timed out".into()))?
+        .map_err(map_err)?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let id = BatchId::parse("batch", &id).map_err(|e| internal(e.description))?;
+        self.read_batch(&info, &id, None).await
     }
 
     async fn sweep(
@@ -1517,13 +1602,19 @@ impl Ledger for RedisLedger {
         let counts = self
             .each_bucket(|b| async move {
                 let k = BucketKeys::new(b, c.series);
-                let (mk, ek, ck, xk, pk) =
-                    (k.meta(), k.events(), k.codes(), k.exchanges(), k.pending());
+                let (mk, ek, ck, xk, pk, fk) = (
+                    k.meta(),
+                    k.events(),
+                    k.codes(),
+                    k.exchanges(),
+                    k.pending(),
+                    k.preferences(),
+                );
                 let (_, v) = self
                     .run(
                         &SCRIPTS.sweep_expired,
                         Some(b),
-                        &[&mk, &ek, &ck, &xk, &pk],
+                        &[&mk, &ek, &ck, &xk, &pk, &fk],
                         |i| {
                             i.arg(now.0)
                                 .arg(c.spec.expire_time.0)

@@ -1,0 +1,644 @@
+//! Prometheus metrics: one process-wide registry ([`global`]), what feeds
+//! it, and the `/metrics` endpoint ([`serve_http`]).
+//!
+//! - RPCs are counted by [`crate::telemetry::RpcTraceLayer`] when each call
+//!   ends; exchanges and provider calls by the exchange engine; ledger
+//!   scripts through [`giftx_ledger::redis::ScriptObserver`].
+//! - The expiry workers' progress (lease, sweeps, re-drives) comes from
+//!   their [`WorkerStats`] watch; gauges read off the shared ledger
+//!   (pending, parked, stock, codes by state) are refreshed by
+//!   [`run_ledger_gauges`] on the lease holder only, so one process scans
+//!   the ledger, and are withdrawn when it loses the lease.
+//!
+//! Names and labels are a contract with `deploy/prometheus/alerts.yaml`,
+//! `deploy/grafana/giftx-dashboard.json` and `docs/OPERATING.md`. Every
+//! label set is bounded: methods, status codes, options, providers,
+//! scripts, campaigns (gauges only), outcomes. The registry is
+//! process-wide because a process is one giftxd; tests that spawn several
+//! apps in one process share it.
+//!
+//! The endpoint answers in the OpenMetrics text format (which Prometheus
+//! negotiates and parses natively).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use giftx_core::model::ExchangeState;
+use giftx_providers::stock::StockInventory;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::AppState;
+use crate::workers::{LEASE_NAME, WorkerStats};
+
+/// A label set: (name, value) pairs.
+type Labels = Vec<(&'static str, String)>;
+
+/// The OpenMetrics content type the endpoint answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Seconds; from 1ms to 2 minutes (IssueCodes streams are long).
+const RPC_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+/// Seconds; provider calls end at the provider timeout (10s by default).
+const PROVIDER_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
+/// Seconds; a script is normally well under a millisecond plus the network.
+const SCRIPT_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+fn rpc_histogram() -> Histogram {
+    Histogram::new(RPC_BUCKETS)
+}
+
+fn provider_histogram() -> Histogram {
+    Histogram::new(PROVIDER_BUCKETS)
+}
+
+fn script_histogram() -> Histogram {
+    Histogram::new(SCRIPT_BUCKETS)
+}
+
+/// Every metric giftxd exports.
+pub struct Metrics {
+    registry: Registry,
+    rpc_requests: Family<Labels, Counter>,
+    rpc_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    exchanges: Family<Labels, Counter>,
+    provider_calls: Family<Labels, Counter>,
+    provider_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    // Label-less gauges as families, so a process that is not the lease
+    // holder can withdraw them instead of reporting a stale value.
+    exchanges_pending: Family<Labels, Gauge>,
+    exchanges_parked: Family<Labels, Gauge>,
+    stock_available: Family<Labels, Gauge>,
+    codes: Family<Labels, Gauge>,
+    sweeper_expired: Counter,
+    sweeper_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    reconciler_redrives: Family<Labels, Counter>,
+    lease_held: Family<Labels, Gauge>,
+    script_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    script_errors: Family<Labels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    &GLOBAL
+}
+
+/// Routes the Redis ledger's script timings into [`global`]. Idempotent.
+pub fn install_ledger_observer() {
+    struct Observer;
+    impl giftx_ledger::redis::ScriptObserver for Observer {
+        fn script_finished(&self, script: &'static str, elapsed: Duration, failed: bool) {
+            global().ledger_script(script, elapsed, failed);
+        }
+    }
+    let _ = giftx_ledger::redis::set_script_observer(Box::new(Observer));
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            rpc_requests: Family::default(),
+            rpc_duration: Family::new_with_constructor(rpc_histogram),
+            exchanges: Family::default(),
+            provider_calls: Family::default(),
+            provider_duration: Family::new_with_constructor(provider_histogram),
+            exchanges_pending: Family::default(),
+            exchanges_parked: Family::default(),
+            stock_available: Family::default(),
+            codes: Family::default(),
+            sweeper_expired: Counter::default(),
+            sweeper_last_success: Gauge::default(),
+            reconciler_redrives: Family::default(),
+            lease_held: Family::default(),
+            script_duration: Family::new_with_constructor(script_histogram),
+            script_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "giftx_rpc_requests",
+            "Finished RPCs by service, method and gRPC status code name",
+            m.rpc_requests.clone(),
+        );
+        registry.register(
+            "giftx_rpc_duration_seconds",
+            "RPC latency (server streams: the whole stream)",
+            m.rpc_duration.clone(),
+        );
+        registry.register(
+            "giftx_exchanges",
+            "Exchange results by option and outcome (succeeded, failed, pending)",
+            m.exchanges.clone(),
+        );
+        registry.register(
+            "giftx_provider_calls",
+            "Provider calls by provider and outcome (ok, rejected, retryable, unknown)",
+            m.provider_calls.clone(),
+        );
+        registry.register(
+            "giftx_provider_call_duration_seconds",
+            "Provider call latency, timeouts included",
+            m.provider_duration.clone(),
+        );
+        registry.register(
+            "giftx_exchanges_pending",
+            "Exchanges in PENDING (reported by the expiry lease holder)",
+            m.exchanges_pending.clone(),
+        );
+        registry.register(
+            "giftx_exchanges_parked",
+            "PENDING exchanges the reconciler gave up on (reported by the expiry lease holder)",
+            m.exchanges_parked.clone(),
+        );
+        registry.register(
+            "giftx_stock_available",
+            "Items left in a stock provider (reported by the expiry lease holder)",
+            m.stock_available.clone(),
+        );
+        registry.register(
+            "giftx_codes",
+            "Codes per campaign by state (reported by the expiry lease holder)",
+            m.codes.clone(),
+        );
+        registry.register(
+            "giftx_sweeper_expired",
+            "Codes the sweeper marked EXPIRED",
+            m.sweeper_expired.clone(),
+        );
+        registry.register(
+            "giftx_sweeper_last_success_timestamp_seconds",
+            "Unix time of the last completed sweep pass",
+            m.sweeper_last_success.clone(),
+        );
+        registry.register(
+            "giftx_reconciler_redrives",
+            "Re-drives by the reconciler, by outcome",
+            m.reconciler_redrives.clone(),
+        );
+        registry.register(
+            "giftx_lease_held",
+            "1 on the process holding the lease, 0 elsewhere",
+            m.lease_held.clone(),
+        );
+        registry.register(
+            "giftx_ledger_script_duration_seconds",
+            "Redis Lua script latency seen by giftxd (round trip)",
+            m.script_duration.clone(),
+        );
+        registry.register(
+            "giftx_ledger_script_errors",
+            "Scripts that failed with a Redis error (not a business refusal)",
+            m.script_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// One RPC ended with `code` (a gRPC code name such as `OK`).
+    pub fn rpc_finished(&self, service: &str, method: &str, code: &str, elapsed: Duration) {
+        self.rpc_requests
+            .get_or_create(&vec![
+                ("service", service.to_owned()),
+                ("method", method.to_owned()),
+                ("code", code.to_owned()),
+            ])
+            .inc();
+        self.rpc_duration
+            .get_or_create(&vec![
+                ("service", service.to_owned()),
+                ("method", method.to_owned()),
+            ])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// An exchange of `option` ended a drive with `outcome` (`succeeded`,
+    /// `failed` or `pending`).
+    pub fn exchange(&self, option: &str, outcome: &'static str) {
+        self.exchanges
+            .get_or_create(&vec![
+                ("option", option.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// A provider call ended with `outcome` (`ok` or the error class).
+    pub fn provider_call(&self, provider: &str, outcome: &'static str, elapsed: Duration) {
+        self.provider_calls
+            .get_or_create(&vec![
+                ("provider", provider.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+        self.provider_duration
+            .get_or_create(&vec![("provider", provider.to_owned())])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A ledger script ended.
+    pub fn ledger_script(&self, script: &'static str, elapsed: Duration, failed: bool) {
+        let labels = vec![("script", script.to_owned())];
+        self.script_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if failed {
+            self.script_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    /// A sweep pass completed now.
+    pub fn sweep_completed(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.sweeper_last_success.set(now);
+    }
+
+    fn lease(&self, name: &str, held: bool) {
+        self.lease_held
+            .get_or_create(&vec![("lease", name.to_owned())])
+            .set(i64::from(held));
+    }
+
+    fn withdraw_ledger_gauges(&self) {
+        self.exchanges_pending.clear();
+        self.exchanges_parked.clear();
+        self.stock_available.clear();
+        self.codes.clear();
+    }
+}
+
+/// The running `/metrics` endpoint; dropping it stops it too.
+#[derive(Debug)]
+pub struct Endpoint {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Endpoint {
+    /// Serves `/metrics` on `listener` on a new task.
+    ///
+    /// # Errors
+    /// When the listener's address cannot be read.
+    pub fn start(listener: TcpListener) -> std::io::Result<Endpoint> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_http(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Endpoint {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving and waits for the task.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` resolves; open
+/// connections are dropped then.
+pub async fn serve_http(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(async move {
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(Duration::from_secs(10))
+                            .serve_connection(
+                                TokioIo::new(stream),
+                                hyper::service::service_fn(handle),
+                            );
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "metrics connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off.
+                    tracing::warn!(error = %e, "metrics endpoint cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.shutdown().await;
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(respond(req.method(), req.uri().path()))
+}
+
+fn respond(method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let plain = |status: StatusCode, text: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if path != "/metrics" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n",
+        );
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        r.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
+    }
+    let body = if method == Method::HEAD {
+        Bytes::new()
+    } else {
+        Bytes::from(global().render())
+    };
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(CONTENT_TYPE),
+    );
+    r
+}
+
+/// Feeds the workers' progress into the metrics and, while this process
+/// holds the expiry lease, refreshes the ledger gauges every `every`.
+/// Returns when `shutdown` turns true or the workers are gone.
+pub async fn run_ledger_gauges(
+    state: Arc<AppState>,
+    mut stats: watch::Receiver<WorkerStats>,
+    mut shutdown: watch::Receiver<bool>,
+    every: Duration,
+) {
+    let m = global();
+    let mut seen = WorkerStats::default();
+    m.lease(LEASE_NAME, false);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = stats.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now = stats.borrow_and_update().clone();
+                record_progress(m, &seen, &now);
+                if seen.holding && !now.holding {
+                    m.withdraw_ledger_gauges();
+                }
+                seen = now;
+            }
+            _ = tick.tick() => {
+                if seen.holding {
+                    if let Err(e) = refresh_ledger_gauges(&state).await {
+                        tracing::warn!(error = %e, "refreshing the ledger gauges failed");
+                    }
+                } else {
+                    m.withdraw_ledger_gauges();
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    m.lease(LEASE_NAME, false);
+    m.withdraw_ledger_gauges();
+}
+
+/// Counts what the workers did since `before` (their stats are totals).
+fn record_progress(m: &Metrics, before: &WorkerStats, now: &WorkerStats) {
+    m.lease(LEASE_NAME, now.holding);
+    let swept = now.swept.saturating_sub(before.swept);
+    if let Ok(n) = u64::try_from(swept)
+        && n > 0
+    {
+        m.sweeper_expired.inc_by(n);
+    }
+    for (outcome, total) in &now.reconciled {
+        let prev = before.reconciled.get(outcome).copied().unwrap_or(0);
+        let n = total.saturating_sub(prev);
+        if n > 0 {
+            m.reconciler_redrives
+                .get_or_create(&vec![("outcome", (*outcome).to_owned())])
+                .inc_by(n);
+        }
+    }
+}
+
+/// Reads pending and parked exchanges, stock and code counts off the
+/// ledger and publishes them.
+async fn refresh_ledger_gauges(state: &AppState) -> Result<(), String> {
+    let m = global();
+    let now = state.clock.now();
+
+    let (mut pending, mut parked) = (0i64, 0i64);
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = state
+            .ledger
+            .list_pending(now, cursor.as_deref(), 500)
+            .await
+            .map_err(|e| e.to_string())?;
+        for rec in &page.items {
+            if rec.state == ExchangeState::Pending {
+                pending += 1;
+                if rec.parked {
+                    parked += 1;
+                }
+            }
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+
+    let mut stock: Vec<(String, i64)> = Vec::new();
+    for (id, cfg) in &state.provider_set.configs {
+        if cfg.kind() != "stock" {
+            continue;
+        }
+        let inv = StockInventory::new(id.clone(), state.provider_set.store.clone());
+        let status = inv.status().await.map_err(|e| e.to_string())?;
+        stock.push((
+            id.to_string(),
+            i64::try_from(status.available).unwrap_or(i64::MAX),
+        ));
+    }
+
+    let mut codes: HashMap<(String, &'static str), i64> = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = state
+            .ledger
+            .list_campaigns(cursor.as_deref(), 200)
+            .await
+            .map_err(|e| e.to_string())?;
+        for c in &page.items {
+            let n = state
+                .ledger
+                .counts(&c.spec.id, now)
+                .await
+                .map_err(|e| e.to_string())?;
+            let id = c.spec.id.to_string();
+            for (s, v) in [
+                ("ACTIVE", n.active),
+                ("PENDING", n.pending),
+                ("REDEEMED", n.redeemed),
+                ("EXPIRED", n.expired),
+                ("VOID", n.void),
+            ] {
+                codes.insert((id.clone(), s), v);
+            }
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+
+    m.exchanges_pending.get_or_create(&Vec::new()).set(pending);
+    m.exchanges_parked.get_or_create(&Vec::new()).set(parked);
+    m.stock_available.clear();
+    for (p, n) in stock {
+        m.stock_available
+            .get_or_create(&vec![("provider", p)])
+            .set(n);
+    }
+    // Deleted campaigns drop out; the rest are overwritten.
+    m.codes.clear();
+    for ((campaign, s), v) in codes {
+        m.codes
+            .get_or_create(&vec![("campaign", campaign), ("state", s.to_owned())])
+            .set(v);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_get_and_head_of_metrics_are_served() {
+        assert_eq!(respond(&Method::GET, "/metrics").status(), StatusCode::OK);
+        assert_eq!(respond(&Method::HEAD, "/metrics").status(), StatusCode::OK);
+        assert_eq!(
+            respond(&Method::POST, "/metrics").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(respond(&Method::GET, "/").status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn exported_names_match_the_dashboards_and_alerts() {
+        let m = Metrics::new();
+        m.rpc_finished(
+            "giftx.v1.ExchangeService",
+            "Exchange",
+            "OK",
+            Duration::from_millis(3),
+        );
+        m.exchange("book-card", "succeeded");
+        m.provider_call("book-card", "ok", Duration::from_millis(1));
+        m.ledger_script("claim_code", Duration::from_micros(300), true);
+        m.lease(LEASE_NAME, true);
+        m.sweep_completed();
+        m.sweeper_expired.inc();
+        m.reconciler_redrives
+            .get_or_create(&vec![("outcome", "succeeded".to_owned())])
+            .inc();
+        m.exchanges_pending.get_or_create(&Vec::new()).set(2);
+        let text = m.render();
+        for line in [
+            r#"giftx_rpc_requests_total{service="giftx.v1.ExchangeService",method="Exchange",code="OK"} 1"#,
+            r#"giftx_rpc_duration_seconds_bucket{le="0.005",service="giftx.v1.ExchangeService",method="Exchange"} 1"#,
+            r#"giftx_rpc_duration_seconds_count{service="giftx.v1.ExchangeService",method="Exchange"} 1"#,
+            r#"giftx_exchanges_total{option="book-card",outcome="succeeded"} 1"#,
+            r#"giftx_provider_calls_total{provider="book-card",outcome="ok"} 1"#,
+            r#"giftx_provider_call_duration_seconds_count{provider="book-card"} 1"#,
+            r#"giftx_ledger_script_duration_seconds_count{script="claim_code"} 1"#,
+            r#"giftx_ledger_script_errors_total{script="claim_code"} 1"#,
+            r#"giftx_lease_held{lease="expiry-workers"} 1"#,
+            r#"giftx_sweeper_expired_total 1"#,
+            r#"giftx_reconciler_redrives_total{outcome="succeeded"} 1"#,
+            r#"giftx_exchanges_pending 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(text.contains("giftx_sweeper_last_success_timestamp_seconds "));
+        m.withdraw_ledger_gauges();
+        assert!(!m.render().contains("giftx_exchanges_pending "));
+    }
+}
