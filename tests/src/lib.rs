@@ -69,3 +69,161 @@ pub fn assert_invalid_field(s: &Status, field: &str) {
         "expected BadRequest naming {field}, got {fields:?} ({s:?})"
     );
 }
+
+// ---- exchange and expiry helpers -------------------------------------------
+
+/// A protobuf timestamp of `t`.
+pub fn ts(t: Timestamp) -> prost_types::Timestamp {
+    let (seconds, nanos) = t.to_seconds_nanos();
+    prost_types::Timestamp { seconds, nanos }
+}
+
+/// A CreateCampaign request for `id`: 500 JPY, deadline `deadline`, one
+/// option per `(option_id, provider)`.
+pub fn campaign_with_options(
+    id: &str,
+    deadline: Timestamp,
+    options: &[(&str, &str)],
+) -> pb::CreateCampaignRequest {
+    let mut req = campaign_request(id, deadline);
+    let c = req.campaign.as_mut().expect("campaign");
+    c.expire_time = Some(ts(deadline));
+    c.options = options
+        .iter()
+        .map(|(option_id, provider)| pb::RedemptionOption {
+            option_id: (*option_id).to_owned(),
+            display_name: format!("Option {option_id}"),
+            provider: (*provider).to_owned(),
+        })
+        .collect();
+    req
+}
+
+/// Issues `count` codes of `campaign` (an id) under `batch` and collects the
+/// stream.
+///
+/// # Panics
+/// When the RPC or the stream fails.
+pub async fn issue_codes(
+    app: &giftx_testkit::TestApp,
+    campaign: &str,
+    batch: &str,
+    count: i64,
+) -> Vec<pb::IssuedCode> {
+    use futures::StreamExt as _;
+    let mut s = app
+        .issuance
+        .clone()
+        .issue_codes(pb::IssueCodesRequest {
+            campaign: format!("campaigns/{campaign}"),
+            batch_id: batch.to_owned(),
+            count,
+        })
+        .await
+        .expect("IssueCodes")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.push(c.expect("IssuedCode"));
+    }
+    assert_eq!(out.len(), usize::try_from(count).unwrap_or(0));
+    out
+}
+
+/// An Exchange request for an issued code.
+pub fn exchange_request(
+    code: &pb::IssuedCode,
+    option: &str,
+    request_id: &str,
+) -> pb::ExchangeRequest {
+    pb::ExchangeRequest {
+        code: code.code.clone(),
+        login_key: code.login_key.clone(),
+        option_id: option.to_owned(),
+        request_id: request_id.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A VerifyCode request for an issued code.
+pub fn verify_request(code: &pb::IssuedCode) -> pb::VerifyCodeRequest {
+    pb::VerifyCodeRequest {
+        code: code.code.clone(),
+        login_key: code.login_key.clone(),
+    }
+}
+
+/// A GetExchange request for an issued code.
+pub fn get_exchange_request(code: &pb::IssuedCode) -> pb::GetExchangeRequest {
+    pb::GetExchangeRequest {
+        code: code.code.clone(),
+        login_key: code.login_key.clone(),
+    }
+}
+
+/// The `CodeState` VerifyCode reports for an issued code.
+///
+/// # Panics
+/// When VerifyCode fails.
+pub async fn code_state(app: &giftx_testkit::TestApp, code: &pb::IssuedCode) -> pb::CodeState {
+    let s = app
+        .exchange
+        .clone()
+        .verify_code(verify_request(code))
+        .await
+        .expect("VerifyCode")
+        .into_inner();
+    pb::CodeState::try_from(s.state).expect("known code state")
+}
+
+/// Every PENDING exchange older than zero (all pages).
+///
+/// # Panics
+/// When the RPC fails or paging does not end.
+pub async fn list_pending(app: &giftx_testkit::TestApp) -> Vec<pb::Exchange> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10_000 {
+        let page = app
+            .expiry
+            .clone()
+            .list_pending_exchanges(pb::ListPendingExchangesRequest {
+                older_than: Some(prost_types::Duration::default()),
+                page_size: 1000,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("ListPendingExchanges")
+            .into_inner();
+        out.extend(page.exchanges);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+    panic!("ListPendingExchanges paging does not end");
+}
+
+/// GetCampaignStats's count of codes in `state` (-1 when absent).
+///
+/// # Panics
+/// When the RPC fails.
+pub async fn stats_count(
+    app: &giftx_testkit::TestApp,
+    campaign: &str,
+    state: pb::CodeState,
+) -> i64 {
+    let s = app
+        .issuance
+        .clone()
+        .get_campaign_stats(pb::GetCampaignStatsRequest {
+            campaign: format!("campaigns/{campaign}"),
+        })
+        .await
+        .expect("GetCampaignStats")
+        .into_inner();
+    s.by_state
+        .iter()
+        .find(|x| x.state == state as i32)
+        .map_or(-1, |x| x.count)
+}

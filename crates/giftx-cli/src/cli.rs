@@ -48,8 +48,110 @@ pub enum Command {
     Exchange(ExchangeArgs),
     /// Show a code's exchange again (ExchangeService.GetExchange).
     ShowExchange(CredentialArgs),
+    /// Load a stock provider's pre-purchased items and see what is left.
+    #[command(subcommand)]
+    Stock(StockCommand),
+    /// Export shipping orders for the mailing vendor; mark them shipped.
+    #[command(subcommand)]
+    Shipments(ShipmentsCommand),
+    /// Export holders' data-deletion and stop-mail preferences.
+    #[command(subcommand)]
+    Preferences(PreferencesCommand),
     /// Walk the apology-gift story against giftxd's embedded demo campaign.
     Demo,
+}
+
+/// `giftctl stock …`.
+#[derive(Debug, Subcommand)]
+pub enum StockCommand {
+    /// Import items from a CSV file (header code,pin[,expire_time]; .gz
+    /// read too). Items imported before are counted as duplicates.
+    Import(StockImportArgs),
+    /// How many items are left and handed out.
+    Status {
+        /// Id of a provider of kind stock.
+        #[arg(long)]
+        provider: String,
+    },
+}
+
+/// `giftctl stock import`.
+#[derive(Debug, Args)]
+pub struct StockImportArgs {
+    /// Id of a provider of kind stock.
+    #[arg(long)]
+    pub provider: String,
+    /// The CSV file: header `code,pin[,expire_time]` (RFC 3339 times),
+    /// gzip when it ends in .gz.
+    pub file: PathBuf,
+}
+
+/// `giftctl shipments …`.
+#[derive(Debug, Subcommand)]
+pub enum ShipmentsCommand {
+    /// Write a shipment provider's orders as CSV for the mailing vendor
+    /// (reference,state,create_time,ship_time,tracking).
+    Export(ShipmentsExportArgs),
+    /// Mark orders shipped (idempotent); reports unknown references.
+    MarkShipped(MarkShippedArgs),
+}
+
+/// Which orders `shipments export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShipmentStateFilter {
+    /// Orders waiting for the mailing vendor.
+    Ordered,
+    /// Orders already sent.
+    Shipped,
+    /// Every order.
+    All,
+}
+
+/// `giftctl shipments export`.
+#[derive(Debug, Args)]
+pub struct ShipmentsExportArgs {
+    /// Id of a provider of kind shipment.
+    #[arg(long)]
+    pub provider: String,
+    /// The CSV file to write (gzip when it ends in .gz); never overwritten.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Which orders.
+    #[arg(long, value_enum, default_value_t = ShipmentStateFilter::Ordered)]
+    pub state: ShipmentStateFilter,
+}
+
+/// `giftctl shipments mark-shipped`.
+#[derive(Debug, Args)]
+pub struct MarkShippedArgs {
+    /// Id of a provider of kind shipment.
+    #[arg(long)]
+    pub provider: String,
+    /// The mailing vendor's tracking number, recorded with every order.
+    #[arg(long)]
+    pub tracking: Option<String>,
+    /// A file of references, one per line (blank lines and `#` comments
+    /// skipped; a CSV from `shipments export` works too).
+    #[arg(long, conflicts_with = "references")]
+    pub file: Option<PathBuf>,
+    /// Order references (the deliverables' `reference`).
+    #[arg(required_unless_present = "file")]
+    pub references: Vec<String>,
+}
+
+/// `giftctl preferences …`.
+#[derive(Debug, Subcommand)]
+pub enum PreferencesCommand {
+    /// Write a campaign's holders' preferences as CSV for its owner
+    /// (exchange,batch,serial,delete_personal_data,stop_mail,create_time).
+    Export {
+        /// The campaign's id.
+        #[arg(long)]
+        campaign: String,
+        /// The CSV file to write (gzip when it ends in .gz); never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `giftctl campaign …`.

@@ -30,32 +30,42 @@ const LINE_INTERVAL: Duration = Duration::from_secs(5);
 /// …and at every such fraction of the batch.
 const LINE_STEP_PERCENT: u64 = 10;
 
-/// Progress on stderr: a bar on a terminal, plain lines otherwise.
-enum Progress {
+/// Progress on stderr: a bar on a terminal, plain lines otherwise (also
+/// used by `stock import`).
+pub(crate) enum Progress {
     Bar(ProgressBar),
     Lines {
         total: u64,
         started: Instant,
         last_line: Instant,
         next_percent: u64,
+        verb: &'static str,
+        unit: &'static str,
     },
 }
 
 impl Progress {
     fn new(total: u64) -> Progress {
+        Progress::labelled(total, "issued", "codes")
+    }
+
+    /// Progress of `total` `unit`s being `verb` (`"imported"`, `"items"`).
+    pub(crate) fn labelled(total: u64, verb: &'static str, unit: &'static str) -> Progress {
         let now = Instant::now();
         let lines = Progress::Lines {
             total,
             started: now,
             last_line: now,
             next_percent: LINE_STEP_PERCENT,
+            verb,
+            unit,
         };
         if !std::io::stderr().is_terminal() {
             return lines;
         }
-        let Ok(style) = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} codes  {per_sec}  ETA {eta}",
-        ) else {
+        let Ok(style) = ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{human_pos}}/{{human_len}} {unit}  {{per_sec}}  ETA {{eta}}"
+        )) else {
             return lines;
         };
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -63,7 +73,7 @@ impl Progress {
         Progress::Bar(bar)
     }
 
-    fn update(&mut self, done: u64) {
+    pub(crate) fn update(&mut self, done: u64) {
         match self {
             Progress::Bar(bar) => bar.set_position(done),
             Progress::Lines {
@@ -71,6 +81,8 @@ impl Progress {
                 started,
                 last_line,
                 next_percent,
+                verb,
+                unit,
             } => {
                 let percent = done.saturating_mul(100) / (*total).max(1);
                 let now = Instant::now();
@@ -83,19 +95,19 @@ impl Progress {
                 *last_line = now;
                 eprintln!(
                     "{}",
-                    progress_line(done, *total, now.duration_since(*started))
+                    labelled_line(verb, unit, done, *total, now.duration_since(*started))
                 );
             }
         }
     }
 
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         if let Progress::Bar(bar) = self {
             bar.finish_and_clear();
         }
     }
 
-    fn abandon(self) {
+    pub(crate) fn abandon(self) {
         if let Progress::Bar(bar) = self {
             bar.abandon();
         }
@@ -103,10 +115,15 @@ impl Progress {
 }
 
 /// `issued 100000/1000000 codes (10%), 98500 codes/s, ETA 9s`.
+#[cfg(test)]
 fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
+    labelled_line("issued", "codes", done, total, elapsed)
+}
+
+fn labelled_line(verb: &str, unit: &str, done: u64, total: u64, elapsed: Duration) -> String {
     let rate = rate(done, elapsed);
     let mut line = format!(
-        "issued {done}/{total} codes ({}%), {rate:.0} codes/s",
+        "{verb} {done}/{total} {unit} ({}%), {rate:.0} {unit}/s",
         done.saturating_mul(100) / total.max(1)
     );
     if rate > 0.0 && done < total {
@@ -115,7 +132,7 @@ fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
     line
 }
 
-fn rate(done: u64, elapsed: Duration) -> f64 {
+pub(crate) fn rate(done: u64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
     if secs > 0.0 { done as f64 / secs } else { 0.0 }
 }

@@ -3,8 +3,9 @@
 //! - [`cli`]: the command line (clap) and the parsers of its values.
 //! - [`rpc`]: connecting to giftxd; one-line descriptions of failed calls
 //!   (AIP-193 details decoded).
-//! - [`issuance`], [`issue`], [`expiry`], [`exchange`], [`demo`]: the
-//!   commands, one module per area.
+//! - [`issuance`], [`issue`], [`expiry`], [`exchange`], [`operations`],
+//!   [`demo`]: the commands, one module per area.
+//! - [`stock_csv`]: the stock file an operator imports (CSV, maybe gzip).
 //! - [`vendor_csv`]: the print vendor's code file (CSV, maybe gzip),
 //!   written safely.
 //! - [`render`]: text for humans and JSON for scripts.
@@ -17,8 +18,10 @@ pub mod exchange;
 pub mod expiry;
 pub mod issuance;
 pub mod issue;
+pub mod operations;
 pub mod render;
 pub mod rpc;
+pub mod stock_csv;
 pub mod time;
 pub mod vendor_csv;
 
@@ -45,6 +48,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => exchange::verify(c, out, args).await,
         Command::Exchange(args) => exchange::exchange(c, out, args).await,
         Command::ShowExchange(args) => exchange::show(c, out, args).await,
+        Command::Stock(cmd) => operations::stock(c, out, cmd).await,
+        Command::Shipments(cmd) => operations::shipments(c, out, cmd).await,
+        Command::Preferences(cmd) => operations::preferences(c, out, cmd).await,
         Command::Demo => demo::run(c, out).await,
     }
 }

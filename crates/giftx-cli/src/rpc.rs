@@ -6,6 +6,7 @@ use std::time::Duration;
 use giftx_proto::v1::exchange_service_client::ExchangeServiceClient;
 use giftx_proto::v1::expiry_service_client::ExpiryServiceClient;
 use giftx_proto::v1::issuance_service_client::IssuanceServiceClient;
+use giftx_proto::v1::operations_service_client::OperationsServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
@@ -23,6 +24,8 @@ pub struct Clients {
     pub exchange: ExchangeServiceClient<Channel>,
     /// ExpiryService.
     pub expiry: ExpiryServiceClient<Channel>,
+    /// OperationsService (stock, shipments, preferences).
+    pub operations: OperationsServiceClient<Channel>,
 }
 
 /// Connects to giftxd at `addr` (`http://host:port`; a bare `host:port`
@@ -51,7 +54,8 @@ pub async fn connect(addr: &str) -> Result<Clients> {
     Ok(Clients {
         issuance: IssuanceServiceClient::new(channel.clone()),
         exchange: ExchangeServiceClient::new(channel.clone()),
-        expiry: ExpiryServiceClient::new(channel),
+        expiry: ExpiryServiceClient::new(channel.clone()),
+        operations: OperationsServiceClient::new(channel),
     })
 }
 

@@ -6,6 +6,10 @@
 //! is written, flushed and fsynced; the directory is fsynced after. An
 //! existing `FILE` is never overwritten. A run that fails leaves its rows in
 //! `FILE.partial`, never a `FILE` that looks complete.
+//!
+//! The same writer serves the other operator exports (shipments,
+//! preferences) through [`VendorCsv::create_with_header`] and
+//! [`VendorCsv::write_record`].
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -88,6 +92,16 @@ impl VendorCsv {
     /// # Errors
     /// [`Error::Invalid`] when a file is in the way, [`Error::Io`] otherwise.
     pub fn create(target: &Path) -> Result<VendorCsv> {
+        Self::create_with_header(target, HEADER)
+    }
+
+    /// As [`create`](Self::create), with another header row (`header`
+    /// ends with a newline); rows then go through
+    /// [`write_record`](Self::write_record).
+    ///
+    /// # Errors
+    /// As for [`create`](Self::create).
+    pub fn create_with_header(target: &Path, header: &[u8]) -> Result<VendorCsv> {
         if target.symlink_metadata().is_ok() {
             return Err(Error::Invalid(format!(
                 "{} already exists; giftctl never overwrites a code file, choose another name",
@@ -124,7 +138,7 @@ impl VendorCsv {
             rows: 0,
         };
         csv.sink
-            .write_all(HEADER)
+            .write_all(header)
             .map_err(Error::io(format!("cannot write {}", csv.partial.display())))?;
         Ok(csv)
     }
@@ -141,6 +155,22 @@ impl VendorCsv {
         write_field(&mut self.sink, code)?;
         self.sink.write_all(b",")?;
         write_field(&mut self.sink, login_key)?;
+        self.sink.write_all(b"\n")?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Appends one row of any number of fields, quoted as RFC 4180 asks.
+    ///
+    /// # Errors
+    /// The write error; the row may be partly written.
+    pub fn write_record(&mut self, fields: &[&str]) -> io::Result<()> {
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                self.sink.write_all(b",")?;
+            }
+            write_field(&mut self.sink, f)?;
+        }
         self.sink.write_all(b"\n")?;
         self.rows += 1;
         Ok(())
@@ -333,6 +363,20 @@ mod tests {
             let mode = fs::metadata(&target).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "code files are private to their owner");
         }
+    }
+
+    #[test]
+    fn other_exports_get_their_own_header_and_quoted_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("shipments.csv");
+        let mut w = VendorCsv::create_with_header(&target, b"reference,state,tracking\n").unwrap();
+        w.write_record(&["SHP-1", "ORDERED", ""]).unwrap();
+        w.write_record(&["SHP-2", "SHIPPED", "JP,\"12\""]).unwrap();
+        assert_eq!(w.finish().unwrap(), 2);
+        let rows = read_rows(fs::read(&target).unwrap().as_slice());
+        assert_eq!(rows[0], ["reference", "state", "tracking"]);
+        assert_eq!(rows[1], ["SHP-1", "ORDERED", ""]);
+        assert_eq!(rows[2], ["SHP-2", "SHIPPED", "JP,\"12\""]);
     }
 
     #[test]

@@ -118,9 +118,10 @@ async fn main() {
         .expect("batch");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let codes: Vec<NewCode> = (0..CODES)
-        .map(|_| NewCode {
+        .map(|i| NewCode {
             code: rng.digest(),
             login_key: rng.digest(),
+            serial: u32::try_from(i + 1).expect("serial"),
         })
         .collect();
 

@@ -49,5 +49,5 @@ rcall('HSET', KEYS[2], ARGV[2], cmsgpack.pack(x))
 rcall('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'k', 'exchange.attempt', 't', ARGV[1],
   'exchange', ARGV[5], 'attempt', x[7])
 local r = {0}
-for i = 1, 16 do r[i + 1] = x[i] end
+for i = 1, 18 do r[i + 1] = x[i] end
 return r

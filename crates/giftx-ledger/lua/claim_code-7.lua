@@ -1,10 +1,12 @@
 -- claim_code: check a code and its login key and open an exchange (code ACTIVE -> PENDING).
--- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.ordinal)
+-- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.serial4.ordinal)
 -- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
 -- KEYS[4] {bN}:l       lockout (HASH code field -> fails:until)
 -- KEYS[5] {bN}:p       PENDING exchanges (ZSET exchange id, score create time)
 -- KEYS[6] {bN}:e       outbox stream
+-- KEYS[7] {bN}:f:<s>   exchanges given with a preference (ZSET exchange id, score create
+--                      time): per code its latest such exchange; same TTL as KEYS[1]
 -- ARGV[1] now (ms)
 -- ARGV[2] code field (10 bytes)
 -- ARGV[3] login key digest prefix (8 bytes)
@@ -28,10 +30,11 @@
 -- {4} EXPIRED; {5} VOID; {6} ALREADY_REDEEMED; {7} IN_FLIGHT; {8} REQUEST_ID_REUSED
 -- record = state, option, request, fingerprint, create, update, attempts, parked,
 -- next attempt, lease holder, lease until, contact, preferences, reason, has deliverable,
--- deliverable
+-- deliverable, batch ordinal, serial (the last two copied from the code record; absent
+-- from records written before they existed)
 -- Past deadline + retention (by ARGV[1], not Redis's clock) the campaign's codes and
--- exchanges in this bucket are gone: they are deleted here (with their PENDING entries)
--- and the claim reads {2}.
+-- exchanges in this bucket are gone: they are deleted here (with their PENDING entries
+-- and preference index) and the claim reads {2}.
 -- The login key prefix is compared in constant time (OR of the XORs of all 8 bytes).
 -- 64 bits are plenty: lockout allows ARGV[15] guesses per lockout duration.
 local rcall = redis.call
@@ -39,7 +42,7 @@ local now, field = tonumber(ARGV[1]), ARGV[2]
 local function seq2(n) return string.char(math.floor(n / 256), n % 256) end
 local function reply(rc, seq, x)
   local r = {rc, seq}
-  for i = 1, 16 do r[i + 2] = x[i] end
+  for i = 1, 18 do r[i + 2] = x[i] end
   return r
 end
 local function event(kind, ...)
@@ -57,7 +60,7 @@ end
 
 local rec = rcall('HGET', KEYS[1], field)
 if not rec then return {2} end
-local ord = string.sub(rec, 12)
+local ord = string.sub(rec, 16)
 local dl, ver = tonumber(ARGV[11]), tonumber(ARGV[12])
 local m = rcall('HMGET', KEYS[3], 'dl', 'ver', 'sw', 'v:' .. ord)
 local sync = true
@@ -69,7 +72,7 @@ if now >= dl + tonumber(ARGV[14]) then
   for _, id in ipairs(rcall('ZRANGE', KEYS[5], 0, -1)) do
     if string.sub(id, 1, 4) == series then stale[#stale + 1] = id end
   end
-  rcall('DEL', KEYS[1], KEYS[2])
+  rcall('DEL', KEYS[1], KEYS[2], KEYS[7])
   if lk then rcall('HDEL', KEYS[4], field) end
   for i = 1, #stale, 1000 do
     rcall('ZREM', KEYS[5], unpack(stale, i, math.min(i + 999, #stale)))
@@ -116,9 +119,13 @@ if seq >= 65535 then return {7} end
 
 local nseq = seq + 1
 local id = ARGV[17] .. string.format('%04x', nseq)
+local b = {string.byte(rec, 12, 15)}
+local serial = ((b[1] * 256 + b[2]) * 256 + b[3]) * 256 + b[4]
+local prefs = tonumber(ARGV[8])
 local x = {'P', ARGV[6], ARGV[4], ARGV[5], now, now, 1, 0, 0, ARGV[9], tonumber(ARGV[10]),
-  ARGV[7], tonumber(ARGV[8]), '', 0, ''}
-rcall('HSET', KEYS[1], field, 'P' .. string.sub(rec, 2, 9) .. seq2(nseq) .. ord)
+  ARGV[7], prefs, '', 0, '', tonumber(ord), serial}
+rcall('HSET', KEYS[1], field,
+  'P' .. string.sub(rec, 2, 9) .. seq2(nseq) .. string.sub(rec, 12))
 rcall('HSET', KEYS[2], field .. seq2(nseq), cmsgpack.pack(x))
 if sync then
   rcall('HSET', KEYS[3], 'dl', dl, 'ver', ver)
@@ -131,5 +138,15 @@ local ttl = dl + tonumber(ARGV[14]) - now
 rcall('PEXPIRE', KEYS[1], ttl)
 rcall('PEXPIRE', KEYS[2], ttl)
 rcall('ZADD', KEYS[5], now, id)
+if prefs ~= 0 then
+  -- One entry per code: this exchange replaces an earlier one given with a preference.
+  local older = {}
+  for i = 1, seq do older[i] = ARGV[17] .. string.format('%04x', i) end
+  for i = 1, #older, 1000 do
+    rcall('ZREM', KEYS[7], unpack(older, i, math.min(i + 999, #older)))
+  end
+  rcall('ZADD', KEYS[7], now, id)
+  rcall('PEXPIRE', KEYS[7], ttl)
+end
 event('code.claimed', 'exchange', id, 'option', ARGV[6])
 return reply(0, nseq, x)

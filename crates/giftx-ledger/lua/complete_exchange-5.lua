@@ -1,5 +1,5 @@
 -- complete_exchange: PENDING -> SUCCEEDED with the sealed deliverable; code -> REDEEMED.
--- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.ordinal)
+-- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.serial4.ordinal)
 -- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH counters)
 -- KEYS[4] {bN}:p       PENDING exchanges (ZSET exchange id, score create time)
@@ -41,7 +41,7 @@ end
 local x = cmsgpack.unpack(raw)
 local function reply()
   local r = {0}
-  for i = 1, 16 do r[i + 1] = x[i] end
+  for i = 1, 18 do r[i + 1] = x[i] end
   return r
 end
 if x[1] == 'S' then return reply() end

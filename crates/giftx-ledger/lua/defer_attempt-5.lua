@@ -48,5 +48,5 @@ rcall('HSET', KEYS[2], ARGV[2], cmsgpack.pack(x))
 rcall('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'k', 'exchange.deferred', 't', ARGV[1],
   'exchange', ARGV[5], 'parked', x[8])
 local r = {0}
-for i = 1, 16 do r[i + 1] = x[i] end
+for i = 1, 18 do r[i + 1] = x[i] end
 return r

@@ -2,6 +2,8 @@
 -- KEYS[1] {bN}:c:<s>   code records (TTL follows the deadline; deleted past retention)
 -- KEYS[2] {bN}:x:<s>   exchanges (TTL follows the deadline; deleted past retention)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
+-- KEYS[4] {bN}:f:<s>   exchanges given with a preference (TTL follows the deadline; deleted
+--                      past retention)
 -- ARGV[1] deadline (ms)
 -- ARGV[2] version
 -- ARGV[3] now (ms)
@@ -18,7 +20,8 @@ local ttl = dl + tonumber(ARGV[4]) - now
 if ttl > 0 then
   rcall('PEXPIRE', KEYS[1], ttl)
   rcall('PEXPIRE', KEYS[2], ttl)
+  rcall('PEXPIRE', KEYS[4], ttl)
 else
-  rcall('DEL', KEYS[1], KEYS[2])
+  rcall('DEL', KEYS[1], KEYS[2], KEYS[4])
 end
 return {0, 1}

@@ -7,5 +7,5 @@ local raw = rcall('HGET', KEYS[1], ARGV[1])
 if not raw then return {17} end
 local x = cmsgpack.unpack(raw)
 local r = {0}
-for i = 1, 16 do r[i + 1] = x[i] end
+for i = 1, 18 do r[i + 1] = x[i] end
 return r

@@ -1,5 +1,5 @@
 -- release_exchange: PENDING -> FAILED (provider refused); code -> ACTIVE again.
--- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.ordinal)
+-- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.serial4.ordinal)
 -- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH counters)
 -- KEYS[4] {bN}:p       PENDING exchanges (ZSET exchange id, score create time)
@@ -40,7 +40,7 @@ end
 local x = cmsgpack.unpack(raw)
 local function reply()
   local r = {0}
-  for i = 1, 16 do r[i + 1] = x[i] end
+  for i = 1, 18 do r[i + 1] = x[i] end
   return r
 end
 if x[1] == 'F' then return reply() end
@@ -56,7 +56,7 @@ x[14] = ARGV[3]
 rcall('HSET', KEYS[2], ARGV[2], cmsgpack.pack(x))
 if rec then
   rcall('HSET', KEYS[1], cf, 'A' .. string.sub(rec, 2))
-  rcall('HINCRBY', KEYS[3], 'bl:' .. string.sub(rec, 12), 1)
+  rcall('HINCRBY', KEYS[3], 'bl:' .. string.sub(rec, 16), 1)
 end
 rcall('HINCRBY', KEYS[3], 'p', -1)
 rcall('HINCRBY', KEYS[3], 'op:' .. x[2], -1)

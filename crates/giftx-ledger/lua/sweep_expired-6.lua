@@ -5,6 +5,7 @@
 -- KEYS[3] {bN}:c:<s>   code records (deleted past retention)
 -- KEYS[4] {bN}:x:<s>   exchanges (deleted past retention)
 -- KEYS[5] {bN}:p       PENDING exchanges (ZSET; the campaign's entries removed past retention)
+-- KEYS[6] {bN}:f:<s>   exchanges given with a preference (deleted past retention)
 -- ARGV[1] now (ms)
 -- ARGV[2] campaign deadline known to the caller (ms)
 -- ARGV[3] campaign version known to the caller
@@ -42,7 +43,7 @@ end
 
 local series = string.match(KEYS[1], ':m:(%d+)$')
 if purge then
-  local gone = rcall('DEL', KEYS[3], KEYS[4])
+  local gone = rcall('DEL', KEYS[3], KEYS[4], KEYS[6])
   for i = 1, #stale, 1000 do
     rcall('ZREM', KEYS[5], unpack(stale, i, math.min(i + 999, #stale)))
   end

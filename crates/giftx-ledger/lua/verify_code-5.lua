@@ -1,5 +1,5 @@
 -- verify_code: check a code and its login key; report its state and latest exchange.
--- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.ordinal)
+-- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.serial4.ordinal)
 -- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
 -- KEYS[4] {bN}:l       lockout (HASH code field -> fails:until)
@@ -34,7 +34,7 @@ end
 
 local rec = rcall('HGET', KEYS[1], field)
 if not rec then return {2} end
-local ord = string.sub(rec, 12)
+local ord = string.sub(rec, 16)
 local dl, ver = tonumber(ARGV[4]), tonumber(ARGV[5])
 local m = rcall('HMGET', KEYS[3], 'dl', 'ver', 'v:' .. ord)
 if m[2] and tonumber(m[2]) >= ver then dl = tonumber(m[1]) end
@@ -80,7 +80,7 @@ if seq > 0 then
   if raw then
     r[3] = seq
     local x = cmsgpack.unpack(raw)
-    for i = 1, 16 do r[i + 3] = x[i] end
+    for i = 1, 18 do r[i + 3] = x[i] end
   end
 end
 if lk then rcall('HDEL', KEYS[4], field) end

@@ -69,6 +69,9 @@ pub struct NewCode {
     pub code: Digest,
     /// `Hasher::login_key`.
     pub login_key: Digest,
+    /// 1-based position of the code in its batch (`IssuedCode.serial`):
+    /// with the batch, it leads back to the letter the code was printed on.
+    pub serial: u32,
 }
 
 /// What came of storing a chunk of codes.
@@ -165,6 +168,18 @@ pub struct ExchangeRecord {
     pub contact: Option<Digest>,
     /// Preferences given with it.
     pub preferences: Preferences,
+    /// Ordinal (1-based, per campaign) of the batch the code was issued in
+    /// (see [`Ledger::batch_by_ordinal`]), copied from the code at claim.
+    pub batch_ordinal: u32,
+    /// The code's serial in that batch ([`NewCode::serial`]).
+    pub serial: u32,
+}
+
+impl Preferences {
+    /// Whether the holder asked for anything.
+    pub fn any(&self) -> bool {
+        self.delete_personal_data || self.stop_mail
+    }
 }
 
 /// What claiming gave.
@@ -487,6 +502,36 @@ pub trait Ledger: Send + Sync + 'static {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<ExchangeRecord>, LedgerError>;
+
+    /// The campaign's exchanges that carry a holder preference (data
+    /// deletion or stop mail), for the campaign owner: per code, its latest
+    /// exchange given with a preference, whatever that exchange's state (a
+    /// later exchange of the code given without preferences does not
+    /// withdraw it). Paged from an opaque cursor that stays valid while
+    /// exchanges are added or finish: none listed twice, none skipped.
+    /// At most `limit` per page; a page may hold fewer (even none) and
+    /// still have a next one. Nothing is listed once the campaign's
+    /// exchanges are past retention and purged.
+    ///
+    /// # Errors
+    /// `CampaignNotFound`.
+    async fn list_preferences(
+        &self,
+        campaign: &CampaignId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ExchangeRecord>, LedgerError>;
+
+    /// The campaign's batch with this ordinal ([`Batch::ordinal`],
+    /// [`ExchangeRecord::batch_ordinal`]); None when the campaign or the
+    /// ordinal is unknown. No clock is given, so an ISSUING batch reads as
+    /// stored, not aged to INCOMPLETE by the stall timeout (`get_batch`
+    /// does that).
+    async fn batch_by_ordinal(
+        &self,
+        campaign: &CampaignId,
+        ordinal: u32,
+    ) -> Result<Option<Batch>, LedgerError>;
 
     /// Marks the campaign's unexchanged codes past the deadline EXPIRED.
     /// Returns how many this call marked (0 before the deadline, and on a

@@ -90,6 +90,8 @@ struct CodeRecord {
     login_key: [u8; 32],
     /// Index into the campaign's batches.
     batch: usize,
+    /// 1-based position in its batch.
+    serial: u32,
     stored: Stored,
     failures: u32,
     locked_until: Option<Timestamp>,
@@ -115,6 +117,9 @@ struct CampaignEntry {
     codes: HashMap<[u8; 32], CodeRecord>,
     /// Per option: (redeemed, pending).
     by_option: HashMap<OptionId, (i64, i64)>,
+    /// Exchanges given with a holder preference, by (create time, id): per
+    /// code its latest such exchange.
+    preferences: BTreeSet<(Timestamp, String)>,
     purged: bool,
 }
 
@@ -247,6 +252,7 @@ impl State {
             };
             c.purged = true;
             c.codes = HashMap::new();
+            c.preferences = BTreeSet::new();
             let id = c.campaign.spec.id.to_string();
             self.exchanges.retain(|_, x| x.campaign != ci);
             let exchanges = &self.exchanges;
@@ -410,6 +416,7 @@ impl Ledger for MemoryLedger {
             batch_index: HashMap::new(),
             codes: HashMap::new(),
             by_option: HashMap::new(),
+            preferences: BTreeSet::new(),
             purged: false,
         });
         st.by_id.insert(spec.id.clone(), i);
@@ -604,6 +611,7 @@ impl Ledger for MemoryLedger {
                 CodeRecord {
                     login_key: nc.login_key.0,
                     batch: bi,
+                    serial: nc.serial,
                     stored: Stored::Active,
                     failures: 0,
                     locked_until: None,
@@ -778,6 +786,19 @@ impl Ledger for MemoryLedger {
             CodeState::Active => {}
         }
         let campaign = c.campaign.spec.id.to_string();
+        let batch_ordinal = c.batches.get(rec.batch).map_or(0, |b| b.batch.ordinal);
+        let serial = rec.serial;
+        // This exchange replaces the code's earlier one given with a
+        // preference in the owner's listing.
+        let replaced: Vec<(Timestamp, String)> = if req.preferences.any() {
+            rec.exchanges
+                .iter()
+                .filter_map(|x| st.exchanges.get(x))
+                .map(|x| (x.record.create_time, x.record.id.0.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let seq = st.next_seq();
         let id = ExchangeId(format!("m{:03x}{:010x}", req.code.series.index(), seq));
         let record = ExchangeRecord {
@@ -795,6 +816,8 @@ impl Ledger for MemoryLedger {
             next_attempt_time: Timestamp(0),
             contact: req.contact,
             preferences: req.preferences,
+            batch_ordinal,
+            serial,
         };
         let c = st
             .campaigns
@@ -813,6 +836,12 @@ impl Ledger for MemoryLedger {
             b.tally.shift(Stored::Active, Stored::Pending);
         }
         c.by_option.entry(req.option.clone()).or_insert((0, 0)).1 += 1;
+        if req.preferences.any() {
+            for k in &replaced {
+                c.preferences.remove(k);
+            }
+            c.preferences.insert((now, id.0.clone()));
+        }
         st.exchanges.insert(
             id.0.clone(),
             ExchangeEntry {
@@ -983,6 +1012,59 @@ impl Ledger for MemoryLedger {
             }
         }
         Ok(Page { items, next })
+    }
+
+    async fn list_preferences(
+        &self,
+        campaign: &CampaignId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ExchangeRecord>, LedgerError> {
+        let st = self.lock()?;
+        let ci = st.campaign_index(campaign)?;
+        let c = st
+            .campaigns
+            .get(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let start = match cursor {
+            None | Some("") => Bound::Unbounded,
+            Some(s) => Bound::Excluded(parse_pending_cursor(s)?),
+        };
+        let limit = limit.max(1);
+        let mut items = Vec::new();
+        let mut next = None;
+        for (t, id) in c.preferences.range((start, Bound::Unbounded)) {
+            if items.len() == limit {
+                next = items
+                    .last()
+                    .map(|x: &ExchangeRecord| pending_cursor(x.create_time, &x.id.0));
+                break;
+            }
+            if let Some(x) = st.exchanges.get(id) {
+                items.push(x.record.clone());
+            } else {
+                return Err(LedgerError::Internal(format!(
+                    "preference index names a missing exchange {id} ({})",
+                    t.0
+                )));
+            }
+        }
+        Ok(Page { items, next })
+    }
+
+    async fn batch_by_ordinal(
+        &self,
+        campaign: &CampaignId,
+        ordinal: u32,
+    ) -> Result<Option<Batch>, LedgerError> {
+        let st = self.lock()?;
+        let Some(c) = st.by_id.get(campaign).and_then(|&ci| st.campaigns.get(ci)) else {
+            return Ok(None);
+        };
+        let Some(i) = usize::try_from(ordinal).ok().and_then(|o| o.checked_sub(1)) else {
+            return Ok(None);
+        };
+        Ok(c.batches.get(i).map(|b| b.batch.clone()))
     }
 
     async fn sweep(

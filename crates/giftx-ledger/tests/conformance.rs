@@ -25,7 +25,7 @@ use giftx_core::model::{
 use giftx_core::{Clock, Currency, Digest, Money, Series, SystemClock, Timestamp};
 use giftx_ledger::{
     ClaimOutcome, ClaimRequest, CodeRef, ExchangeId, ExchangeRecord, Lease, Ledger, LedgerConfig,
-    LedgerError, MemoryLedger, NewCode, Preferences, Refusal, StoreOutcome,
+    LedgerError, MemoryLedger, NewCode, Page, Preferences, Refusal, StoreOutcome,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -130,6 +130,8 @@ struct TestCode {
     code: CodeRef,
     key: Digest,
     wrong: Digest,
+    /// Position in its batch (1 unless set with `at`).
+    serial: u32,
 }
 
 impl TestCode {
@@ -141,6 +143,15 @@ impl TestCode {
             },
             key: d(&format!("key:{label}")),
             wrong: d(&format!("wrong:{label}")),
+            serial: 1,
+        }
+    }
+
+    /// The same code at another position in its batch.
+    fn at(self, serial: usize) -> TestCode {
+        TestCode {
+            serial: u32::try_from(serial).expect("serial"),
+            ..self
         }
     }
 
@@ -148,6 +159,7 @@ impl TestCode {
         NewCode {
             code: self.code.digest,
             login_key: self.key,
+            serial: self.serial,
         }
     }
 }
@@ -220,7 +232,7 @@ async fn world(l: &dyn Ledger, id: &str, n: usize) -> World {
         .await
         .expect("begin batch");
     let codes: Vec<TestCode> = (0..n)
-        .map(|i| TestCode::new(campaign.series, &format!("{id}-{i}")))
+        .map(|i| TestCode::new(campaign.series, &format!("{id}-{i}")).at(i + 1))
         .collect();
     let news: Vec<NewCode> = codes.iter().map(TestCode::new_code).collect();
     let out = l
@@ -967,6 +979,7 @@ async fn claim_opens_a_pending_exchange(l: &dyn Ledger) {
     assert_eq!(x.failure_reason, "");
     assert_eq!(x.contact, Some(d("a@example.org")));
     assert_eq!(x.preferences, req.preferences);
+    assert_eq!((x.batch_ordinal, x.serial), (w.batch.ordinal, 1));
     assert!(!x.id.0.is_empty());
     let got = l
         .get_exchange(&x.id)
@@ -1652,6 +1665,293 @@ async fn list_pending_skips_nothing_when_listed_exchanges_finish_between_pages(l
         .map(|x| x.id)
         .collect();
     assert_eq!(left, want.difference(&done).cloned().collect());
+}
+
+// ------------------------------------------------------------- preferences
+
+fn with_prefs(mut r: ClaimRequest, delete_personal_data: bool, stop_mail: bool) -> ClaimRequest {
+    r.preferences = Preferences {
+        delete_personal_data,
+        stop_mail,
+    };
+    r
+}
+
+/// Every page of `list_preferences` from the start, checking page sizes
+/// and that nothing is listed twice.
+async fn all_preferences(
+    l: &dyn Ledger,
+    campaign: &CampaignId,
+    limit: usize,
+) -> Vec<ExchangeRecord> {
+    let mut got: Vec<ExchangeRecord> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = l
+            .list_preferences(campaign, cursor.as_deref(), limit)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit, "page over the limit {limit}");
+        for x in page.items {
+            assert!(
+                got.iter().all(|y| y.id != x.id),
+                "{:?} listed twice (limit {limit})",
+                x.id
+            );
+            got.push(x);
+        }
+        pages += 1;
+        assert!(pages <= 40, "paging does not end");
+        cursor = page.next;
+        if cursor.is_none() {
+            return got;
+        }
+    }
+}
+
+async fn list_preferences_lists_each_codes_latest_exchange_with_a_preference(l: &dyn Ledger) {
+    let w = world(l, "prefs", 8).await;
+    let id = &w.campaign.spec.id;
+    let base = ms(w.start, 10_000);
+    let until = ms(base, 3_600_000);
+    let c = &w.codes;
+    let mut want: HashMap<ExchangeId, (usize, bool, bool)> = HashMap::new();
+    // Pairs share a millisecond: the cursor must order within a time.
+    let at = |i: usize| ms(base, 1000 * (i as i64 / 2));
+    for (i, (del, stop)) in [(true, false), (false, false), (false, true), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let r = with_prefs(claim_req(&c[i], "gift-code", "r1", "h", until), del, stop);
+        let x = claimed(l.claim(&r, at(i)).await);
+        assert_eq!(x.preferences, r.preferences);
+        if del || stop {
+            want.insert(x.id, (i, del, stop));
+        }
+    }
+    // Code 4: asked with a FAILED exchange, then exchanged again without
+    // asking: the request stands.
+    let r = with_prefs(claim_req(&c[4], "gift-code", "r1", "h", until), true, false);
+    let x4 = claimed(l.claim(&r, at(4)).await);
+    l.release(&x4.id, "refused", at(4)).await.unwrap();
+    claimed(
+        l.claim(&claim_req(&c[4], "donation", "r2", "h", until), at(5))
+            .await,
+    );
+    want.insert(x4.id, (4, true, false));
+    // Code 5: asked twice: only the latest is listed.
+    let r = with_prefs(claim_req(&c[5], "gift-code", "r1", "h", until), true, false);
+    let x5 = claimed(l.claim(&r, at(5)).await);
+    l.release(&x5.id, "refused", at(5)).await.unwrap();
+    let r = with_prefs(claim_req(&c[5], "donation", "r2", "h", until), false, true);
+    let x5b = claimed(l.claim(&r, at(6)).await);
+    want.insert(x5b.id.clone(), (5, false, true));
+    // Code 6: asked, and the exchange succeeded: still listed.
+    let r = with_prefs(claim_req(&c[6], "book-card", "r1", "h", until), false, true);
+    let x6 = claimed(l.claim(&r, at(6)).await);
+    l.complete(&x6.id, None, at(7)).await.unwrap();
+    want.insert(x6.id, (6, false, true));
+    // Another campaign's exchanges are not listed.
+    let other = world(l, "prefs-other", 1).await;
+    let r = with_prefs(
+        claim_req(&other.codes[0], "gift-code", "r1", "h", until),
+        true,
+        true,
+    );
+    claimed(l.claim(&r, at(1)).await);
+
+    for limit in [1, 2, 3, 100] {
+        let got = all_preferences(l, id, limit).await;
+        let ids: BTreeSet<ExchangeId> = got.iter().map(|x| x.id.clone()).collect();
+        let want_ids: BTreeSet<ExchangeId> = want.keys().cloned().collect();
+        assert_eq!(ids, want_ids, "limit {limit}");
+        for x in &got {
+            let (i, del, stop) = want[&x.id];
+            assert_eq!(x.series, w.campaign.series);
+            assert_eq!(
+                (x.batch_ordinal, x.serial),
+                (w.batch.ordinal, i as u32 + 1),
+                "code {i}"
+            );
+            assert_eq!(
+                (x.preferences.delete_personal_data, x.preferences.stop_mail),
+                (del, stop),
+                "code {i}"
+            );
+            assert_eq!(
+                l.get_exchange(&x.id).await.unwrap().as_ref(),
+                Some(x),
+                "listed as stored"
+            );
+        }
+    }
+    // The same pages on a second walk.
+    let first = l.list_preferences(id, None, 3).await.unwrap();
+    assert_eq!(l.list_preferences(id, None, 3).await.unwrap(), first);
+    let after = first.next.expect("more than one page");
+    assert_eq!(
+        l.list_preferences(id, Some(&after), 3).await.unwrap(),
+        l.list_preferences(id, Some(&after), 3).await.unwrap()
+    );
+    let page = l
+        .list_preferences(&other.campaign.spec.id, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.next, None);
+    assert_eq!(
+        refusal(l.list_preferences(&cid("nope"), None, 10).await),
+        Refusal::CampaignNotFound
+    );
+}
+
+async fn list_preferences_skips_nothing_when_exchanges_change_between_pages(l: &dyn Ledger) {
+    let w = world(l, "prefs-moving", 12).await;
+    let id = &w.campaign.spec.id;
+    let base = ms(w.start, 10_000);
+    let until = ms(base, 3_600_000);
+    let mut want = BTreeSet::new();
+    for (i, c) in w.codes[..8].iter().enumerate() {
+        let t = ms(base, 1000 * (i as i64 / 2));
+        let r = with_prefs(claim_req(c, "gift-code", "r", "h", until), true, false);
+        want.insert(claimed(l.claim(&r, t).await).id);
+    }
+    // Between pages: each page's first exchange finishes (succeeds or
+    // fails, in turn), and a new code is exchanged with a preference.
+    let mut fresh = w.codes[8..].iter();
+    let mut n = 0;
+    let mut added = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    let mut seen = BTreeSet::new();
+    loop {
+        let page = l.list_preferences(id, cursor.as_deref(), 2).await.unwrap();
+        if let Some(x) = page.items.first() {
+            if n % 2 == 0 {
+                l.complete(&x.id, None, ms(base, 60_000)).await.unwrap();
+            } else {
+                l.release(&x.id, "no", ms(base, 60_000)).await.unwrap();
+            }
+            n += 1;
+        }
+        if let Some(c) = fresh.next() {
+            let r = with_prefs(claim_req(c, "donation", "r", "h", until), false, true);
+            added.insert(claimed(l.claim(&r, ms(base, 30_000)).await).id);
+        }
+        for x in page.items {
+            assert!(seen.insert(x.id), "listed twice");
+        }
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert!(n > 1, "more than one page");
+    assert!(want.is_subset(&seen), "an exchange was skipped");
+    assert!(seen.is_subset(&want.union(&added).cloned().collect()));
+    // Everything, once more from the start.
+    let all: BTreeSet<ExchangeId> = all_preferences(l, id, 5)
+        .await
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(all, want.union(&added).cloned().collect());
+}
+
+async fn list_preferences_lists_nothing_past_retention(l: &dyn Ledger) {
+    let w = world(l, "prefs-retention", 3).await;
+    let id = &w.campaign.spec.id;
+    let now = ms(w.start, 1000);
+    let until = ms(now, 30_000);
+    let r = with_prefs(
+        claim_req(&w.codes[0], "gift-code", "r", "h", until),
+        true,
+        true,
+    );
+    let x = claimed(l.claim(&r, now).await);
+    l.complete(&x.id, None, now).await.unwrap();
+    let r = with_prefs(
+        claim_req(&w.codes[1], "donation", "r", "h", until),
+        false,
+        true,
+    );
+    claimed(l.claim(&r, now).await);
+    let end = w.deadline.plus(RETENTION);
+    // Still listed after the deadline (the owner exports after it).
+    l.sweep(id, ms(w.deadline, 1)).await.unwrap();
+    let listed = all_preferences(l, id, 10).await;
+    assert_eq!(listed.len(), 2);
+    l.sweep(id, ms(end, -1)).await.unwrap();
+    assert_eq!(all_preferences(l, id, 10).await.len(), 2);
+    // Past retention the exchanges are gone, and so is the listing.
+    l.sweep(id, end).await.unwrap();
+    assert_eq!(l.get_exchange(&x.id).await.unwrap(), None);
+    let page = l.list_preferences(id, None, 10).await.unwrap();
+    assert_eq!(
+        page,
+        Page {
+            items: vec![],
+            next: None
+        }
+    );
+}
+
+async fn batch_by_ordinal_finds_each_batch(l: &dyn Ledger) {
+    let w = world(l, "ordinals", 2).await;
+    let id = &w.campaign.spec.id;
+    let now = ms(w.start, 1000);
+    let b2 = l.begin_batch(id, &bid("b2"), 1, now).await.unwrap();
+    let code = TestCode::new(w.campaign.series, "ordinals-b2").at(1);
+    l.store_codes(&w.campaign, &b2, &[code.new_code()], now)
+        .await
+        .unwrap();
+    let b3 = l.begin_batch(id, &bid("b3"), 4, now).await.unwrap();
+    l.void_batch(id, &b3.id, now).await.unwrap();
+    for b in [&w.batch.id, &b2.id, &b3.id] {
+        let want = l.get_batch(id, b, ms(now, 1)).await.unwrap().unwrap();
+        assert_eq!(
+            l.batch_by_ordinal(id, want.ordinal).await.unwrap(),
+            Some(want)
+        );
+    }
+    // A stalled ISSUING batch reads as stored (no clock to age it).
+    let stalled = ms(now, 10 * 60_000);
+    assert_eq!(
+        l.get_batch(id, &b2.id, stalled)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        BatchState::Incomplete
+    );
+    let by_ord = l.batch_by_ordinal(id, 2).await.unwrap().unwrap();
+    assert_eq!(
+        (by_ord.id, by_ord.state, by_ord.issued),
+        (bid("b2"), BatchState::Issuing, 1)
+    );
+    // An exchange leads back to its batch and serial.
+    let x = claimed(
+        l.claim(
+            &claim_req(&code, "gift-code", "r", "h", ms(now, 30_000)),
+            now,
+        )
+        .await,
+    );
+    assert_eq!((x.batch_ordinal, x.serial), (b2.ordinal, 1));
+    let b = l
+        .batch_by_ordinal(id, x.batch_ordinal)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.id, b2.id);
+    for o in [0, 4, u32::MAX] {
+        assert_eq!(
+            l.batch_by_ordinal(id, o).await.unwrap(),
+            None,
+            "ordinal {o}"
+        );
+    }
+    assert_eq!(l.batch_by_ordinal(&cid("nope"), 1).await.unwrap(), None);
 }
 
 async fn sweep_marks_each_code_once(l: &dyn Ledger) {
@@ -2535,6 +2835,10 @@ macro_rules! suite {
             singleton_leases,
             state_changes_leave_events_without_secrets,
             retention_drops_codes_and_exchanges_but_keeps_counts,
+            list_preferences_lists_each_codes_latest_exchange_with_a_preference,
+            list_preferences_skips_nothing_when_exchanges_change_between_pages,
+            list_preferences_lists_nothing_past_retention,
+            batch_by_ordinal_finds_each_batch,
         );
 
         #[test]

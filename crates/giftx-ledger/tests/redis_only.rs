@@ -107,7 +107,15 @@ impl Fx {
                 key: LoginKey::generate().unwrap(),
             })
             .collect();
-        let codes: Vec<NewCode> = printed.iter().map(|p| self.new_code(p)).collect();
+        // Serials as printed: 1-based position in the batch.
+        let codes: Vec<NewCode> = printed
+            .iter()
+            .enumerate()
+            .map(|(i, p)| NewCode {
+                serial: u32::try_from(i + 1).unwrap(),
+                ..self.new_code(p)
+            })
+            .collect();
         for chunk in codes.chunks(100_000) {
             let out = self.ledger.store_codes(c, &b, chunk, T0).await.unwrap();
             assert!(out.collisions.is_empty());
@@ -123,6 +131,7 @@ impl Fx {
         NewCode {
             code: self.hasher.code(&p.code),
             login_key: self.hasher.login_key(&p.code, &p.key),
+            serial: 1,
         }
     }
 
@@ -1094,4 +1103,102 @@ async fn a_stored_code_costs_at_most_160_bytes() {
         println!("{k}: {n:?} ({len})");
     }
     assert!(per_code <= 160.0, "{per_code} bytes per code");
+}
+
+/// The key and field of a code's record (see `keys.rs`: bucket from the
+/// digest's first two bytes, field its next ten).
+fn code_slot(fx: &Fx, p: &Printed) -> (u16, Vec<u8>) {
+    let d = fx.hasher.code(&p.code).0;
+    (u16::from_be_bytes([d[0], d[1]]) % 4096, d[2..12].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_and_batch_ordinal_round_trip_from_store_to_every_exchange_reply() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = fx.campaign("leak").await;
+    let s = c.series.index();
+    let b1 = fx.issue(&c, "b1", 300).await;
+    let b2 = fx.issue(&c, "b2", 3).await;
+    let mut conn = fx.server.connection();
+    // The code record: state, login8, seq2, serial (4 bytes big-endian),
+    // batch ordinal (decimal).
+    for (p, serial, ord) in [(&b1[0], 1u32, "1"), (&b1[299], 300, "1"), (&b2[2], 3, "2")] {
+        let (bucket, field) = code_slot(&fx, p);
+        let rec: Vec<u8> = redis::cmd("HGET")
+            .arg(format!("{{b{bucket}}}:c:{s}"))
+            .arg(&field)
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(rec[0], b'A');
+        assert_eq!(&rec[9..11], &[0, 0]);
+        assert_eq!(&rec[11..15], &serial.to_be_bytes());
+        assert_eq!(&rec[15..], ord.as_bytes());
+    }
+    // Claim (with a preference), verify, attempt, defer, complete, re-read:
+    // every reply carries the code's batch ordinal and serial.
+    let p = &b1[166];
+    let x = claimed(l.claim(&fx.claim_req(p, "r", "amazon"), T0).await.unwrap());
+    assert_eq!((x.batch_ordinal, x.serial), (1, 167));
+    let v = l
+        .verify(fx.code_ref(p), fx.new_code(p).login_key, T0)
+        .await
+        .unwrap();
+    assert_eq!(v.latest_exchange.as_ref(), Some(&x));
+    let lease = Lease {
+        holder: "worker-2".into(),
+        until: T0.plus(Duration::from_secs(600)),
+    };
+    let later = T0.plus(Duration::from_secs(60));
+    for r in [
+        l.begin_attempt(&x.id, &lease, later).await.unwrap(),
+        l.defer_attempt(&x.id, later, false, later).await.unwrap(),
+        l.complete(&x.id, None, later).await.unwrap(),
+        l.get_exchange(&x.id).await.unwrap().unwrap(),
+    ] {
+        assert_eq!((r.batch_ordinal, r.serial), (1, 167));
+    }
+    let y = claimed(
+        l.claim(&fx.claim_req(&b2[0], "r", "donation"), T0)
+            .await
+            .unwrap(),
+    );
+    let y = l.release(&y.id, "no", T0).await.unwrap();
+    assert_eq!((y.batch_ordinal, y.serial), (2, 1));
+    // The code record keeps serial and ordinal through claim and complete.
+    let (bucket, field) = code_slot(&fx, p);
+    let rec: Vec<u8> = redis::cmd("HGET")
+        .arg(format!("{{b{bucket}}}:c:{s}"))
+        .arg(&field)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(rec[0], b'R');
+    assert_eq!(&rec[9..11], &[0, 1]);
+    assert_eq!(&rec[11..15], &167u32.to_be_bytes());
+    assert_eq!(&rec[15..], b"1");
+    // The preference index of the bucket expires with its codes, also
+    // after the deadline moves.
+    let pttl = |conn: &mut redis::Connection, k: &str| -> i64 {
+        redis::cmd("PTTL").arg(k).query(conn).unwrap()
+    };
+    let (ck, fk) = (
+        format!("{{b{bucket}}}:c:{s}"),
+        format!("{{b{bucket}}}:f:{s}"),
+    );
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&fk)
+        .arg(&x.id.0)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(score, Some(T0.0 as f64));
+    assert!((pttl(&mut conn, &ck) - pttl(&mut conn, &fk)).abs() < 5_000);
+    let moved = DEADLINE.plus(Duration::from_secs(30 * 86_400));
+    l.extend_campaign(&c.spec.id, moved, false, later)
+        .await
+        .unwrap();
+    let (tc, tf) = (pttl(&mut conn, &ck), pttl(&mut conn, &fk));
+    assert!(
+        tf > 0 && (tc - tf).abs() < 5_000,
+        "codes {tc} ms, index {tf} ms"
+    );
 }

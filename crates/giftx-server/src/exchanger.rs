@@ -127,7 +127,7 @@ pub struct Exchanger {
     /// Wakes duplicate requests waiting on an exchange this process drives.
     inflight: Mutex<HashMap<ExchangeId, Arc<Notify>>>,
     /// Campaigns by series, briefly cached: the hot path reads them per call.
-    campaigns: Mutex<HashMap<Series, (Campaign, std::time::Instant)>>,
+    campaigns: Mutex<HashMap<Series, (Option<Campaign>, std::time::Instant)>>,
 }
 
 const CAMPAIGN_CACHE_TTL: Duration = Duration::from_secs(1);
@@ -200,19 +200,21 @@ impl Exchanger {
     }
 
     async fn campaign_by_series(&self, series: Series) -> Result<Option<Campaign>, DomainError> {
+        // Misses are cached too: an unknown code must cost what a wrong
+        // login key costs, or response times would tell them apart.
         if let Ok(cache) = self.campaigns.lock()
             && let Some((c, at)) = cache.get(&series)
             && at.elapsed() < CAMPAIGN_CACHE_TTL
         {
-            return Ok(Some(c.clone()));
+            return Ok(c.clone());
         }
         let found = self
             .ledger
             .campaign_by_series(series)
             .await
             .map_err(ledger_error)?;
-        if let (Some(c), Ok(mut cache)) = (&found, self.campaigns.lock()) {
-            cache.insert(series, (c.clone(), std::time::Instant::now()));
+        if let Ok(mut cache) = self.campaigns.lock() {
+            cache.insert(series, (found.clone(), std::time::Instant::now()));
         }
         Ok(found)
     }
@@ -245,6 +247,7 @@ impl Exchanger {
             .await
             .map_err(ledger_error)?;
         let campaign = self.campaign_of(code.series()).await?;
+        record_campaign(&campaign, None);
         let exchange = match view.latest_exchange {
             Some(r) => Some(self.view(&campaign, r).await?),
             None => None,
@@ -268,6 +271,7 @@ impl Exchanger {
             .await
             .map_err(ledger_error)?;
         let campaign = self.campaign_of(code.series()).await?;
+        record_campaign(&campaign, Some(rec.option.as_str()));
         self.view(&campaign, rec).await
     }
 
@@ -300,6 +304,7 @@ impl Exchanger {
                 "not an option of this code's campaign",
             ));
         };
+        record_campaign(&campaign, Some(option.id.as_str()));
         let contact = input.contact_email.as_deref().map(|e| self.hasher.email(e));
         let prefs = input.preferences;
         let fingerprint = self.hasher.fingerprint(&[
@@ -327,10 +332,14 @@ impl Exchanger {
                 // the exchange to the reconciler for no reason).
                 let me = Arc::clone(self);
                 let guard = InflightGuard::register(Arc::clone(self), rec.id.clone());
-                let task = tokio::spawn(async move {
-                    let _guard = guard;
-                    me.drive(&campaign, rec, false).await
-                });
+                let task = tokio::spawn(
+                    async move {
+                        let _guard = guard;
+                        me.drive(&campaign, rec, false).await
+                    }
+                    // The RPC's span stays the parent of the provider call.
+                    .in_current_span(),
+                );
                 match task.await {
                     Ok(result) => result.map(|(v, _)| v),
                     Err(e) => Err(DomainError::Internal(format!("exchange task failed: {e}"))),
@@ -351,11 +360,14 @@ impl Exchanger {
             return self.view(campaign, rec).await;
         }
         let rec = self.wait_settled(rec).await?;
-        if rec.state != ExchangeState::Pending {
+        let now = self.clock.now();
+        // Settled, parked for an operator, or waiting out its backoff after
+        // an unknown outcome: show it as it is. A retry must not hammer a
+        // provider that the reconciler is deliberately leaving alone.
+        if rec.state != ExchangeState::Pending || rec.parked || rec.next_attempt_time > now {
             return self.view(campaign, rec).await;
         }
-        // Still PENDING: drive it ourselves if its lease has lapsed.
-        let now = self.clock.now();
+        // Still PENDING and due: drive it ourselves if its lease has lapsed.
         match self
             .ledger
             .begin_attempt(&rec.id, &self.lease(now), now)
@@ -385,7 +397,11 @@ impl Exchanger {
         let deadline = tokio::time::Instant::now() + self.settings.duplicate_wait;
         let mut current = rec;
         loop {
-            if current.state != ExchangeState::Pending || tokio::time::Instant::now() >= deadline {
+            // A deferred exchange (unknown outcome) has no driver to wait for.
+            if current.state != ExchangeState::Pending
+                || current.next_attempt_time > Timestamp(0)
+                || tokio::time::Instant::now() >= deadline
+            {
                 return Ok(current);
             }
             let step = Duration::from_millis(50);
@@ -401,10 +417,6 @@ impl Exchanger {
                 .await
                 .map_err(ledger_error)?
                 .ok_or(DomainError::ExchangeNotFound)?;
-            // A deferred exchange (unknown outcome) has no driver to wait for.
-            if current.next_attempt_time > Timestamp(0) && notify.is_none() {
-                return Ok(current);
-            }
         }
     }
 
@@ -469,9 +481,32 @@ impl Exchanger {
         }
     }
 
+    /// [`Self::drive_attempt`], counted in `giftx_exchanges_total`: each
+    /// exchange once as `succeeded` or `failed` when it ends, and once as
+    /// `pending` when its first attempt leaves it unresolved.
+    async fn drive(
+        &self,
+        campaign: &Campaign,
+        rec: ExchangeRecord,
+        redrive: bool,
+    ) -> Result<(ExchangeView, DriveOutcome), DomainError> {
+        let option = rec.option.clone();
+        let res = self.drive_attempt(campaign, rec, redrive).await;
+        let outcome = match &res {
+            Ok((_, DriveOutcome::Succeeded)) => Some("succeeded"),
+            Ok((_, DriveOutcome::Failed)) => Some("failed"),
+            _ if !redrive => Some("pending"),
+            _ => None,
+        };
+        if let Some(o) = outcome {
+            crate::metrics::global().exchange(option.as_str(), o);
+        }
+        res
+    }
+
     /// One provider attempt for an exchange this process holds the lease
     /// of. `redrive` looks the key up at the provider before issuing.
-    async fn drive(
+    async fn drive_attempt(
         &self,
         campaign: &Campaign,
         rec: ExchangeRecord,
@@ -487,7 +522,9 @@ impl Exchanger {
             provider = %option.provider,
             attempt = rec.attempts,
             outcome = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
         );
+        let started = std::time::Instant::now();
         let result = async {
             let req = IssueRequest {
                 idempotency_key: key.clone(),
@@ -510,7 +547,10 @@ impl Exchanger {
                 Ok(_) => "ok",
                 Err(e) => e.class(),
             };
+            let elapsed = started.elapsed();
             tracing::Span::current().record("outcome", class);
+            tracing::Span::current().record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+            crate::metrics::global().provider_call(option.provider.as_str(), class, elapsed);
             r
         }
         .instrument(span)
@@ -644,6 +684,16 @@ impl Exchanger {
             campaign: campaign.spec.id.clone(),
             deliverable,
         })
+    }
+}
+
+/// Adds the campaign (and option) to the current RPC span; the span
+/// declares both fields, other spans ignore them.
+fn record_campaign(campaign: &Campaign, option: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("giftx.campaign", campaign.spec.id.to_string());
+    if let Some(o) = option {
+        span.record("giftx.option", o);
     }
 }
 

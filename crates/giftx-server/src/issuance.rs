@@ -276,6 +276,7 @@ fn one_code(
     let stored = NewCode {
         code: hasher.code(&code),
         login_key: hasher.login_key(&code, &key),
+        serial: u32::try_from(serial).unwrap_or(u32::MAX),
     };
     Ok((
         pb::IssuedCode {

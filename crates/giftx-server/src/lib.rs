@@ -18,6 +18,9 @@ pub mod exchange;
 pub mod exchanger;
 pub mod expiry;
 pub mod issuance;
+pub mod metrics;
+pub mod operations;
+pub mod preferences;
 pub mod providers;
 pub mod sealer;
 pub mod state;
@@ -224,10 +227,20 @@ fn reflection_builder(served: &[ServiceKind]) -> tonic_reflection::server::Build
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection");
-    for s in served {
-        b = b.with_service_name(s.grpc_name());
+    for name in grpc_names(served) {
+        b = b.with_service_name(name);
     }
     b
+}
+
+/// The gRPC names of the served giftx services: OperationsService goes
+/// with IssuanceService (both operator-internal; see [`operations`]).
+fn grpc_names(served: &[ServiceKind]) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = served.iter().map(|s| s.grpc_name()).collect();
+    if served.contains(&ServiceKind::Issuance) {
+        names.push(operations::SERVICE_NAME);
+    }
+    names
 }
 
 /// Runs giftxd on `listener` until `shutdown` resolves, with the system
@@ -261,10 +274,26 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let served: Vec<ServiceKind> = state.config.services.clone();
 
+    // Metrics first, so a port in use stops start-up instead of surfacing
+    // later.
+    metrics::install_ledger_observer();
+    let metrics_endpoint = match state.config.metrics_listen {
+        Some(m) => {
+            let l = TcpListener::bind(m).await.map_err(|e| {
+                ServerError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("metrics listener {m}: {e}"),
+                ))
+            })?;
+            Some(metrics::Endpoint::start(l)?)
+        }
+        None => None,
+    };
+
     let (mut reporter, health_service) = tonic_health::server::health_reporter();
-    for s in &served {
+    for name in grpc_names(&served) {
         reporter
-            .set_service_status(s.grpc_name(), ServingStatus::Serving)
+            .set_service_status(name, ServingStatus::Serving)
             .await;
     }
 
@@ -274,6 +303,7 @@ pub async fn serve(
     let serves = |k| served.contains(&k);
     let issuance = serves(ServiceKind::Issuance)
         .then(|| IssuanceServiceServer::new(issuance::IssuanceApi::new(state.clone())));
+    let operations = serves(ServiceKind::Issuance).then(|| operations::server(state.clone()));
     let exchange = serves(ServiceKind::Exchange)
         .then(|| ExchangeServiceServer::new(exchange::ExchangeApi::new(state.clone())));
     let expiry = serves(ServiceKind::Expiry)
@@ -285,6 +315,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_optional_service(issuance)
+        .add_optional_service(operations)
         .add_optional_service(exchange)
         .add_optional_service(expiry);
 
@@ -298,13 +329,21 @@ pub async fn serve(
     // instance serving expiry competes for one lease; one works.
     let (workers_stop, workers_stop_rx) = tokio::sync::watch::channel(false);
     let workers = (serves(ServiceKind::Expiry) && state.config.expiry.workers).then(|| {
-        let (w, _stats) = workers::Workers::new(
+        let settings = state.config.expiry.settings();
+        let every = settings.interval.max(Duration::from_secs(15));
+        let (w, stats) = workers::Workers::new(
             state.ledger.clone(),
             state.exchanger.clone(),
             state.clock.clone(),
-            state.config.expiry.settings(),
+            settings,
             state.instance_id.clone(),
         );
+        tokio::spawn(metrics::run_ledger_gauges(
+            state.clone(),
+            stats,
+            workers_stop_rx.clone(),
+            every,
+        ));
         tokio::spawn(w.run(workers_stop_rx))
     });
 
@@ -326,10 +365,8 @@ pub async fn serve(
     } else {
         tracing::info!("listening on {addr} ({ledger_kind}; services: {services})");
     }
-    if let Some(m) = state.config.metrics_listen {
-        // Metrics export arrives with the observability issue; the address
-        // is accepted now so deployments need not change later.
-        tracing::info!("metrics endpoint {m} configured; metrics export is not implemented yet");
+    if let Some(m) = &metrics_endpoint {
+        tracing::info!("metrics on http://{}/metrics", m.local_addr());
     }
 
     tokio::select! {
@@ -356,9 +393,9 @@ pub async fn serve(
     reporter
         .set_service_status("", ServingStatus::NotServing)
         .await;
-    for s in &served {
+    for name in grpc_names(&served) {
         reporter
-            .set_service_status(s.grpc_name(), ServingStatus::NotServing)
+            .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
     let drain = Duration::from_secs(state.config.shutdown_drain_seconds);
@@ -370,8 +407,8 @@ pub async fn serve(
     // (after NOT_SERVING was sent) lets them finish so they do not hold the
     // drain up.
     reporter.clear_service_status("").await;
-    for s in &served {
-        reporter.clear_service_status(s.grpc_name()).await;
+    for name in grpc_names(&served) {
+        reporter.clear_service_status(name).await;
     }
     let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
     match tokio::time::timeout(grace, &mut server).await {
@@ -384,6 +421,9 @@ pub async fn serve(
             );
             server.abort();
         }
+    }
+    if let Some(m) = metrics_endpoint {
+        m.stop().await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -172,6 +172,7 @@ impl SelectIssuer for LedgerSelectIssuer {
         let new = NewCode {
             code: self.hasher.code(code),
             login_key: self.hasher.login_key(code, login_key),
+            serial: 1,
         };
         // A batch left open by a crash stalls and takes no more codes, so a
         // later attempt opens the next batch id.

@@ -94,7 +94,8 @@ impl Workers {
         )
     }
 
-    /// Runs passes until `shutdown` turns true, then gives the lease up.
+    /// Runs passes until `shutdown` turns true (or its sender is dropped),
+    /// then gives the lease up.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut valid_until: Option<Instant> = None;
         loop {
@@ -112,7 +113,14 @@ impl Workers {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.interval) => {}
-                _ = shutdown.changed() => {}
+                changed = shutdown.changed() => {
+                    // The sender is gone with the server that owned it (its
+                    // task was cancelled): stop and give the lease up, rather
+                    // than spin through passes with no pause, forever.
+                    if changed.is_err() {
+                        break;
+                    }
+                }
             }
         }
         if valid_until.is_some() {
@@ -141,6 +149,7 @@ impl Workers {
 
     async fn pass(&mut self, mut valid_until: Instant) -> Result<(), giftx_ledger::LedgerError> {
         self.sweep_pass(&mut valid_until).await?;
+        crate::metrics::global().sweep_completed();
         self.reconcile_pass(&mut valid_until).await
     }
 

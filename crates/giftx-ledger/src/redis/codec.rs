@@ -46,19 +46,27 @@ fn digest(b: &[u8]) -> Result<Digest, LedgerError> {
     Ok(Digest(arr))
 }
 
-/// Number of values in an exchange record reply.
-pub(crate) const RECORD_LEN: usize = 16;
+/// Values every exchange record reply has (18 in all: records stored
+/// before the batch ordinal and serial, values 17 and 18, end at 16 and
+/// read them as 0).
+pub(crate) const RECORD_MIN_LEN: usize = 16;
 
-/// An exchange record from the 16 values the scripts return (see
-/// `claim_code-6.lua`).
+/// An exchange record from the values the scripts return (see
+/// `claim_code-7.lua`).
 pub(crate) fn exchange(
     v: &[Value],
     id: ExchangeId,
     series: Series,
 ) -> Result<ExchangeRecord, LedgerError> {
-    if v.len() < RECORD_LEN {
+    if v.len() < RECORD_MIN_LEN {
         return Err(internal("short exchange record"));
     }
+    let tail = |i: usize| -> Result<u32, LedgerError> {
+        match v.get(i) {
+            None | Some(Value::Nil) => Ok(0),
+            Some(x) => u32::try_from(int(x)?).map_err(internal),
+        }
+    };
     let state = match bytes(&v[0])?.as_slice() {
         b"P" => ExchangeState::Pending,
         b"S" => ExchangeState::Succeeded,
@@ -89,6 +97,8 @@ pub(crate) fn exchange(
             delete_personal_data: prefs & 1 != 0,
             stop_mail: prefs & 2 != 0,
         },
+        batch_ordinal: tail(16)?,
+        serial: tail(17)?,
     })
 }
 

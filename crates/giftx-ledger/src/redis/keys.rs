@@ -23,6 +23,10 @@ pub(crate) mod global {
     pub(crate) fn batch(c: &CampaignId, b: &BatchId) -> String {
         format!("{{g}}:b:{c}:{b}")
     }
+    /// Batch ids of a campaign by ordinal (written by `begin_batch`).
+    pub(crate) fn batch_ordinals(c: &CampaignId) -> String {
+        format!("{{g}}:bo:{c}")
+    }
     pub(crate) fn lease(name: &str) -> String {
         format!("{{g}}:lease:{name}")
     }
@@ -67,6 +71,12 @@ impl BucketKeys {
     pub(crate) fn meta(&self) -> String {
         format!("{{b{}}}:m:{}", self.bucket, self.series)
     }
+    /// Exchanges given with a holder preference (ZSET exchange id, score
+    /// create time; per code its latest such exchange). Written by
+    /// `claim_code` only when preferences are set, with the codes' TTL.
+    pub(crate) fn preferences(&self) -> String {
+        preferences(self.bucket, self.series)
+    }
     pub(crate) fn lockout(&self) -> String {
         lockout(self.bucket)
     }
@@ -86,6 +96,9 @@ pub(crate) fn pending(bucket: u16) -> String {
 }
 pub(crate) fn events(bucket: u16) -> String {
     format!("{{b{bucket}}}:e")
+}
+pub(crate) fn preferences(bucket: u16, series: u16) -> String {
+    format!("{{b{bucket}}}:f:{series}")
 }
 
 /// Where an exchange lives, decoded from its id:

@@ -56,7 +56,7 @@ scripts! {
     create_campaign => "create_campaign-5.lua",
     extend_campaign => "extend_campaign-2.lua",
     clear_push => "clear_push-1.lua",
-    begin_batch => "begin_batch-3.lua",
+    begin_batch => "begin_batch-4.lua",
     touch_batch => "touch_batch-2.lua",
     finish_batch => "finish_batch-3.lua",
     void_batch => "void_batch-3.lua",
@@ -65,16 +65,16 @@ scripts! {
     release_lease => "release_lease-1.lua",
     store_codes => "store_codes-2.lua",
     record_stored => "record_stored-3.lua",
-    claim_code => "claim_code-6.lua",
+    claim_code => "claim_code-7.lua",
     verify_code => "verify_code-5.lua",
     read_exchange => "read_exchange-1.lua",
     begin_attempt => "begin_attempt-5.lua",
     defer_attempt => "defer_attempt-5.lua",
     complete_exchange => "complete_exchange-5.lua",
     release_exchange => "release_exchange-5.lua",
-    push_deadline => "push_deadline-3.lua",
+    push_deadline => "push_deadline-4.lua",
     void_bucket => "void_bucket-2.lua",
-    sweep_expired => "sweep_expired-5.lua",
+    sweep_expired => "sweep_expired-6.lua",
 }
 
 /// What a script answered: the first element of every reply. The scripts'
