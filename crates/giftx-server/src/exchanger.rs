@@ -533,16 +533,25 @@ impl Exchanger {
                 face_value: campaign.spec.face_value,
                 attempt: rec.attempts,
             };
-            let call = async {
-                if redrive && let Some(d) = provider.lookup(&key).await? {
-                    return Ok(d);
+            // Each provider call gets the whole timeout: a re-drive is a
+            // lookup and maybe an issue, two round trips to the provider.
+            let timeout = self.settings.provider_timeout;
+            let timed_out =
+                |what: &str| ProviderError::unknown(format!("provider {what} timed out"));
+            let r = async {
+                if redrive {
+                    let found = tokio::time::timeout(timeout, provider.lookup(&key))
+                        .await
+                        .map_err(|_| timed_out("lookup"))??;
+                    if let Some(d) = found {
+                        return Ok(d);
+                    }
                 }
-                provider.issue(&req).await
-            };
-            let r = match tokio::time::timeout(self.settings.provider_timeout, call).await {
-                Ok(r) => r,
-                Err(_) => Err(ProviderError::unknown("provider call timed out")),
-            };
+                tokio::time::timeout(timeout, provider.issue(&req))
+                    .await
+                    .map_err(|_| timed_out("issue"))?
+            }
+            .await;
             let class = match &r {
                 Ok(_) => "ok",
                 Err(e) => e.class(),
