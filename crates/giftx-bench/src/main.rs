@@ -1,0 +1,655 @@
+//! giftx-bench: the load generator, and the one command that reproduces
+//! every figure in BENCHMARKS.md.
+//!
+//! ```text
+//! cargo build --release -p giftx-bench -p giftx-server
+//! target/release/giftx-bench all --out bench-results/
+//! ```
+//!
+//! Each subcommand starts its own redis-server (AOF, appendfsync always) on
+//! a free loopback port and giftxd (`target/release/giftxd`) as a child
+//! process on it with a zero-latency simulated provider, measures, and
+//! writes `results.json`, `summary.md` and (with open-loop runs)
+//! `latency.svg` into `--out`.
+
+mod ceilings;
+mod drive;
+mod giftx;
+mod procs;
+mod report;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::drive::{closed_loop, open_loop};
+use crate::giftx::{Cred, Env};
+use crate::report::{Everysec, Growth, Results};
+use crate::stats::RunStats;
+
+/// giftx load generator and benchmark suite.
+#[derive(Debug, Parser)]
+#[command(name = "giftx-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Everything in BENCHMARKS.md (≈ 5 minutes on 2 cores).
+    All(Opts),
+    /// Exchange: closed loop, cost per call, open-loop rate sweep.
+    Exchange(Opts),
+    /// VerifyCode: closed loop, cost per call, open-loop rate sweep.
+    Verify(Opts),
+    /// IssueCodes of --issue-codes codes: codes/s, Redis bytes/code, RSS.
+    Issue(Opts),
+    /// Issue --issue-codes codes, move the deadline past, time SweepExpired.
+    Sweep(Opts),
+    /// The ceilings only: redis-benchmark EVALSHA and tonic echo.
+    Ceilings(Opts),
+    /// Exchange and VerifyCode at --preload-codes, then at --grow-to
+    /// (default 10,000,000) codes in the campaign.
+    Growth(Opts),
+    /// (internal) the tonic echo server for the echo ceiling.
+    #[command(hide = true)]
+    EchoServer,
+}
+
+#[derive(Clone, Debug, Args)]
+struct Opts {
+    /// Where results.json, summary.md and latency.svg go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// giftxd binary (default: giftxd next to this binary).
+    #[arg(long)]
+    giftxd: Option<PathBuf>,
+    /// Requests in flight (closed loop; also redis-benchmark -c).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections from the load generator to each server.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds of each closed-loop run.
+    #[arg(long, default_value_t = 8.0)]
+    duration: f64,
+    /// Seconds of each open-loop step.
+    #[arg(long, default_value_t = 4.0)]
+    step_duration: f64,
+    /// Open-loop rates, in percent of the closed-loop maximum.
+    #[arg(long, default_value = "25,50,75,100,125", value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Codes issued for the issuance and sweep figures.
+    #[arg(long, default_value_t = 1_000_000)]
+    issue_codes: u64,
+    /// Codes in the exchange campaign for the main runs (issued via
+    /// IssueCodes up to --drive-codes, the rest bulk-stored via the ledger).
+    #[arg(long, default_value_t = 100_000)]
+    preload_codes: u64,
+    /// Most codes issued via IssueCodes (kept in memory to drive calls) at
+    /// the start.
+    #[arg(long, default_value_t = 200_000)]
+    drive_codes: u64,
+    /// Campaign size for the growth comparison (all: 1,000,000; growth:
+    /// 10,000,000; 0 = skip).
+    #[arg(long)]
+    grow_to: Option<u64>,
+    /// Calls sampled under MONITOR to count Redis round trips.
+    #[arg(long, default_value_t = 2_000)]
+    monitor_calls: u64,
+    /// Requests per redis-benchmark run.
+    #[arg(long, default_value_t = 100_000)]
+    redis_bench_requests: u64,
+    /// Open loop: most requests outstanding; past it the sender waits (the
+    /// wait still counts: latency is measured from the scheduled time).
+    #[arg(long, default_value_t = 1024)]
+    max_in_flight: usize,
+    /// Skip the appendfsync everysec comparison (all only).
+    #[arg(long)]
+    no_everysec: bool,
+}
+
+impl Opts {
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration.clamp(0.5, 600.0))
+    }
+    fn step(&self) -> Duration {
+        Duration::from_secs_f64(self.step_duration.clamp(0.5, 600.0))
+    }
+}
+
+/// The codes the load generator holds for a campaign.
+struct Pool {
+    campaign: String,
+    codes: Arc<Vec<Cred>>,
+    /// Codes already exchanged (from the front).
+    used: usize,
+    /// Codes stored in the campaign (issued + bulk-stored).
+    stored: u64,
+    batches: u32,
+}
+
+impl Pool {
+    fn available(&self) -> usize {
+        self.codes.len().saturating_sub(self.used)
+    }
+
+    /// Issues another batch when fewer than `need` codes are left.
+    async fn ensure(&mut self, env: &mut Env, need: u64) -> Result<()> {
+        let avail = self.available() as u64;
+        if avail >= need {
+            return Ok(());
+        }
+        let n = (need - avail).clamp(20_000, 2_000_000);
+        self.batches += 1;
+        let (codes, i) = env
+            .issue(&self.campaign, &format!("drive-{}", self.batches), n, true)
+            .await?;
+        println!(
+            "  issued {n} more drive codes ({:.0} codes/s)",
+            i.codes_per_s
+        );
+        let mut v = Vec::with_capacity(self.codes.len() + codes.len());
+        v.extend(self.codes.iter().cloned());
+        v.extend(codes);
+        self.codes = Arc::new(v);
+        self.stored += n;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    ceilings: bool,
+    exchange: bool,
+    verify: bool,
+    open_loop: bool,
+    issue: bool,
+    sweep: bool,
+    grow_to: u64,
+    everysec: bool,
+}
+
+impl Plan {
+    const NONE: Plan = Plan {
+        ceilings: false,
+        exchange: false,
+        verify: false,
+        open_loop: false,
+        issue: false,
+        sweep: false,
+        grow_to: 0,
+        everysec: false,
+    };
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("giftx-bench: runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async move {
+        let (opts, plan) = match cli.cmd {
+            Cmd::EchoServer => return ceilings::serve_echo().await,
+            Cmd::All(o) => {
+                let p = Plan {
+                    ceilings: true,
+                    exchange: true,
+                    verify: true,
+                    open_loop: true,
+                    issue: true,
+                    sweep: true,
+                    grow_to: o.grow_to.unwrap_or(1_000_000),
+                    everysec: !o.no_everysec,
+                };
+                (o, p)
+            }
+            Cmd::Exchange(o) => {
+                let p = Plan {
+                    ceilings: true,
+                    exchange: true,
+                    verify: false,
+                    open_loop: true,
+                    issue: false,
+                    sweep: false,
+                    grow_to: o.grow_to.unwrap_or(0),
+                    everysec: false,
+                };
+                (o, p)
+            }
+            Cmd::Verify(o) => {
+                let p = Plan {
+                    ceilings: true,
+                    exchange: false,
+                    verify: true,
+                    open_loop: true,
+                    issue: false,
+                    sweep: false,
+                    grow_to: o.grow_to.unwrap_or(0),
+                    everysec: false,
+                };
+                (o, p)
+            }
+            Cmd::Issue(o) => (
+                o,
+                Plan {
+                    issue: true,
+                    ..Plan::NONE
+                },
+            ),
+            Cmd::Sweep(o) => (
+                o,
+                Plan {
+                    issue: true,
+                    sweep: true,
+                    ..Plan::NONE
+                },
+            ),
+            Cmd::Ceilings(o) => (
+                o,
+                Plan {
+                    ceilings: true,
+                    ..Plan::NONE
+                },
+            ),
+            Cmd::Growth(o) => {
+                let grow_to = o.grow_to.unwrap_or(10_000_000);
+                (
+                    o,
+                    Plan {
+                        exchange: true,
+                        verify: true,
+                        grow_to,
+                        ..Plan::NONE
+                    },
+                )
+            }
+        };
+        run(opts, plan).await
+    });
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("giftx-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(o: Opts, plan: Plan) -> Result<()> {
+    let started = Instant::now();
+    let mut res = Results {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: Some(procs::Machine::probe()),
+        concurrency: o.concurrency,
+        connections: o.connections,
+        appendfsync: "always".into(),
+        ..Results::default()
+    };
+    std::fs::create_dir_all(&o.out).with_context(|| format!("create {}", o.out.display()))?;
+    let bin = procs::giftxd_path(o.giftxd.as_deref())?;
+    println!(
+        "giftx-bench: giftxd {}, load average {}",
+        bin.display(),
+        procs::loadavg()
+    );
+    let mut env = Env::start(&bin, o.connections).await?;
+    println!(
+        "redis-server on port {} (AOF, appendfsync always); giftxd pid {} on {}",
+        env.redis.port(),
+        env.giftxd.proc.pid(),
+        env.giftxd.addr
+    );
+    let c = o.concurrency.max(1);
+
+    if plan.ceilings {
+        println!("== ceilings");
+        if plan.exchange || !plan.verify {
+            let (claim, trivial) = ceilings::redis_ceilings(
+                env.redis.port(),
+                &env.redis.url(),
+                c,
+                o.redis_bench_requests,
+            )
+            .await?;
+            println!(
+                "  {}: {:.0}/s p50 {:.2} p99 {:.2} ms",
+                claim.name, claim.rps, claim.p50_ms, claim.p99_ms
+            );
+            println!(
+                "  {}: {:.0}/s p50 {:.2} p99 {:.2} ms",
+                trivial.name, trivial.rps, trivial.p50_ms, trivial.p99_ms
+            );
+            res.ceiling_evalsha_claim = Some(claim);
+            res.ceiling_evalsha_trivial = Some(trivial);
+        }
+        if plan.verify || !plan.exchange {
+            let (echo, cpu) = ceilings::tonic_echo(c, o.connections, o.duration()).await?;
+            println!("  {}", echo.line());
+            res.ceiling_tonic_echo = Some(echo);
+            res.echo_server_cpu_us_per_call = Some(stats::round1(cpu));
+        }
+    }
+
+    if plan.issue {
+        println!("== issuance: {} codes via IssueCodes", o.issue_codes);
+        env.create_campaign("bench-issue").await?;
+        let (_, i) = env
+            .issue("bench-issue", "print-1", o.issue_codes, false)
+            .await?;
+        println!(
+            "  {:.0} codes/s, {:.1} B/code in Redis, giftxd peak RSS {:.1} MB",
+            i.codes_per_s, i.redis_bytes_per_code, i.giftxd_peak_rss_mb
+        );
+        res.issuance = Some(i);
+        if plan.sweep {
+            println!("== sweep: {} codes past their deadline", o.issue_codes);
+            let s = env.sweep("bench-issue", o.issue_codes).await?;
+            println!(
+                "  SweepExpired {:.2} s ({:.2} s per million), expired {}, giftxd RSS {:.1} → peak {:.1} MB",
+                s.seconds,
+                s.seconds_per_million,
+                s.expired_count,
+                s.giftxd_rss_before_mb,
+                s.giftxd_peak_rss_during_mb
+            );
+            if u64::try_from(s.expired_count).ok() != Some(o.issue_codes) {
+                println!(
+                    "  WARNING: expired {} of {} codes",
+                    s.expired_count, o.issue_codes
+                );
+            }
+            res.sweep = Some(s);
+        }
+    }
+
+    if plan.exchange || plan.verify {
+        exchange_runs(&mut env, &o, plan, &mut res).await?;
+    }
+
+    if plan.everysec {
+        println!("== appendfsync everysec (comparison only)");
+        env.set_appendfsync("everysec").await?;
+        let r = everysec(&mut env, &o).await;
+        env.set_appendfsync("always").await?;
+        res.everysec = Some(r?);
+    }
+
+    if let Some(m) = res.machine.as_mut() {
+        m.loadavg_end = procs::loadavg();
+    }
+    res.total_seconds = stats::round1(started.elapsed().as_secs_f64());
+    res.judge();
+    write_results(&o, &res)?;
+    println!("\n{}", res.markdown());
+    Ok(())
+}
+
+/// The exchange campaign: closed loops, costs, open-loop sweeps, growth.
+async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -> Result<()> {
+    let c = o.concurrency.max(1);
+    let campaign = "bench-x";
+    env.create_campaign(campaign).await?;
+    let drive = o.drive_codes.min(o.preload_codes).max(20_000);
+    println!("== exchange campaign: {drive} codes via IssueCodes");
+    let mut pool = Pool {
+        campaign: campaign.to_owned(),
+        codes: Arc::new(Vec::new()),
+        used: 0,
+        stored: 0,
+        batches: 0,
+    };
+    pool.ensure(env, drive).await?;
+    if o.preload_codes > pool.stored {
+        let n = o.preload_codes - pool.stored;
+        let rate = env.preload(campaign, "preload-1", n).await?;
+        pool.stored += n;
+        println!("  bulk-stored {n} filler codes ({rate:.0} codes/s)");
+    }
+    res.campaign_codes = Some(pool.stored);
+
+    // Warm up connections, caches and scripts.
+    let warm = env.exchange_op(pool.codes.clone(), pool.used);
+    let (_, used) = closed_loop(
+        "warm-up",
+        warm,
+        c,
+        Duration::from_millis(500),
+        pool.available() as u64 / 10,
+    )
+    .await;
+    pool.used += used as usize;
+
+    let mut exchange_small = None;
+    let mut verify_small = None;
+    if plan.exchange {
+        println!("== Exchange, closed loop, {c} in flight");
+        let r = exchange_closed(env, &mut pool, o, c, 20_000).await?;
+        println!("  {}", r.0.line());
+        exchange_small = Some(r.0.clone());
+        res.exchange = Some(r.0);
+        pool.ensure(env, o.monitor_calls + 1000).await?;
+        let op = env.exchange_op(pool.codes.clone(), pool.used);
+        let mut cost = env.round_trips(op, o.monitor_calls, c).await?;
+        pool.used += cost.calls as usize;
+        cost.giftxd_cpu_us_per_call = r.1;
+        println!(
+            "  giftxd CPU {:.0} µs/Exchange; {:.2} Redis round trips/Exchange {:?}",
+            cost.giftxd_cpu_us_per_call, cost.redis_round_trips_per_call, cost.commands_per_call
+        );
+        res.exchange_cost = Some(cost);
+    }
+    if plan.verify {
+        println!("== VerifyCode, closed loop, {c} in flight");
+        pool.ensure(env, 20_000).await?;
+        let r = verify_closed(env, &pool, o, c).await?;
+        println!("  {}", r.0.line());
+        verify_small = Some(r.0.clone());
+        res.verify = Some(r.0);
+        let op = env.verify_op(pool.codes.clone(), pool.used);
+        let mut cost = env.round_trips(op, o.monitor_calls, c).await?;
+        cost.giftxd_cpu_us_per_call = r.1;
+        println!(
+            "  giftxd CPU {:.0} µs/VerifyCode; {:.2} Redis round trips/VerifyCode {:?}",
+            cost.giftxd_cpu_us_per_call, cost.redis_round_trips_per_call, cost.commands_per_call
+        );
+        res.verify_cost = Some(cost);
+    }
+
+    if plan.open_loop {
+        if let Some(max) = res.exchange.as_ref().map(|r| r.throughput_per_s) {
+            println!("== Exchange, open loop");
+            let need: f64 =
+                o.rates.iter().map(|p| p / 100.0 * max).sum::<f64>() * o.step().as_secs_f64();
+            pool.ensure(env, (need * 1.05) as u64 + 1000).await?;
+            for p in &o.rates {
+                let rate = (p / 100.0 * max).max(1.0);
+                let op = env.exchange_op(pool.codes.clone(), pool.used);
+                let (r, used) = open_loop(
+                    &format!("Exchange {p:.0}%"),
+                    op,
+                    rate,
+                    o.step(),
+                    pool.available() as u64,
+                    o.max_in_flight,
+                )
+                .await;
+                pool.used += used as usize;
+                println!("  {}", r.line());
+                res.exchange_open_loop.push(r);
+            }
+        }
+        if let Some(max) = res.verify.as_ref().map(|r| r.throughput_per_s) {
+            println!("== VerifyCode, open loop");
+            pool.ensure(env, 20_000).await?;
+            for p in &o.rates {
+                let rate = (p / 100.0 * max).max(1.0);
+                let op = env.verify_op(pool.codes.clone(), pool.used);
+                let (r, _) = open_loop(
+                    &format!("VerifyCode {p:.0}%"),
+                    op,
+                    rate,
+                    o.step(),
+                    u64::MAX,
+                    o.max_in_flight,
+                )
+                .await;
+                println!("  {}", r.line());
+                res.verify_open_loop.push(r);
+            }
+        }
+    }
+
+    if plan.grow_to > pool.stored {
+        // Measure the small size again right before growing, so the two
+        // sides of the comparison are minutes, not phases, apart.
+        if let Some(s) = exchange_small.take() {
+            let need = s.throughput_per_s * o.duration().as_secs_f64() * 1.3;
+            let (r, _) = exchange_closed(env, &mut pool, o, c, need as u64).await?;
+            println!("  at {} codes: {}", pool.stored, r.line());
+            exchange_small = Some(r);
+        }
+        if verify_small.is_some() {
+            pool.ensure(env, 20_000).await?;
+            let (r, _) = verify_closed(env, &pool, o, c).await?;
+            println!("  at {} codes: {}", pool.stored, r.line());
+            verify_small = Some(r);
+        }
+        let small = pool.stored;
+        let n = plan.grow_to.saturating_sub(pool.stored);
+        println!("== growth: bulk-storing {n} codes into the campaign");
+        let rate = env.preload(campaign, "preload-2", n).await?;
+        pool.stored += n;
+        println!("  {rate:.0} codes/s; campaign now {} codes", pool.stored);
+        let mut ex = (None, None);
+        if let Some(s) = &exchange_small {
+            let need = s.throughput_per_s * o.duration().as_secs_f64() * 1.3;
+            let (r, _) = exchange_closed(env, &mut pool, o, c, need as u64).await?;
+            println!("  at {} codes: {}", pool.stored, r.line());
+            ex = (Some(s.clone()), Some(r));
+        }
+        let mut ve = (None, None);
+        if let Some(s) = &verify_small {
+            pool.ensure(env, 20_000).await?;
+            let (r, _) = verify_closed(env, &pool, o, c).await?;
+            println!("  at {} codes: {}", pool.stored, r.line());
+            ve = (Some(s.clone()), Some(r));
+        }
+        if let ((Some(es), Some(el)), (Some(vs), Some(vl))) = (ex, ve) {
+            res.growth = Some(Growth {
+                small_codes: small,
+                large_codes: pool.stored,
+                preload_codes_per_s: rate.round(),
+                exchange_small: es,
+                exchange_large: el,
+                verify_small: vs,
+                verify_large: vl,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Closed-loop Exchange; returns the run and giftxd CPU µs per call.
+async fn exchange_closed(
+    env: &mut Env,
+    pool: &mut Pool,
+    o: &Opts,
+    c: usize,
+    need: u64,
+) -> Result<(RunStats, f64)> {
+    // Each code is exchanged once: the run stops early if they run out.
+    pool.ensure(env, need).await?;
+    let op = env.exchange_op(pool.codes.clone(), pool.used);
+    let cpu0 = env.giftxd.cpu()?;
+    let (r, used) = closed_loop("Exchange", op, c, o.duration(), pool.available() as u64).await;
+    let cpu = env.giftxd.cpu()?.saturating_sub(cpu0);
+    pool.used += used as usize;
+    Ok((
+        r.clone(),
+        stats::round1(cpu.as_secs_f64() * 1e6 / r.requests.max(1) as f64),
+    ))
+}
+
+/// Closed-loop VerifyCode over the unexchanged codes; giftxd CPU µs per call.
+async fn verify_closed(env: &mut Env, pool: &Pool, o: &Opts, c: usize) -> Result<(RunStats, f64)> {
+    let op = env.verify_op(pool.codes.clone(), pool.used);
+    let _ = closed_loop(
+        "warm-up",
+        op.clone(),
+        c,
+        Duration::from_millis(300),
+        u64::MAX,
+    )
+    .await;
+    let cpu0 = env.giftxd.cpu()?;
+    let (r, _) = closed_loop("VerifyCode", op, c, o.duration(), u64::MAX).await;
+    let cpu = env.giftxd.cpu()?.saturating_sub(cpu0);
+    Ok((
+        r.clone(),
+        stats::round1(cpu.as_secs_f64() * 1e6 / r.requests.max(1) as f64),
+    ))
+}
+
+/// Exchange and the claim ceiling with appendfsync everysec, on a fresh
+/// campaign.
+async fn everysec(env: &mut Env, o: &Opts) -> Result<Everysec> {
+    let c = o.concurrency.max(1);
+    env.create_campaign("bench-everysec").await?;
+    let mut pool = Pool {
+        campaign: "bench-everysec".to_owned(),
+        codes: Arc::new(Vec::new()),
+        used: 0,
+        stored: 0,
+        batches: 0,
+    };
+    let short = Opts {
+        duration: (o.duration / 2.0).max(2.0),
+        ..o.clone()
+    };
+    let (r, _) = exchange_closed(env, &mut pool, &short, c, 40_000).await?;
+    println!("  {}", r.line());
+    let (claim, _) = ceilings::redis_ceilings(
+        env.redis.port(),
+        &env.redis.url(),
+        c,
+        o.redis_bench_requests,
+    )
+    .await?;
+    println!("  {}: {:.0}/s", claim.name, claim.rps);
+    Ok(Everysec {
+        exchange: r,
+        ceiling_evalsha_claim: claim,
+    })
+}
+
+fn write_results(o: &Opts, res: &Results) -> Result<()> {
+    let json = serde_json::to_string_pretty(res)?;
+    std::fs::write(o.out.join("results.json"), json)?;
+    std::fs::write(o.out.join("summary.md"), res.markdown())?;
+    if let Some(svg) = res.svg() {
+        std::fs::write(o.out.join("latency.svg"), svg)?;
+    }
+    println!(
+        "wrote {}/results.json, summary.md{}",
+        o.out.display(),
+        if res.svg().is_some() {
+            ", latency.svg"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
