@@ -378,6 +378,25 @@ impl Env {
         })
     }
 
+    /// Waits (at most 180 s) until Redis has no AOF rewrite running or
+    /// scheduled: a bulk load triggers one (fork + rewrite of the whole
+    /// data set), which would otherwise land on the next measurement.
+    /// Returns the seconds waited.
+    pub async fn settle_aof(&mut self) -> Result<f64> {
+        let t = Instant::now();
+        // Let a rewrite that the load just triggered get scheduled.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while t.elapsed() < Duration::from_secs(180) {
+            let p = crate::procs::redis_info(&mut self.redis_conn, "persistence").await?;
+            let busy = |k: &str| p.get(k).is_some_and(|v| v != "0");
+            if !busy("aof_rewrite_in_progress") && !busy("aof_rewrite_scheduled") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(round3(t.elapsed().as_secs_f64()))
+    }
+
     /// Sets `appendfsync` on the running Redis.
     pub async fn set_appendfsync(&mut self, mode: &str) -> Result<()> {
         redis::cmd("CONFIG")

@@ -533,6 +533,8 @@ async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -
         let rate = env.preload(campaign, "preload-2", n).await?;
         pool.stored += n;
         println!("  {rate:.0} codes/s; campaign now {} codes", pool.stored);
+        let settle = env.settle_aof().await?;
+        println!("  waited {settle:.1} s for Redis's AOF rewrite after the bulk load");
         let mut ex = (None, None);
         if let Some(s) = &exchange_small {
             let need = s.throughput_per_s * o.duration().as_secs_f64() * 1.3;
@@ -552,6 +554,7 @@ async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -
                 small_codes: small,
                 large_codes: pool.stored,
                 preload_codes_per_s: rate.round(),
+                aof_rewrite_wait_seconds: settle,
                 exchange_small: es,
                 exchange_large: el,
                 verify_small: vs,

@@ -68,6 +68,8 @@ pub struct Growth {
     pub large_codes: u64,
     /// Bulk-store rate of the top-up (codes/s, ledger direct).
     pub preload_codes_per_s: f64,
+    /// Seconds waited after the top-up for Redis's AOF rewrite to finish.
+    pub aof_rewrite_wait_seconds: f64,
     /// Exchange at the small size.
     pub exchange_small: RunStats,
     /// Exchange at the large size.
