@@ -201,3 +201,71 @@ async fn sigkill_between_claim_and_completion_ends_with_one_deliverable() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+fn lease_holder(redis: &RedisServer) -> Option<String> {
+    let mut conn = redis.connection();
+    redis::cmd("HGET")
+        .arg("{g}:lease:expiry-workers")
+        .arg("holder")
+        .query(&mut conn)
+        .unwrap()
+}
+
+fn pid_of(holder: &str) -> u32 {
+    holder.split('-').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_lease_holder_hands_the_workers_over_within_the_ttl() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("giftx.toml"), CONFIG).unwrap();
+    std::fs::write(dir.path().join("hmac.key"), [7u8; 32]).unwrap();
+    std::fs::write(dir.path().join("deliverable.keys"), "ab".repeat(32)).unwrap();
+    let mut a = start_giftxd(dir.path(), &redis, free_port());
+    let mut b = start_giftxd(dir.path(), &redis, free_port());
+
+    let wait_for = |pred: &dyn Fn(Option<String>) -> bool, limit: Duration| {
+        let start = Instant::now();
+        loop {
+            let h = lease_holder(&redis);
+            if pred(h.clone()) {
+                return (h, start.elapsed());
+            }
+            assert!(start.elapsed() < limit, "lease still {h:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (holder, _) = wait_for(&|h| h.is_some(), Duration::from_secs(10));
+    let holder = holder.unwrap();
+    let (dead, survivor) = if pid_of(&holder) == a.id() {
+        (&mut a, b.id())
+    } else {
+        assert_eq!(pid_of(&holder), b.id(), "the holder is one of the two");
+        (&mut b, a.id())
+    };
+    // Only one holds it: the other keeps seeing a live lease.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(lease_holder(&redis).as_deref(), Some(holder.as_str()));
+
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    // lease_ttl_ms = 1000, interval_ms = 200: the survivor takes over once
+    // the lease lapses, at its next pass.
+    let (now_held, took) = wait_for(
+        &|h| h.as_deref().is_some_and(|h| pid_of(h) == survivor),
+        Duration::from_secs(5),
+    );
+    assert!(now_held.is_some());
+    assert!(
+        took <= Duration::from_millis(1000 + 200 + 800),
+        "took {took:?}"
+    );
+
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
