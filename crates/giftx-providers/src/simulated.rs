@@ -5,9 +5,19 @@
 //! error class the way provider sandboxes do. It counts what it issued so
 //! tests can prove nothing was issued twice.
 //!
-//! What it "issued" lives in the host's [`ProviderStore`] under its
-//! provider id (the simulated provider's own database), so with a
-//! persistent store it survives a giftxd restart like a remote API would.
+//! Where it keeps what it "issued" is the `state` setting:
+//!
+//! - `state = "store"` (the default): the host's [`ProviderStore`] under
+//!   its provider id (the simulated provider's own database), so with a
+//!   persistent store it survives a giftxd restart like a remote API would.
+//!   Crash and restart tests rely on this. It costs giftx a round trip to
+//!   its own store per issue, which a real provider (keeping its state in
+//!   its own system) does not.
+//! - `state = "memory"`: an in-process map with the same idempotency
+//!   semantics (same key → same deliverable, issued once), **lost when
+//!   giftxd restarts** (a re-drive after a restart then issues anew), and
+//!   never trimmed (one entry per key issued). For benchmarks, so that the
+//!   simulator adds no load to giftx's own Redis.
 //!
 //! # Faults, in the order they are decided
 //!
@@ -78,6 +88,19 @@ pub struct SimulatedConfig {
     pub magic: bool,
     /// Redeem URL put in deliverables.
     pub redeem_url: String,
+    /// Where what was issued is kept (see the [module docs](self)).
+    pub state: SimulatorState,
+}
+
+/// `state = "store" | "memory"`: where a simulator keeps what it issued.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimulatorState {
+    /// The host's [`ProviderStore`]: survives restarts.
+    #[default]
+    Store,
+    /// An in-process map: same idempotency, lost on restart.
+    Memory,
 }
 
 impl Default for SimulatedConfig {
@@ -95,6 +118,7 @@ impl Default for SimulatedConfig {
             fault: FaultMode::None,
             magic: true,
             redeem_url: "https://simulator.giftx.invalid/redeem".to_owned(),
+            state: SimulatorState::Store,
         }
     }
 }
@@ -276,11 +300,17 @@ enum Fault {
     Timeout,
 }
 
+/// Where the deliverables issued live (`state`).
+enum Issued {
+    Store(Arc<dyn ProviderStore>),
+    Memory(Mutex<HashMap<String, Deliverable>>),
+}
+
 /// The simulator adapter.
 pub struct SimulatedProvider {
     id: ProviderId,
     config: SimulatedConfig,
-    store: Arc<dyn ProviderStore>,
+    issued: Issued,
     control: SimulatorControl,
 }
 
@@ -294,19 +324,72 @@ impl std::fmt::Debug for SimulatedProvider {
 }
 
 impl SimulatedProvider {
-    /// A simulator `id` keeping its state in `store`. Rates outside 0..=1
-    /// behave as clamped; [`SimulatedConfig::validate`] refuses them.
+    /// A simulator `id` keeping its state in `store` (or, with
+    /// `state = "memory"`, in this process). Rates outside 0..=1 behave as
+    /// clamped; [`SimulatedConfig::validate`] refuses them.
     pub fn new(id: ProviderId, config: SimulatedConfig, store: Arc<dyn ProviderStore>) -> Self {
         let control = SimulatorControl::new(
             config.fault,
             Duration::from_millis(config.latency_ms),
             Duration::from_millis(config.jitter_ms),
         );
+        let issued = match config.state {
+            SimulatorState::Store => Issued::Store(store),
+            SimulatorState::Memory => Issued::Memory(Mutex::new(HashMap::new())),
+        };
         SimulatedProvider {
             id,
             config,
-            store,
+            issued,
             control,
+        }
+    }
+
+    /// What was issued for `idempotency_key`, if anything.
+    async fn issued_for(
+        &self,
+        idempotency_key: &str,
+    ) -> Result<Option<Deliverable>, ProviderError> {
+        match &self.issued {
+            Issued::Store(store) => match store.get(&self.id, &Self::key(idempotency_key)).await? {
+                Some(v) => Ok(Some(
+                    record::decode::<DeliverableRecord>(&v)?.to_deliverable()?,
+                )),
+                None => Ok(None),
+            },
+            Issued::Memory(m) => Ok(locked(m).get(idempotency_key).cloned()),
+        }
+    }
+
+    /// Keeps `fresh` for `idempotency_key` unless something already is:
+    /// what is kept now, and whether it is `fresh`.
+    async fn keep(
+        &self,
+        idempotency_key: &str,
+        fresh: Deliverable,
+    ) -> Result<(Deliverable, bool), ProviderError> {
+        match &self.issued {
+            Issued::Store(store) => {
+                let stored = store
+                    .put_if_absent(
+                        &self.id,
+                        &Self::key(idempotency_key),
+                        &record::encode(&DeliverableRecord::from(&fresh))?,
+                    )
+                    .await?;
+                let kept = record::decode::<DeliverableRecord>(&stored.value)?.to_deliverable()?;
+                Ok((kept, stored.created))
+            }
+            Issued::Memory(m) => {
+                let mut m = locked(m);
+                match m.get(idempotency_key) {
+                    Some(d) => Ok((d.clone(), false)),
+                    None => {
+                        m.insert(idempotency_key.to_owned(), fresh.clone());
+                        Ok((fresh, true))
+                    }
+                }
+            }
         }
     }
 
@@ -452,25 +535,17 @@ impl ProviderAdapter for SimulatedProvider {
             None => self.random_fault()?,
         };
         self.outage(fault).await?;
-        let key = Self::key(&req.idempotency_key);
         if fault == Some(Fault::Reject) {
             // A provider replays an earlier success for the key rather than
             // refusing it after the fact.
-            return match self.store.get(&self.id, &key).await? {
-                Some(v) => record::decode::<DeliverableRecord>(&v)?.to_deliverable(),
+            return match self.issued_for(&req.idempotency_key).await? {
+                Some(d) => Ok(d),
                 None => Err(ProviderError::rejected("SIMULATED_REJECTED")),
             };
         }
         let fresh = self.fresh(req)?;
-        let stored = self
-            .store
-            .put_if_absent(
-                &self.id,
-                &key,
-                &record::encode(&DeliverableRecord::from(&fresh))?,
-            )
-            .await?;
-        if stored.created {
+        let (kept, created) = self.keep(&req.idempotency_key, fresh).await?;
+        if created {
             self.control.record_issue(&req.idempotency_key);
         }
         if fault == Some(Fault::Lost) {
@@ -478,7 +553,7 @@ impl ProviderAdapter for SimulatedProvider {
                 "simulated: issued, but the response was lost",
             ));
         }
-        record::decode::<DeliverableRecord>(&stored.value)?.to_deliverable()
+        Ok(kept)
     }
 
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<Deliverable>, ProviderError> {
@@ -492,16 +567,7 @@ impl ProviderAdapter for SimulatedProvider {
             None => self.random_fault()?,
         };
         self.outage(fault).await?;
-        match self
-            .store
-            .get(&self.id, &Self::key(idempotency_key))
-            .await?
-        {
-            Some(v) => Ok(Some(
-                record::decode::<DeliverableRecord>(&v)?.to_deliverable()?,
-            )),
-            None => Ok(None),
-        }
+        self.issued_for(idempotency_key).await
     }
 }
 
@@ -517,6 +583,117 @@ mod tests {
             config,
             Arc::new(MemoryProviderStore::new()),
         ))
+    }
+
+    fn sim_with(
+        config: SimulatedConfig,
+        store: Arc<MemoryProviderStore>,
+    ) -> Arc<SimulatedProvider> {
+        Arc::new(SimulatedProvider::new(
+            ProviderId::parse("id", "amazon-sim").unwrap(),
+            config,
+            store,
+        ))
+    }
+
+    #[test]
+    fn state_setting_defaults_to_the_store_and_refuses_unknown_values() {
+        let parse = |t: &str| toml::from_str::<SimulatedConfig>(t);
+        assert_eq!(parse("").unwrap().state, SimulatorState::Store);
+        assert_eq!(
+            parse("state = \"store\"").unwrap().state,
+            SimulatorState::Store
+        );
+        assert_eq!(
+            parse("state = \"memory\"").unwrap().state,
+            SimulatorState::Memory
+        );
+        let e = parse("state = \"disk\"").unwrap_err().to_string();
+        assert!(e.contains("disk") && e.contains("memory"), "{e}");
+        assert!(parse("states = \"memory\"").is_err());
+    }
+
+    #[tokio::test]
+    async fn store_state_keeps_what_was_issued_in_the_host_store_and_memory_does_not() {
+        let id = ProviderId::parse("id", "amazon-sim").unwrap();
+        for (state, in_store) in [
+            (SimulatorState::Store, true),
+            (SimulatorState::Memory, false),
+        ] {
+            let store = Arc::new(MemoryProviderStore::new());
+            let s = sim_with(
+                SimulatedConfig {
+                    state,
+                    ..SimulatedConfig::default()
+                },
+                store.clone(),
+            );
+            let d = s.issue(&request("k1", "amazon")).await.unwrap();
+            assert_eq!(
+                store.get(&id, "issued/k1").await.unwrap().is_some(),
+                in_store
+            );
+            // A second simulator on the same store stands for a restarted
+            // giftxd: only the store state survives it.
+            let restarted = sim_with(
+                SimulatedConfig {
+                    state,
+                    ..SimulatedConfig::default()
+                },
+                store,
+            );
+            let found = restarted.lookup("k1").await.unwrap();
+            assert_eq!(found, in_store.then_some(d), "{state:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_state_has_the_same_idempotency_as_the_store() {
+        let memory = || SimulatedConfig {
+            state: SimulatorState::Memory,
+            hang_ms: 5,
+            ..SimulatedConfig::default()
+        };
+        let s = sim(memory());
+        let a = s.issue(&request("k1", "amazon")).await.unwrap();
+        assert_eq!(s.issue(&request("k1", "amazon")).await.unwrap(), a);
+        let b = s.issue(&request("k2", "amazon")).await.unwrap();
+        assert_ne!(a.code, b.code);
+        assert_eq!(s.lookup("k1").await.unwrap(), Some(a.clone()));
+        assert_eq!(s.lookup("never").await.unwrap(), None);
+        let c = s.control();
+        assert_eq!((c.issued_count(), c.issue_calls()), (2, 3));
+
+        // One key from many tasks at once: issued once.
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            let s = s.clone();
+            set.spawn(async move { s.issue(&request("same", "amazon")).await });
+        }
+        let mut codes = std::collections::HashSet::new();
+        while let Some(r) = set.join_next().await {
+            codes.insert(r.unwrap().unwrap().code);
+        }
+        assert_eq!(codes.len(), 1);
+        assert_eq!(c.issued_for("same"), 1);
+
+        // Lost response: the re-drive finds the first deliverable.
+        let err = s.issue(&request("l", "gift-lost")).await.unwrap_err();
+        assert_eq!(err.class(), "unknown");
+        let found = s.lookup("l").await.unwrap().unwrap();
+        let mut redrive = request("l", "gift-lost");
+        redrive.attempt = 2;
+        assert_eq!(s.issue(&redrive).await.unwrap(), found);
+        assert_eq!(c.issued_for("l"), 1);
+
+        // A rejection never hides what was already issued for the key.
+        c.set_fault(FaultMode::RejectAll);
+        assert_eq!(s.issue(&request("k1", "amazon")).await.unwrap(), a);
+        assert_eq!(
+            s.issue(&request("new", "amazon")).await,
+            Err(ProviderError::rejected("SIMULATED_REJECTED"))
+        );
+        assert_eq!(c.max_issued_per_key(), 1);
     }
 
     #[tokio::test]

@@ -82,7 +82,17 @@ impl ExchangeApi {
             state: code_state_to_proto(s.state) as i32,
             face_value: Some(money_to_proto(c.spec.face_value)),
             expire_time: Some(timestamp_to_proto(c.spec.expire_time)),
-            options: convert::campaign_to_proto(c).options,
+            // Only the options (not the whole campaign as protobuf).
+            options: c
+                .spec
+                .options
+                .iter()
+                .map(|o| pb::RedemptionOption {
+                    option_id: o.id.to_string(),
+                    display_name: o.display_name.clone(),
+                    provider: o.provider.to_string(),
+                })
+                .collect(),
             exchange: s.exchange.as_ref().map(exchange_to_proto),
         })
     }

@@ -72,8 +72,8 @@ pub struct ExchangeView {
 /// What VerifyCode answers.
 #[derive(Clone, Debug)]
 pub struct CodeStatus {
-    /// The code's campaign.
-    pub campaign: Campaign,
+    /// The code's campaign (shared with the engine's cache).
+    pub campaign: Arc<Campaign>,
     /// Its state now.
     pub state: CodeState,
     /// Its latest exchange.
@@ -127,10 +127,25 @@ pub struct Exchanger {
     /// Wakes duplicate requests waiting on an exchange this process drives.
     inflight: Mutex<HashMap<ExchangeId, Arc<Notify>>>,
     /// Campaigns by series, briefly cached: the hot path reads them per call.
-    campaigns: Mutex<HashMap<Series, (Option<Campaign>, std::time::Instant)>>,
+    campaigns: Mutex<CampaignCache>,
 }
 
 const CAMPAIGN_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// One load of the campaign of a series; callers finding it in flight
+/// wait for its answer instead of loading again.
+type CampaignFlight = tokio::sync::OnceCell<Result<Option<Arc<Campaign>>, DomainError>>;
+
+/// Campaigns (and misses) by series for [`CAMPAIGN_CACHE_TTL`], reloaded
+/// single-flight: when an entry lapses under load, one caller reloads it
+/// and the others in flight wait for that load instead of each sending
+/// their own (a stampede of HGET + HGETALL every second).
+#[derive(Default)]
+struct CampaignCache {
+    entries: HashMap<Series, (Option<Arc<Campaign>>, std::time::Instant)>,
+    /// At most one per series (1,024 of them), so bounded.
+    loading: HashMap<Series, Arc<CampaignFlight>>,
+}
 
 fn ledger_error(e: LedgerError) -> DomainError {
     match e {
@@ -176,7 +191,7 @@ impl Exchanger {
             settings,
             holder,
             inflight: Mutex::new(HashMap::new()),
-            campaigns: Mutex::new(HashMap::new()),
+            campaigns: Mutex::new(CampaignCache::default()),
         }
     }
 
@@ -199,27 +214,63 @@ impl Exchanger {
         }
     }
 
-    async fn campaign_by_series(&self, series: Series) -> Result<Option<Campaign>, DomainError> {
-        // Misses are cached too: an unknown code must cost what a wrong
-        // login key costs, or response times would tell them apart.
-        if let Ok(cache) = self.campaigns.lock()
-            && let Some((c, at)) = cache.get(&series)
-            && at.elapsed() < CAMPAIGN_CACHE_TTL
-        {
-            return Ok(c.clone());
-        }
-        let found = self
-            .ledger
-            .campaign_by_series(series)
-            .await
-            .map_err(ledger_error)?;
-        if let Ok(mut cache) = self.campaigns.lock() {
-            cache.insert(series, (found.clone(), std::time::Instant::now()));
-        }
-        Ok(found)
+    fn campaign_cache(&self) -> std::sync::MutexGuard<'_, CampaignCache> {
+        // Entries are replaced whole: a poisoned cache is still valid.
+        self.campaigns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn campaign_of(&self, series: Series) -> Result<Campaign, DomainError> {
+    async fn campaign_by_series(
+        &self,
+        series: Series,
+    ) -> Result<Option<Arc<Campaign>>, DomainError> {
+        // Misses are cached too: an unknown code must cost what a wrong
+        // login key costs, or response times would tell them apart.
+        let flight = {
+            let mut cache = self.campaign_cache();
+            if let Some((c, at)) = cache.entries.get(&series)
+                && at.elapsed() < CAMPAIGN_CACHE_TTL
+            {
+                return Ok(c.clone());
+            }
+            let flight = cache.loading.entry(series).or_default();
+            if flight.initialized() {
+                // Finished but not yet retired, and its entry has lapsed
+                // (or it failed): load again.
+                *flight = Arc::default();
+            }
+            flight.clone()
+        };
+        let result = flight
+            .get_or_init(|| async {
+                let found = self
+                    .ledger
+                    .campaign_by_series(series)
+                    .await
+                    .map_err(ledger_error)?
+                    .map(Arc::new);
+                self.campaign_cache()
+                    .entries
+                    .insert(series, (found.clone(), std::time::Instant::now()));
+                Ok(found)
+            })
+            .await;
+        {
+            // The first caller back retires the flight.
+            let mut cache = self.campaign_cache();
+            if cache
+                .loading
+                .get(&series)
+                .is_some_and(|f| Arc::ptr_eq(f, &flight))
+            {
+                cache.loading.remove(&series);
+            }
+        }
+        result.clone()
+    }
+
+    async fn campaign_of(&self, series: Series) -> Result<Arc<Campaign>, DomainError> {
         // A code whose series has no campaign cannot have passed the ledger's
         // login check, so this only fails on a racing campaign deletion.
         self.campaign_by_series(series)
@@ -290,9 +341,14 @@ impl Exchanger {
         let now = self.clock.now();
         let code_ref = self.code_ref(&input.code);
         let login = self.hasher.login_key(&input.code, &input.login_key);
-        let campaign = self.campaign_by_series(input.code.series()).await?;
-        let option = campaign.as_ref().and_then(|c| c.option(&input.option_id));
-        let (Some(campaign), Some(option)) = (campaign.clone(), option.cloned()) else {
+        let found = self
+            .campaign_by_series(input.code.series())
+            .await?
+            .and_then(|c| {
+                let option = c.option(&input.option_id)?.id.clone();
+                Some((c, option))
+            });
+        let Some((campaign, option)) = found else {
             // Check the credentials first so this answer reveals nothing
             // about codes the caller does not hold.
             self.ledger
@@ -304,7 +360,7 @@ impl Exchanger {
                 "not an option of this code's campaign",
             ));
         };
-        record_campaign(&campaign, Some(option.id.as_str()));
+        record_campaign(&campaign, Some(option.as_str()));
         let contact = input.contact_email.as_deref().map(|e| self.hasher.email(e));
         let prefs = input.preferences;
         let fingerprint = self.hasher.fingerprint(&[
@@ -318,7 +374,7 @@ impl Exchanger {
         let req = ClaimRequest {
             code: code_ref,
             login_key: login,
-            option: option.id.clone(),
+            option,
             request: self.hasher.request_id(&input.code, &input.request_id),
             fingerprint,
             contact,
@@ -700,7 +756,11 @@ impl Exchanger {
 /// declares both fields, other spans ignore them.
 fn record_campaign(campaign: &Campaign, option: Option<&str>) {
     let span = tracing::Span::current();
-    span.record("giftx.campaign", campaign.spec.id.to_string());
+    if span.is_disabled() {
+        // Level off (or no subscriber): nothing to format.
+        return;
+    }
+    span.record("giftx.campaign", tracing::field::display(&campaign.spec.id));
     if let Some(o) = option {
         span.record("giftx.option", o);
     }

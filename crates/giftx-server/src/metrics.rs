@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -97,6 +97,39 @@ pub struct Metrics {
     lease_held: Family<Labels, Gauge>,
     script_duration: Family<Labels, Histogram, fn() -> Histogram>,
     script_errors: Family<Labels, Counter>,
+    handles: Handles,
+}
+
+/// The series the per-call recorders touch, looked up in their families
+/// once per label set and kept: a call then costs a read lock and a
+/// lookup by `&str`, instead of building label vectors of owned strings
+/// and hashing them in the family. Keys are the families' own label
+/// values (bounded the same way), and these families are never cleared,
+/// so a kept handle is always the exported series.
+#[derive(Default)]
+struct Handles {
+    /// service → method → (duration, requests by code).
+    rpc: RwLock<HashMap<String, HashMap<String, RpcSeries>>>,
+    /// option → outcome → counter.
+    exchanges: RwLock<HashMap<String, HashMap<&'static str, Counter>>>,
+    /// provider → (duration, calls by outcome).
+    providers: RwLock<HashMap<String, RpcSeries>>,
+    /// script → (duration, errors once one failed).
+    scripts: RwLock<HashMap<&'static str, (Histogram, Option<Counter>)>>,
+}
+
+struct RpcSeries {
+    duration: Histogram,
+    counts: HashMap<&'static str, Counter>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Maps of handles are only ever added to: a poisoned one is valid.
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,6 +176,7 @@ impl Metrics {
             script_duration: Family::new_with_constructor(script_histogram),
             script_errors: Family::default(),
             registry: Registry::default(),
+            handles: Handles::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -232,54 +266,134 @@ impl Metrics {
     }
 
     /// One RPC ended with `code` (a gRPC code name such as `OK`).
-    pub fn rpc_finished(&self, service: &str, method: &str, code: &str, elapsed: Duration) {
-        self.rpc_requests
+    pub fn rpc_finished(&self, service: &str, method: &str, code: &'static str, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        {
+            let m = read(&self.handles.rpc);
+            if let Some(s) = m.get(service).and_then(|m| m.get(method))
+                && let Some(c) = s.counts.get(code)
+            {
+                c.inc();
+                s.duration.observe(secs);
+                return;
+            }
+        }
+        let counter = self
+            .rpc_requests
             .get_or_create(&vec![
                 ("service", service.to_owned()),
                 ("method", method.to_owned()),
                 ("code", code.to_owned()),
             ])
-            .inc();
-        self.rpc_duration
+            .clone();
+        let duration = self
+            .rpc_duration
             .get_or_create(&vec![
                 ("service", service.to_owned()),
                 ("method", method.to_owned()),
             ])
-            .observe(elapsed.as_secs_f64());
+            .clone();
+        counter.inc();
+        duration.observe(secs);
+        write(&self.handles.rpc)
+            .entry(service.to_owned())
+            .or_default()
+            .entry(method.to_owned())
+            .or_insert_with(|| RpcSeries {
+                duration,
+                counts: HashMap::new(),
+            })
+            .counts
+            .insert(code, counter);
     }
 
     /// An exchange of `option` ended a drive with `outcome` (`succeeded`,
     /// `failed` or `pending`).
     pub fn exchange(&self, option: &str, outcome: &'static str) {
-        self.exchanges
+        if let Some(c) = read(&self.handles.exchanges)
+            .get(option)
+            .and_then(|m| m.get(outcome))
+        {
+            c.inc();
+            return;
+        }
+        let counter = self
+            .exchanges
             .get_or_create(&vec![
                 ("option", option.to_owned()),
                 ("outcome", outcome.to_owned()),
             ])
-            .inc();
+            .clone();
+        counter.inc();
+        write(&self.handles.exchanges)
+            .entry(option.to_owned())
+            .or_default()
+            .insert(outcome, counter);
     }
 
     /// A provider call ended with `outcome` (`ok` or the error class).
     pub fn provider_call(&self, provider: &str, outcome: &'static str, elapsed: Duration) {
-        self.provider_calls
+        let secs = elapsed.as_secs_f64();
+        {
+            let m = read(&self.handles.providers);
+            if let Some(s) = m.get(provider)
+                && let Some(c) = s.counts.get(outcome)
+            {
+                c.inc();
+                s.duration.observe(secs);
+                return;
+            }
+        }
+        let counter = self
+            .provider_calls
             .get_or_create(&vec![
                 ("provider", provider.to_owned()),
                 ("outcome", outcome.to_owned()),
             ])
-            .inc();
-        self.provider_duration
+            .clone();
+        let duration = self
+            .provider_duration
             .get_or_create(&vec![("provider", provider.to_owned())])
-            .observe(elapsed.as_secs_f64());
+            .clone();
+        counter.inc();
+        duration.observe(secs);
+        write(&self.handles.providers)
+            .entry(provider.to_owned())
+            .or_insert_with(|| RpcSeries {
+                duration,
+                counts: HashMap::new(),
+            })
+            .counts
+            .insert(outcome, counter);
     }
 
     /// A ledger script ended.
     pub fn ledger_script(&self, script: &'static str, elapsed: Duration, failed: bool) {
+        let secs = elapsed.as_secs_f64();
+        {
+            let m = read(&self.handles.scripts);
+            if let Some((duration, errors)) = m.get(script)
+                && (!failed || errors.is_some())
+            {
+                duration.observe(secs);
+                if let Some(e) = errors.as_ref().filter(|_| failed) {
+                    e.inc();
+                }
+                return;
+            }
+        }
         let labels = vec![("script", script.to_owned())];
-        self.script_duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
-        if failed {
-            self.script_errors.get_or_create(&labels).inc();
+        let duration = self.script_duration.get_or_create(&labels).clone();
+        duration.observe(secs);
+        let errors = failed.then(|| {
+            let e = self.script_errors.get_or_create(&labels).clone();
+            e.inc();
+            e
+        });
+        let mut m = write(&self.handles.scripts);
+        let entry = m.entry(script).or_insert_with(|| (duration, None));
+        if errors.is_some() {
+            entry.1 = errors;
         }
     }
 

@@ -302,11 +302,18 @@ fn code_name(code: i32) -> &'static str {
     }
 }
 
+/// `("<service>", "<method>")` of a gRPC path `/<service>/<method>`.
+fn split_path(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", ""))
+}
+
 /// Records the end of one RPC exactly once.
 struct Finish {
     span: Span,
-    service: String,
-    method: String,
+    /// `/<service>/<method>`.
+    path: String,
     start: Instant,
     quiet: bool,
     done: bool,
@@ -325,7 +332,8 @@ impl Finish {
             // Paths nobody serves (scanners, typos): one series for all.
             crate::metrics::global().rpc_finished("other", "other", name, elapsed);
         } else {
-            crate::metrics::global().rpc_finished(&self.service, &self.method, name, elapsed);
+            let (service, method) = split_path(&self.path);
+            crate::metrics::global().rpc_finished(service, method, name, elapsed);
         }
         if matches!(code, 2 | 4 | 13 | 14 | 15) {
             // Server faults (OpenTelemetry's gRPC server conventions).
@@ -372,10 +380,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_owned();
         let quiet = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or(("", ""));
+        let (service, method) = split_path(&path);
         let span = tracing::info_span!(
             "rpc",
             otel.name = %path.trim_start_matches('/'),
@@ -389,17 +394,19 @@ where
             giftx.option = tracing::field::Empty,
         );
         // The caller's W3C `traceparent` (gRPC metadata = HTTP/2 headers).
-        // Without an exporter the global propagator is a no-op.
-        let parent = opentelemetry::global::get_text_map_propagator(|p| {
-            p.extract(&HeaderExtractor(req.headers()))
-        });
-        if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
+        // Without an exporter the global propagator is a no-op; with the
+        // span filtered out (level above info) there is nothing to parent.
+        if !span.is_disabled() {
+            let parent = opentelemetry::global::get_text_map_propagator(|p| {
+                p.extract(&HeaderExtractor(req.headers()))
+            });
+            if parent.span().span_context().is_valid() {
+                let _ = span.set_parent(parent);
+            }
         }
         let mut finish = Finish {
             span: span.clone(),
-            service: service.to_owned(),
-            method: method.to_owned(),
+            path,
             start: Instant::now(),
             quiet,
             done: false,

@@ -28,7 +28,7 @@ pub mod provider_store;
 mod scripts;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -89,7 +89,33 @@ pub struct RedisLedger {
     pool: Vec<ConnectionManager>,
     config: LedgerConfig,
     options: RedisOptions,
-    cache: Mutex<HashMap<u16, (Instant, CampaignInfo)>>,
+    cache: Mutex<CampaignCache>,
+}
+
+/// One load of a campaign record by series; every caller that finds it
+/// in flight waits for its result instead of loading again.
+type Flight = tokio::sync::OnceCell<Result<Option<Arc<CampaignInfo>>, LedgerError>>;
+
+/// Campaign records by series index, briefly cached (the hot path needs
+/// one per call), with their reloads single-flight: when an entry lapses
+/// under load, one caller reloads it (HGET + HGETALL) and the others in
+/// flight wait for that load rather than each sending their own.
+#[derive(Default)]
+struct CampaignCache {
+    entries: HashMap<u16, (Instant, Arc<CampaignInfo>)>,
+    /// Loads in flight (at most one per series index, so bounded).
+    loading: HashMap<u16, Arc<Flight>>,
+    /// Bumped by [`RedisLedger::forget_cache`]: a load begun before does
+    /// not fill the cache.
+    generation: u64,
+}
+
+fn clone_error(e: &LedgerError) -> LedgerError {
+    match e {
+        LedgerError::Refused(r) => LedgerError::Refused(r.clone()),
+        LedgerError::Unavailable(m) => LedgerError::Unavailable(m.clone()),
+        LedgerError::Internal(m) => LedgerError::Internal(m.clone()),
+    }
 }
 
 impl std::fmt::Debug for RedisLedger {
@@ -281,7 +307,7 @@ impl RedisLedger {
             pool,
             config,
             options,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(CampaignCache::default()),
         })
     }
 
@@ -432,7 +458,26 @@ impl RedisLedger {
         Ok(results.into_iter().flatten().collect())
     }
 
+    fn cache(&self) -> std::sync::MutexGuard<'_, CampaignCache> {
+        // Entries are replaced whole: a poisoned cache is still valid.
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn load_campaign(&self, id: &CampaignId) -> Result<Option<CampaignInfo>, LedgerError> {
+        let info = self.fetch_campaign(id).await?;
+        if let Some(info) = &info {
+            self.cache().entries.insert(
+                info.campaign.series.index(),
+                (Instant::now(), Arc::new(info.clone())),
+            );
+        }
+        Ok(info)
+    }
+
+    /// The campaign record, straight from Redis (no cache).
+    async fn fetch_campaign(&self, id: &CampaignId) -> Result<Option<CampaignInfo>, LedgerError> {
         let mut conn = self.conn.clone();
         let h: HashMap<String, Vec<u8>> = tokio::time::timeout(
             self.options.timeout,
@@ -446,11 +491,7 @@ impl RedisLedger {
         if h.is_empty() {
             return Ok(None);
         }
-        let info = codec::campaign(&h)?;
-        if let Ok(mut c) = self.cache.lock() {
-            c.insert(info.campaign.series.index(), (Instant::now(), info.clone()));
-        }
-        Ok(Some(info))
+        codec::campaign(&h).map(Some)
     }
 
     async fn series_owner(&self, series: Series) -> Result<Option<CampaignId>, LedgerError> {
@@ -469,17 +510,56 @@ impl RedisLedger {
             .transpose()
     }
 
-    /// The campaign holding `series`, from the cache when fresh enough.
-    async fn info_by_series(&self, series: Series) -> Result<Option<CampaignInfo>, LedgerError> {
-        if let Ok(c) = self.cache.lock()
-            && let Some((at, info)) = c.get(&series.index())
-            && at.elapsed() < self.options.cache_ttl
+    /// The campaign holding `series`, from the cache when fresh enough;
+    /// else loaded once for every caller asking meanwhile (single-flight).
+    /// Misses are not cached (a campaign created a moment later must be
+    /// found), only shared with the callers waiting on the same load.
+    async fn info_by_series(
+        &self,
+        series: Series,
+    ) -> Result<Option<Arc<CampaignInfo>>, LedgerError> {
+        let idx = series.index();
+        let (flight, generation) = {
+            let mut c = self.cache();
+            if let Some((at, info)) = c.entries.get(&idx)
+                && at.elapsed() < self.options.cache_ttl
+            {
+                return Ok(Some(info.clone()));
+            }
+            let generation = c.generation;
+            let flight = c.loading.entry(idx).or_default();
+            if flight.initialized() {
+                // Finished, but not yet retired: its answer may be old.
+                *flight = Arc::default();
+            }
+            (flight.clone(), generation)
+        };
+        let result = flight
+            .get_or_init(|| async {
+                let info = match self.series_owner(series).await? {
+                    Some(id) => self.fetch_campaign(&id).await?.map(Arc::new),
+                    None => None,
+                };
+                if let Some(info) = &info {
+                    let mut c = self.cache();
+                    if c.generation == generation {
+                        c.entries.insert(idx, (Instant::now(), info.clone()));
+                    }
+                }
+                Ok(info)
+            })
+            .await;
         {
-            return Ok(Some(info.clone()));
+            // The first caller back retires the flight; the next miss
+            // starts a new one.
+            let mut c = self.cache();
+            if c.loading.get(&idx).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                c.loading.remove(&idx);
+            }
         }
-        match self.series_owner(series).await? {
-            Some(id) => self.load_campaign(&id).await,
-            None => Ok(None),
+        match result {
+            Ok(info) => Ok(info.clone()),
+            Err(e) => Err(clone_error(e)),
         }
     }
 
@@ -1771,8 +1851,93 @@ impl RedisLedger {
     /// Forgets cached campaign records (tests; after an operator change in
     /// another process the cache lapses by itself).
     pub fn forget_cache(&self) {
-        if let Ok(mut c) = self.cache.lock() {
-            c.clear();
+        let mut c = self.cache();
+        c.entries.clear();
+        c.loading.clear();
+        c.generation += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use giftx_core::model::{CampaignSpec, OptionId, ProviderId, RedemptionOption};
+    use giftx_core::{Currency, Money};
+    use giftx_testkit::RedisServer;
+
+    /// Calls of `command` Redis has run since the last `CONFIG RESETSTAT`.
+    async fn calls(ledger: &RedisLedger, command: &str) -> u64 {
+        let mut conn = ledger.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lapsed_campaign_entry_is_reloaded_once_for_every_caller_in_flight() {
+        let server = RedisServer::start();
+        let ledger = Arc::new(
+            RedisLedger::connect(&server.url(), LedgerConfig::default())
+                .await
+                .unwrap(),
+        );
+        let spec = CampaignSpec {
+            id: CampaignId::parse("id", "sorry").unwrap(),
+            display_name: "Apology".into(),
+            owner: "owner".into(),
+            face_value: Money::new(Currency::from_code("JPY").unwrap(), 500),
+            expire_time: Timestamp(1_418_601_600_000),
+            options: vec![RedemptionOption {
+                id: OptionId::parse("o", "amazon").unwrap(),
+                display_name: "Amazon".into(),
+                provider: ProviderId::parse("p", "fake").unwrap(),
+            }],
+        };
+        let c = ledger
+            .create_campaign(&spec, None, Timestamp(1_400_000_000_000))
+            .await
+            .unwrap();
+        let unknown = Series::from_index((c.series.index() + 1) % Series::COUNT).unwrap();
+        for round in 0..3 {
+            ledger.forget_cache();
+            let mut conn = ledger.conn.clone();
+            let () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..200 {
+                let l = ledger.clone();
+                let series = if i % 2 == 0 { c.series } else { unknown };
+                set.spawn(async move { (series, l.info_by_series(series).await) });
+            }
+            while let Some(r) = set.join_next().await {
+                let (series, info) = r.unwrap();
+                let info = info.unwrap();
+                if series == c.series {
+                    assert_eq!(info.unwrap().campaign.spec.id, spec.id);
+                } else {
+                    assert!(info.is_none());
+                }
+            }
+            // One load of the campaign for 100 callers (a caller that only
+            // arrives once it is done finds the cache filled); misses are
+            // shared by the callers waiting together, never cached.
+            assert_eq!(calls(&ledger, "hgetall").await, 1, "round {round}");
+            let hget = calls(&ledger, "hget").await;
+            assert!((2..=101).contains(&hget), "round {round}: {hget} HGETs");
+            // Fresh now: no Redis command at all.
+            let before = calls(&ledger, "hget").await;
+            assert!(ledger.info_by_series(c.series).await.unwrap().is_some());
+            assert_eq!(calls(&ledger, "hget").await, before);
         }
     }
 }
