@@ -11,6 +11,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use giftx_server::Config;
 
+// glibc malloc was ~15 % of giftxd's samples on the Exchange path
+// (BENCHMARKS.md profile): many short-lived futures and buffers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// giftx gift-code exchange broker (gRPC server).
 #[derive(Debug, Parser)]
 #[command(name = "giftxd", version, about)]
