@@ -17,28 +17,12 @@
 -- Past deadline + retention (by ARGV[1], not Redis's clock; deadline = the newer of
 -- ARGV[7]/ARGV[8] and the bucket's copy) the campaign's codes and exchanges in this
 -- bucket are gone: they are deleted here (with their PENDING entries) and this reads {17}.
+-- That lookup and purge, and exchange_reply, are in lib/exchange_record.lua, which the
+-- loader (src/redis/scripts.rs) puts before this file.
 local rcall = redis.call
 local now = tonumber(ARGV[1])
-local raw = rcall('HGET', KEYS[2], ARGV[2])
-if not raw then return {17} end
-local m = rcall('HMGET', KEYS[3], 'dl', 'ver')
-local dl = tonumber(ARGV[7])
-if m[2] and tonumber(m[2]) >= tonumber(ARGV[8]) then dl = tonumber(m[1]) end
-if now >= dl + tonumber(ARGV[9]) then
-  local series = string.sub(ARGV[5], 1, 4)
-  local stale = {}
-  for _, id in ipairs(rcall('ZRANGE', KEYS[4], 0, -1)) do
-    if string.sub(id, 1, 4) == series then stale[#stale + 1] = id end
-  end
-  rcall('DEL', KEYS[1], KEYS[2])
-  for i = 1, #stale, 1000 do
-    rcall('ZREM', KEYS[4], unpack(stale, i, math.min(i + 999, #stale)))
-  end
-  rcall('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'k', 'campaign.purged', 't', ARGV[1],
-    'series', string.match(KEYS[1], ':c:(%d+)$'))
-  return {17}
-end
-local x = cmsgpack.unpack(raw)
+local x = exchange_record(ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+if not x then return {17} end
 if x[1] ~= 'P' then return {18} end
 if x[10] ~= '' and x[10] ~= ARGV[3] and x[11] > now then return {19} end
 
@@ -48,6 +32,4 @@ x[11] = tonumber(ARGV[4])
 rcall('HSET', KEYS[2], ARGV[2], cmsgpack.pack(x))
 rcall('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'k', 'exchange.attempt', 't', ARGV[1],
   'exchange', ARGV[5], 'attempt', x[7])
-local r = {0}
-for i = 1, 18 do r[i + 1] = x[i] end
-return r
+return exchange_reply(x)

@@ -49,6 +49,13 @@ impl MemoryLedger {
             .lock()
             .map_err(|_| LedgerError::Internal("memory ledger lock poisoned".into()))
     }
+
+    /// The state, locked, with campaigns due by `now` purged.
+    fn lock_purged(&self, now: Timestamp) -> Result<MutexGuard<'_, State>, LedgerError> {
+        let mut st = self.lock()?;
+        st.purge_due(&self.config, now);
+        Ok(st)
+    }
 }
 
 /// A code's state as written; the deadline and voiding apply on reading.
@@ -126,6 +133,13 @@ struct CampaignEntry {
 impl CampaignEntry {
     fn deadline(&self) -> Timestamp {
         self.campaign.spec.expire_time
+    }
+
+    fn batch_mut(&mut self, batch: &BatchId) -> Result<&mut BatchEntry, LedgerError> {
+        self.batch_index
+            .get(batch)
+            .and_then(|&bi| self.batches.get_mut(bi))
+            .ok_or(refused(Refusal::BatchNotFound))
     }
 
     fn view_state(&self, rec: &CodeRecord, now: Timestamp) -> CodeState {
@@ -236,6 +250,26 @@ impl State {
             .ok_or(refused(Refusal::CampaignNotFound))
     }
 
+    fn campaign_at(&self, ci: usize) -> Result<&CampaignEntry, LedgerError> {
+        self.campaigns
+            .get(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))
+    }
+
+    fn campaign_at_mut(&mut self, ci: usize) -> Result<&mut CampaignEntry, LedgerError> {
+        self.campaigns
+            .get_mut(ci)
+            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))
+    }
+
+    fn campaign(&self, id: &CampaignId) -> Result<&CampaignEntry, LedgerError> {
+        self.campaign_at(self.campaign_index(id)?)
+    }
+
+    fn campaign_mut(&mut self, id: &CampaignId) -> Result<&mut CampaignEntry, LedgerError> {
+        self.campaign_at_mut(self.campaign_index(id)?)
+    }
+
     /// Drops codes and exchanges of campaigns past deadline + retention.
     /// Tallies (and so counts) stay.
     fn purge_due(&mut self, config: &LedgerConfig, now: Timestamp) {
@@ -307,10 +341,7 @@ impl State {
         ci: usize,
         digest: &Digest,
     ) -> Result<(&CampaignEntry, &CodeRecord), LedgerError> {
-        let c = self
-            .campaigns
-            .get(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let c = self.campaign_at(ci)?;
         let rec = c
             .codes
             .get(&digest.0)
@@ -322,6 +353,37 @@ impl State {
         self.exchanges
             .get_mut(&id.0)
             .ok_or(refused(Refusal::ExchangeNotFound))
+    }
+
+    /// Exchange `id`, still PENDING (else EXCHANGE_FINISHED).
+    fn pending_exchange_mut(&mut self, id: &ExchangeId) -> Result<&mut ExchangeEntry, LedgerError> {
+        let x = self.exchange_mut(id)?;
+        if x.record.state != ExchangeState::Pending {
+            return Err(refused(Refusal::ExchangeFinished));
+        }
+        Ok(x)
+    }
+
+    /// Finishes exchange `id` as `state` (`set` filling in what comes
+    /// with it), its code moving to `to`; an exchange already in `state`
+    /// is answered unchanged, one finished otherwise is refused.
+    fn settle_exchange(
+        &mut self,
+        id: &ExchangeId,
+        state: ExchangeState,
+        to: Stored,
+        now: Timestamp,
+        set: impl FnOnce(&mut ExchangeRecord),
+    ) -> Result<ExchangeRecord, LedgerError> {
+        let x = self.exchange_mut(id)?;
+        if x.record.state == state {
+            return Ok(x.record.clone());
+        }
+        if x.record.state != ExchangeState::Pending {
+            return Err(refused(Refusal::ExchangeFinished));
+        }
+        set(&mut x.record);
+        self.finish_exchange(id, state, to, now)
     }
 
     /// Moves the code of exchange `id` (PENDING) to `to`, and the exchange
@@ -345,10 +407,7 @@ impl State {
         );
         let record = x.record.clone();
         self.pending.remove(&(created, id.0.clone()));
-        let c = self
-            .campaigns
-            .get_mut(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let c = self.campaign_at_mut(ci)?;
         let rec = c
             .codes
             .get_mut(&code)
@@ -386,10 +445,7 @@ impl Ledger for MemoryLedger {
     ) -> Result<Campaign, LedgerError> {
         let mut st = self.lock()?;
         if let Some(&i) = st.by_id.get(&spec.id) {
-            let e = st
-                .campaigns
-                .get(i)
-                .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+            let e = st.campaign_at(i)?;
             let same_request = request_id.is_some() && e.request_id.as_deref() == request_id;
             if same_request || e.created_spec == *spec || e.campaign.spec == *spec {
                 return Ok(e.campaign.clone());
@@ -481,13 +537,8 @@ impl Ledger for MemoryLedger {
         force: bool,
         now: Timestamp,
     ) -> Result<Campaign, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        let ci = st.campaign_index(id)?;
-        let c = st
-            .campaigns
-            .get_mut(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let mut st = self.lock_purged(now)?;
+        let c = st.campaign_mut(id)?;
         if expire_time < c.deadline() && !force {
             return Err(refused(Refusal::DeadlineEarlier));
         }
@@ -526,13 +577,8 @@ impl Ledger for MemoryLedger {
         requested: u64,
         now: Timestamp,
     ) -> Result<Batch, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        let ci = st.campaign_index(campaign)?;
-        let c = st
-            .campaigns
-            .get_mut(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let mut st = self.lock_purged(now)?;
+        let c = st.campaign_mut(campaign)?;
         if c.batch_index.contains_key(batch) {
             return Err(refused(Refusal::BatchExists));
         }
@@ -573,17 +619,13 @@ impl Ledger for MemoryLedger {
         codes: &[NewCode],
         now: Timestamp,
     ) -> Result<StoreOutcome, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
+        let mut st = self.lock_purged(now)?;
         let ci = st
             .by_id
             .get(&campaign.spec.id)
             .copied()
             .ok_or(refused(Refusal::BatchNotFound))?;
-        let c = st
-            .campaigns
-            .get_mut(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let c = st.campaign_at_mut(ci)?;
         let bi = c
             .batch_index
             .get(&batch.id)
@@ -645,18 +687,9 @@ impl Ledger for MemoryLedger {
         complete: bool,
         now: Timestamp,
     ) -> Result<Batch, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        let ci = st.campaign_index(campaign)?;
-        let c = st
-            .campaigns
-            .get_mut(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
-        let b = c
-            .batch_index
-            .get(batch)
-            .and_then(|&bi| c.batches.get_mut(bi))
-            .ok_or(refused(Refusal::BatchNotFound))?;
+        let mut st = self.lock_purged(now)?;
+        let c = st.campaign_mut(campaign)?;
+        let b = c.batch_mut(batch)?;
         let to = if complete {
             BatchState::Complete
         } else {
@@ -713,18 +746,9 @@ impl Ledger for MemoryLedger {
         batch: &BatchId,
         now: Timestamp,
     ) -> Result<Batch, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        let ci = st.campaign_index(campaign)?;
-        let c = st
-            .campaigns
-            .get_mut(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
-        let b = c
-            .batch_index
-            .get(batch)
-            .and_then(|&bi| c.batches.get_mut(bi))
-            .ok_or(refused(Refusal::BatchNotFound))?;
+        let mut st = self.lock_purged(now)?;
+        let c = st.campaign_mut(campaign)?;
+        let b = c.batch_mut(batch)?;
         if b.batch.state == BatchState::Void {
             return Ok(b.batch.clone());
         }
@@ -748,8 +772,7 @@ impl Ledger for MemoryLedger {
         login_key: Digest,
         now: Timestamp,
     ) -> Result<CodeView, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
+        let mut st = self.lock_purged(now)?;
         let ci = st.authenticate(&self.config, code, login_key, now)?;
         let (c, rec) = st.code(ci, &code.digest)?;
         let latest_exchange = rec
@@ -764,8 +787,7 @@ impl Ledger for MemoryLedger {
     }
 
     async fn claim(&self, req: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
+        let mut st = self.lock_purged(now)?;
         let ci = st.authenticate(&self.config, req.code, req.login_key, now)?;
         let (c, rec) = st.code(ci, &req.code.digest)?;
         if let Some((xid, fingerprint)) = rec.requests.get(&req.request.0) {
@@ -819,10 +841,7 @@ impl Ledger for MemoryLedger {
             batch_ordinal,
             serial,
         };
-        let c = st
-            .campaigns
-            .get_mut(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let c = st.campaign_at_mut(ci)?;
         let rec = c
             .codes
             .get_mut(&req.code.digest.0)
@@ -870,8 +889,7 @@ impl Ledger for MemoryLedger {
         login_key: Digest,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
+        let mut st = self.lock_purged(now)?;
         let ci = st.authenticate(&self.config, code, login_key, now)?;
         let (_, rec) = st.code(ci, &code.digest)?;
         rec.exchanges
@@ -892,12 +910,8 @@ impl Ledger for MemoryLedger {
         lease: &Lease,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        let x = st.exchange_mut(id)?;
-        if x.record.state != ExchangeState::Pending {
-            return Err(refused(Refusal::ExchangeFinished));
-        }
+        let mut st = self.lock_purged(now)?;
+        let x = st.pending_exchange_mut(id)?;
         if let Some(held) = &x.lease
             && held.holder != lease.holder
             && held.until > now
@@ -927,12 +941,8 @@ impl Ledger for MemoryLedger {
         park: bool,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        let x = st.exchange_mut(id)?;
-        if x.record.state != ExchangeState::Pending {
-            return Err(refused(Refusal::ExchangeFinished));
-        }
+        let mut st = self.lock_purged(now)?;
+        let x = st.pending_exchange_mut(id)?;
         x.lease = None;
         x.record.next_attempt_time = next_attempt_time;
         // Parking sticks until an operator resolves the exchange.
@@ -953,16 +963,10 @@ impl Ledger for MemoryLedger {
         sealed_deliverable: Option<Vec<u8>>,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        let x = st.exchange_mut(id)?;
-        match x.record.state {
-            ExchangeState::Succeeded => return Ok(x.record.clone()),
-            ExchangeState::Failed => return Err(refused(Refusal::ExchangeFinished)),
-            ExchangeState::Pending => {}
-        }
-        x.record.sealed_deliverable = sealed_deliverable;
-        st.finish_exchange(id, ExchangeState::Succeeded, Stored::Redeemed, now)
+        let mut st = self.lock_purged(now)?;
+        st.settle_exchange(id, ExchangeState::Succeeded, Stored::Redeemed, now, |r| {
+            r.sealed_deliverable = sealed_deliverable;
+        })
     }
 
     async fn release(
@@ -971,16 +975,10 @@ impl Ledger for MemoryLedger {
         reason: &str,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        let x = st.exchange_mut(id)?;
-        match x.record.state {
-            ExchangeState::Failed => return Ok(x.record.clone()),
-            ExchangeState::Succeeded => return Err(refused(Refusal::ExchangeFinished)),
-            ExchangeState::Pending => {}
-        }
-        x.record.failure_reason = reason.to_owned();
-        st.finish_exchange(id, ExchangeState::Failed, Stored::Active, now)
+        let mut st = self.lock_purged(now)?;
+        st.settle_exchange(id, ExchangeState::Failed, Stored::Active, now, |r| {
+            r.failure_reason = reason.to_owned();
+        })
     }
 
     async fn list_pending(
@@ -1021,11 +1019,7 @@ impl Ledger for MemoryLedger {
         limit: usize,
     ) -> Result<Page<ExchangeRecord>, LedgerError> {
         let st = self.lock()?;
-        let ci = st.campaign_index(campaign)?;
-        let c = st
-            .campaigns
-            .get(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let c = st.campaign(campaign)?;
         let start = match cursor {
             None | Some("") => Bound::Unbounded,
             Some(s) => Bound::Excluded(parse_pending_cursor(s)?),
@@ -1072,13 +1066,8 @@ impl Ledger for MemoryLedger {
         campaign: &CampaignId,
         now: Timestamp,
     ) -> Result<SweepOutcome, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        let ci = st.campaign_index(campaign)?;
-        let c = st
-            .campaigns
-            .get_mut(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
+        let mut st = self.lock_purged(now)?;
+        let c = st.campaign_mut(campaign)?;
         if now < c.deadline() {
             return Ok(SweepOutcome {
                 expired: 0,
@@ -1117,14 +1106,8 @@ impl Ledger for MemoryLedger {
         campaign: &CampaignId,
         now: Timestamp,
     ) -> Result<CampaignCounts, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        let ci = st.campaign_index(campaign)?;
-        let c = st
-            .campaigns
-            .get(ci)
-            .ok_or_else(|| LedgerError::Internal("campaign index out of range".into()))?;
-        Ok(c.counts(now))
+        let st = self.lock_purged(now)?;
+        Ok(st.campaign(campaign)?.counts(now))
     }
 
     async fn acquire_lease(

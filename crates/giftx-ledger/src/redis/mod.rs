@@ -966,6 +966,39 @@ impl RedisLedger {
     fn loc(id: &ExchangeId) -> Result<ExchangeLoc, LedgerError> {
         ExchangeLoc::parse(id).ok_or(LedgerError::Refused(Refusal::ExchangeNotFound))
     }
+
+    /// Runs one of the scripts that change an existing exchange (keys c, x,
+    /// m, p, e of its bucket; arguments now and exchange field, then what
+    /// `middle` adds, then exchange id, trim, known deadline and version,
+    /// retention) and decodes the record it answers.
+    async fn run_exchange_script(
+        &self,
+        s: &LuaScript,
+        id: &ExchangeId,
+        now: Timestamp,
+        middle: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<ExchangeRecord, LedgerError> {
+        let loc = Self::loc(id)?;
+        let (dl, ver) = self.deadline_of(loc.series).await?;
+        let k = loc.keys();
+        let (ck, xk, mk, pk, ek) = (k.codes(), k.exchanges(), k.meta(), k.pending(), k.events());
+        let trim = self.trim();
+        let (rc, v) = self
+            .run(s, Some(loc.bucket()), &[&ck, &xk, &mk, &pk, &ek], |i| {
+                i.arg(now.0).arg(loc.field());
+                middle(i);
+                i.arg(id.0.as_str())
+                    .arg(trim)
+                    .arg(dl)
+                    .arg(ver)
+                    .arg(self.retention());
+            })
+            .await?;
+        if rc != Rc::Ok {
+            return Err(refused(rc, &v));
+        }
+        codec::exchange(&v[1..], id.clone(), loc.series)
+    }
 }
 
 #[async_trait]
@@ -1457,33 +1490,10 @@ impl Ledger for RedisLedger {
         lease: &Lease,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let loc = Self::loc(id)?;
-        let (dl, ver) = self.deadline_of(loc.series).await?;
-        let k = loc.keys();
-        let (ck, xk, mk, pk, ek) = (k.codes(), k.exchanges(), k.meta(), k.pending(), k.events());
-        let trim = self.trim();
-        let (rc, v) = self
-            .run(
-                &SCRIPTS.begin_attempt,
-                Some(loc.bucket()),
-                &[&ck, &xk, &mk, &pk, &ek],
-                |i| {
-                    i.arg(now.0)
-                        .arg(loc.field())
-                        .arg(&lease.holder)
-                        .arg(lease.until.0)
-                        .arg(id.0.as_str())
-                        .arg(trim)
-                        .arg(dl)
-                        .arg(ver)
-                        .arg(self.retention());
-                },
-            )
-            .await?;
-        if rc != Rc::Ok {
-            return Err(refused(rc, &v));
-        }
-        codec::exchange(&v[1..], id.clone(), loc.series)
+        self.run_exchange_script(&SCRIPTS.begin_attempt, id, now, |i| {
+            i.arg(&lease.holder).arg(lease.until.0);
+        })
+        .await
     }
 
     async fn defer_attempt(
@@ -1493,33 +1503,10 @@ impl Ledger for RedisLedger {
         park: bool,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let loc = Self::loc(id)?;
-        let (dl, ver) = self.deadline_of(loc.series).await?;
-        let k = loc.keys();
-        let (ck, xk, mk, pk, ek) = (k.codes(), k.exchanges(), k.meta(), k.pending(), k.events());
-        let trim = self.trim();
-        let (rc, v) = self
-            .run(
-                &SCRIPTS.defer_attempt,
-                Some(loc.bucket()),
-                &[&ck, &xk, &mk, &pk, &ek],
-                |i| {
-                    i.arg(now.0)
-                        .arg(loc.field())
-                        .arg(next_attempt_time.0)
-                        .arg(if park { "1" } else { "0" })
-                        .arg(id.0.as_str())
-                        .arg(trim)
-                        .arg(dl)
-                        .arg(ver)
-                        .arg(self.retention());
-                },
-            )
-            .await?;
-        if rc != Rc::Ok {
-            return Err(refused(rc, &v));
-        }
-        codec::exchange(&v[1..], id.clone(), loc.series)
+        self.run_exchange_script(&SCRIPTS.defer_attempt, id, now, |i| {
+            i.arg(next_attempt_time.0).arg(if park { "1" } else { "0" });
+        })
+        .await
     }
 
     async fn complete(
@@ -1528,37 +1515,15 @@ impl Ledger for RedisLedger {
         sealed_deliverable: Option<Vec<u8>>,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let loc = Self::loc(id)?;
-        let (dl, ver) = self.deadline_of(loc.series).await?;
-        let k = loc.keys();
-        let (ck, xk, mk, pk, ek) = (k.codes(), k.exchanges(), k.meta(), k.pending(), k.events());
-        let trim = self.trim();
-        let (rc, v) = self
-            .run(
-                &SCRIPTS.complete_exchange,
-                Some(loc.bucket()),
-                &[&ck, &xk, &mk, &pk, &ek],
-                |i| {
-                    i.arg(now.0)
-                        .arg(loc.field())
-                        .arg(if sealed_deliverable.is_some() {
-                            "1"
-                        } else {
-                            "0"
-                        })
-                        .arg(sealed_deliverable.as_deref().unwrap_or(b""))
-                        .arg(id.0.as_str())
-                        .arg(trim)
-                        .arg(dl)
-                        .arg(ver)
-                        .arg(self.retention());
-                },
-            )
-            .await?;
-        if rc != Rc::Ok {
-            return Err(refused(rc, &v));
-        }
-        codec::exchange(&v[1..], id.clone(), loc.series)
+        self.run_exchange_script(&SCRIPTS.complete_exchange, id, now, |i| {
+            i.arg(if sealed_deliverable.is_some() {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(sealed_deliverable.as_deref().unwrap_or(b""));
+        })
+        .await
     }
 
     async fn release(
@@ -1567,32 +1532,10 @@ impl Ledger for RedisLedger {
         reason: &str,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let loc = Self::loc(id)?;
-        let (dl, ver) = self.deadline_of(loc.series).await?;
-        let k = loc.keys();
-        let (ck, xk, mk, pk, ek) = (k.codes(), k.exchanges(), k.meta(), k.pending(), k.events());
-        let trim = self.trim();
-        let (rc, v) = self
-            .run(
-                &SCRIPTS.release_exchange,
-                Some(loc.bucket()),
-                &[&ck, &xk, &mk, &pk, &ek],
-                |i| {
-                    i.arg(now.0)
-                        .arg(loc.field())
-                        .arg(reason)
-                        .arg(id.0.as_str())
-                        .arg(trim)
-                        .arg(dl)
-                        .arg(ver)
-                        .arg(self.retention());
-                },
-            )
-            .await?;
-        if rc != Rc::Ok {
-            return Err(refused(rc, &v));
-        }
-        codec::exchange(&v[1..], id.clone(), loc.series)
+        self.run_exchange_script(&SCRIPTS.release_exchange, id, now, |i| {
+            i.arg(reason);
+        })
+        .await
     }
 
     async fn list_pending(

@@ -43,7 +43,7 @@ macro_rules! store_scripts {
         }
 
         static SCRIPTS: LazyLock<StoreScripts> = LazyLock::new(|| StoreScripts {
-            $($field: script($file, include_str!(concat!("../../lua/provider_store/", $file))),)*
+            $($field: LuaScript::new($file, include_str!(concat!("../../lua/provider_store/", $file))),)*
         });
 
         /// File name (under `lua/provider_store/`), key count the wrapper
@@ -65,23 +65,6 @@ store_scripts! {
     stock_take => "store_stock_take-2.lua",
     stock_get => "store_stock_get-1.lua",
     stock_status => "store_stock_status-2.lua",
-}
-
-/// A [`LuaScript`] from `<verb_noun>-<numkeys>.lua` (the same parsing as
-/// the ledger's scripts: a malformed name reads as 0 keys and fails the
-/// static test).
-fn script(file: &'static str, source: &'static str) -> LuaScript {
-    let stem = file.trim_end_matches(".lua");
-    let (name, keys) = match stem.rsplit_once('-') {
-        Some((n, k)) => (n, k.parse().unwrap_or(0)),
-        None => (stem, 0),
-    };
-    LuaScript {
-        name,
-        keys,
-        source,
-        script: redis::Script::new(source),
-    }
 }
 
 /// The keys of one provider namespace, all under the hash tag `{p:<id>}`.

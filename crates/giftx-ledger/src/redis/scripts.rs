@@ -10,12 +10,27 @@ use crate::{LedgerError, Refusal};
 pub(crate) struct LuaScript {
     pub(crate) name: &'static str,
     pub(crate) keys: usize,
+    /// What Redis runs: the file, after its prelude from `lua/lib/` if it
+    /// has one (Redis scripts cannot include one another).
     pub(crate) source: &'static str,
+    /// The file alone (what the static test checks).
+    pub(crate) file_source: &'static str,
     pub(crate) script: redis::Script,
 }
 
 impl LuaScript {
-    fn new(file: &'static str, source: &'static str) -> LuaScript {
+    /// The script of `lua/<file>` (`source`, nothing put before it).
+    pub(crate) fn new(file: &'static str, source: &'static str) -> LuaScript {
+        LuaScript::with_prelude(file, source, source)
+    }
+
+    /// The script of `lua/<file>` (`file_source`) run as `source`: the file
+    /// after a prelude.
+    fn with_prelude(
+        file: &'static str,
+        file_source: &'static str,
+        source: &'static str,
+    ) -> LuaScript {
         // `<verb_noun>-<numkeys>.lua`; a malformed name reads as 0 keys and
         // fails the static test.
         let stem = file.trim_end_matches(".lua");
@@ -27,26 +42,37 @@ impl LuaScript {
             name,
             keys,
             source,
+            file_source,
             script: redis::Script::new(source),
         }
     }
 }
 
+/// `field => "file-N.lua"`, or `field => "file-N.lua" after "lib/x.lua"`
+/// for a script run with a shared prelude put before it.
 macro_rules! scripts {
-    ($($field:ident => $file:literal),* $(,)?) => {
+    ($($field:ident => $file:literal $(after $lib:literal)?),* $(,)?) => {
         /// Every script of the Redis ledger.
         pub(crate) struct Scripts {
             $(pub(crate) $field: LuaScript,)*
         }
 
         pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-            $($field: LuaScript::new($file, include_str!(concat!("../../lua/", $file))),)*
+            $($field: LuaScript::with_prelude(
+                $file,
+                include_str!(concat!("../../lua/", $file)),
+                concat!(
+                    $(include_str!(concat!("../../lua/", $lib)),)?
+                    include_str!(concat!("../../lua/", $file))
+                ),
+            ),)*
         });
 
         impl Scripts {
-            /// (file name, keys the wrapper passes, source) of every script.
+            /// (file name, keys the wrapper passes, source of the file
+            /// alone) of every script.
             pub(crate) fn catalog(&self) -> Vec<(&'static str, usize, &'static str)> {
-                vec![$(($file, self.$field.keys, self.$field.source),)*]
+                vec![$(($file, self.$field.keys, self.$field.file_source),)*]
             }
         }
     };
@@ -68,10 +94,10 @@ scripts! {
     claim_code => "claim_code-7.lua",
     verify_code => "verify_code-5.lua",
     read_exchange => "read_exchange-1.lua",
-    begin_attempt => "begin_attempt-5.lua",
-    defer_attempt => "defer_attempt-5.lua",
-    complete_exchange => "complete_exchange-5.lua",
-    release_exchange => "release_exchange-5.lua",
+    begin_attempt => "begin_attempt-5.lua" after "lib/exchange_record.lua",
+    defer_attempt => "defer_attempt-5.lua" after "lib/exchange_record.lua",
+    complete_exchange => "complete_exchange-5.lua" after "lib/exchange_record.lua",
+    release_exchange => "release_exchange-5.lua" after "lib/exchange_record.lua",
     push_deadline => "push_deadline-4.lua",
     void_bucket => "void_bucket-2.lua",
     sweep_expired => "sweep_expired-6.lua",
@@ -159,5 +185,25 @@ impl Rc {
             ExchangeFinished => Refusal::ExchangeFinished,
             Leased => Refusal::Leased,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prelude_goes_before_its_file_and_reads_no_clock() {
+        let lib = include_str!("../../lua/lib/exchange_record.lua");
+        assert!(!lib.contains("'TIME'") && !lib.contains("\"TIME\""));
+        for s in [
+            &SCRIPTS.begin_attempt,
+            &SCRIPTS.defer_attempt,
+            &SCRIPTS.complete_exchange,
+            &SCRIPTS.release_exchange,
+        ] {
+            assert_eq!(s.source, format!("{lib}{}", s.file_source), "{}", s.name);
+        }
+        assert_eq!(SCRIPTS.claim_code.source, SCRIPTS.claim_code.file_source);
     }
 }
