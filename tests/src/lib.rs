@@ -227,3 +227,97 @@ pub async fn stats_count(
         .find(|x| x.state == state as i32)
         .map_or(-1, |x| x.count)
 }
+
+/// The control handle of the simulated provider `id`.
+///
+/// # Panics
+/// When `app` has no simulator `id`.
+pub fn sim(app: &giftx_testkit::TestApp, id: &str) -> giftx_providers::simulated::SimulatorControl {
+    app.state
+        .provider_set
+        .simulators
+        .get(id)
+        .unwrap_or_else(|| panic!("simulator {id}"))
+}
+
+/// The provider idempotency key of an exchange name.
+///
+/// # Panics
+/// When `name` is not an exchange name.
+pub fn provider_key(name: &str) -> String {
+    format!(
+        "giftx-{}",
+        name.strip_prefix("exchanges/").expect("exchange name")
+    )
+}
+
+/// The state of an exchange.
+///
+/// # Panics
+/// When the state is unknown.
+pub fn state_of(e: &pb::Exchange) -> pb::ExchangeState {
+    pb::ExchangeState::try_from(e.state).expect("known exchange state")
+}
+
+/// Calls Exchange.
+///
+/// # Errors
+/// The RPC's status.
+pub async fn exchange(
+    app: &giftx_testkit::TestApp,
+    req: pb::ExchangeRequest,
+) -> Result<pb::Exchange, Status> {
+    app.exchange
+        .clone()
+        .exchange(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// GetExchange for an issued code.
+///
+/// # Panics
+/// When the RPC fails.
+pub async fn get_exchange(app: &giftx_testkit::TestApp, code: &pb::IssuedCode) -> pb::Exchange {
+    app.exchange
+        .clone()
+        .get_exchange(get_exchange_request(code))
+        .await
+        .expect("GetExchange")
+        .into_inner()
+}
+
+/// Panics unless `s` has gRPC code `code` and `ErrorInfo` reason `why`.
+pub fn assert_refused(s: &Status, code: tonic::Code, why: &str) {
+    assert_eq!(s.code(), code, "expected {code:?} {why}, got {s:?}");
+    assert_eq!(reason(s), why, "{s:?}");
+}
+
+/// The services server reflection (v1) lists.
+///
+/// # Panics
+/// When the reflection call fails or answers something else.
+pub async fn list_services(app: &giftx_testkit::TestApp) -> Vec<String> {
+    use futures::StreamExt as _;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = app
+        .reflection
+        .clone()
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    match resp.message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}

@@ -10,12 +10,13 @@ use std::time::Duration;
 use giftx_core::{Clock, Code, LoginKey};
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::exchange_service_client::ExchangeServiceClient;
-use giftx_providers::simulated::{FaultMode, SimulatorControl};
+use giftx_providers::simulated::FaultMode;
 use giftx_server::config::{ProviderConfig, default_providers};
 use giftx_testkit::{TestApp, TestAppOptions};
 use giftx_tests::{
-    assert_invalid_field, campaign_with_options, code_state, exchange_request,
-    get_exchange_request, issue_codes, list_pending, reason, verify_request,
+    assert_invalid_field, assert_refused, campaign_with_options, code_state, exchange,
+    exchange_request, get_exchange, get_exchange_request, issue_codes, list_pending, provider_key,
+    reason, sim, state_of, verify_request,
 };
 use tonic::Code as GrpcCode;
 use tonic::transport::Channel;
@@ -78,43 +79,6 @@ async fn create_gifts(app: &TestApp) {
         .expect("CreateCampaign");
 }
 
-fn sim(app: &TestApp, id: &str) -> SimulatorControl {
-    app.state
-        .provider_set
-        .simulators
-        .get(id)
-        .unwrap_or_else(|| panic!("simulator {id}"))
-}
-
-/// The provider idempotency key of an exchange name.
-fn provider_key(name: &str) -> String {
-    format!(
-        "giftx-{}",
-        name.strip_prefix("exchanges/").expect("exchange name")
-    )
-}
-
-fn state_of(e: &pb::Exchange) -> pb::ExchangeState {
-    pb::ExchangeState::try_from(e.state).expect("known exchange state")
-}
-
-async fn exchange(app: &TestApp, req: pb::ExchangeRequest) -> Result<pb::Exchange, tonic::Status> {
-    app.exchange
-        .clone()
-        .exchange(req)
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn get_exchange(app: &TestApp, code: &pb::IssuedCode) -> pb::Exchange {
-    app.exchange
-        .clone()
-        .get_exchange(get_exchange_request(code))
-        .await
-        .expect("GetExchange")
-        .into_inner()
-}
-
 async fn reconcile(app: &TestApp, name: &str) -> pb::Exchange {
     app.expiry
         .clone()
@@ -124,11 +88,6 @@ async fn reconcile(app: &TestApp, name: &str) -> pb::Exchange {
         .await
         .expect("ReconcileExchange")
         .into_inner()
-}
-
-fn assert_refused(s: &tonic::Status, code: GrpcCode, why: &str) {
-    assert_eq!(s.code(), code, "expected {code:?} {why}, got {s:?}");
-    assert_eq!(reason(s), why, "{s:?}");
 }
 
 // ---- the story ---------------------------------------------------------------

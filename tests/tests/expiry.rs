@@ -13,12 +13,13 @@ use std::time::Duration;
 use giftx_core::{Clock, Timestamp};
 use giftx_ledger::Lease;
 use giftx_proto::v1 as pb;
-use giftx_providers::simulated::{FaultMode, SimulatorControl};
+use giftx_providers::simulated::FaultMode;
 use giftx_server::workers::LEASE_NAME;
 use giftx_testkit::{TestApp, TestAppOptions};
 use giftx_tests::{
-    assert_invalid_field, campaign_with_options, code_state, exchange_request,
-    get_exchange_request, issue_codes, list_pending, reason, stats_count, ts,
+    assert_invalid_field, assert_refused, campaign_with_options, code_state, exchange,
+    exchange_request, get_exchange, issue_codes, list_pending, provider_key, sim, state_of,
+    stats_count, ts,
 };
 use tonic::Code as GrpcCode;
 
@@ -72,42 +73,6 @@ async fn create(app: &TestApp, id: &str, deadline: Timestamp) -> pb::Campaign {
         .into_inner()
 }
 
-fn sim(app: &TestApp, id: &str) -> SimulatorControl {
-    app.state
-        .provider_set
-        .simulators
-        .get(id)
-        .unwrap_or_else(|| panic!("simulator {id}"))
-}
-
-fn provider_key(name: &str) -> String {
-    format!(
-        "giftx-{}",
-        name.strip_prefix("exchanges/").expect("exchange name")
-    )
-}
-
-fn state_of(e: &pb::Exchange) -> pb::ExchangeState {
-    pb::ExchangeState::try_from(e.state).expect("known exchange state")
-}
-
-async fn exchange(app: &TestApp, req: pb::ExchangeRequest) -> Result<pb::Exchange, tonic::Status> {
-    app.exchange
-        .clone()
-        .exchange(req)
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn get_exchange(app: &TestApp, code: &pb::IssuedCode) -> pb::Exchange {
-    app.exchange
-        .clone()
-        .get_exchange(get_exchange_request(code))
-        .await
-        .expect("GetExchange")
-        .into_inner()
-}
-
 async fn extend(
     app: &TestApp,
     campaign: &str,
@@ -134,11 +99,6 @@ async fn sweep(app: &TestApp, campaign: &str) -> pb::SweepReport {
         .await
         .expect("SweepExpired")
         .into_inner()
-}
-
-fn assert_refused(s: &tonic::Status, code: GrpcCode, why: &str) {
-    assert_eq!(s.code(), code, "expected {code:?} {why}, got {s:?}");
-    assert_eq!(reason(s), why, "{s:?}");
 }
 
 /// Polls `check` every 20 ms (calling `nudge` first each time) until it

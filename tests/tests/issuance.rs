@@ -11,7 +11,7 @@ use giftx_core::{Clock, Code, LoginKey};
 use giftx_ledger::CodeRef;
 use giftx_proto::v1 as pb;
 use giftx_testkit::{TestApp, TestAppOptions};
-use giftx_tests::{assert_invalid_field, campaign_request, reason};
+use giftx_tests::{assert_invalid_field, campaign_request, issue_codes, reason};
 use tonic::Code as GrpcCode;
 
 fn issue(campaign: &str, batch: &str, count: i64) -> pb::IssueCodesRequest {
@@ -29,21 +29,6 @@ async fn create(app: &TestApp, id: &str) -> pb::Campaign {
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn issue_all(app: &TestApp, campaign: &str, batch: &str, count: i64) -> Vec<pb::IssuedCode> {
-    let mut s = app
-        .issuance
-        .clone()
-        .issue_codes(issue(campaign, batch, count))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(c) = s.next().await {
-        out.push(c.unwrap());
-    }
-    out
 }
 
 async fn get_batch(app: &TestApp, campaign: &str, batch: &str) -> pb::Batch {
@@ -196,7 +181,7 @@ async fn list_campaigns_pages_through_every_campaign_once() {
 
 async fn check_issue_codes(app: TestApp) {
     create(&app, "print").await;
-    let codes = issue_all(&app, "print", "b-1", 2_500).await;
+    let codes = issue_codes(&app, "print", "b-1", 2_500).await;
     assert_eq!(codes.len(), 2_500);
     let serials: Vec<i64> = codes.iter().map(|c| c.serial).collect();
     assert_eq!(serials, (1..=2_500).collect::<Vec<_>>());

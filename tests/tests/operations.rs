@@ -6,14 +6,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use giftx_core::Clock as _;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::operations_service_client::OperationsServiceClient;
 use giftx_server::ServiceKind;
 use giftx_server::config::ProviderConfig;
 use giftx_testkit::{TestApp, TestAppOptions};
-use giftx_tests::{assert_invalid_field, campaign_request, reason};
+use giftx_tests::{assert_invalid_field, campaign_request, issue_codes, list_services, reason};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
@@ -99,23 +98,7 @@ async fn campaign_with_codes(app: &TestApp, count: i64) -> Vec<pb::IssuedCode> {
         },
     ];
     app.issuance.clone().create_campaign(req).await.unwrap();
-    let mut s = app
-        .issuance
-        .clone()
-        .issue_codes(pb::IssueCodesRequest {
-            campaign: format!("campaigns/{CAMPAIGN}"),
-            batch_id: "b1".into(),
-            count,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(c) = s.next().await {
-        out.push(c.unwrap());
-    }
-    assert_eq!(out.len(), usize::try_from(count).unwrap());
-    out
+    issue_codes(app, CAMPAIGN, "b1", count).await
 }
 
 async fn exchange(
@@ -668,40 +651,17 @@ async fn health(app: &TestApp, service: &str) -> Result<i32, tonic::Status> {
     Ok(r.into_inner().status)
 }
 
-async fn reflected(app: &TestApp) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut s = app
-        .reflection
-        .clone()
-        .server_reflection_info(futures::stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
-    match s.next().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn operations_are_served_with_issuance_only() {
     const NAME: &str = "giftx.v1.OperationsService";
     let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     let app = embedded().await;
     assert_eq!(health(&app, NAME).await.unwrap(), serving);
-    assert!(reflected(&app).await.iter().any(|s| s == NAME));
+    assert!(list_services(&app).await.iter().any(|s| s == NAME));
 
     let app = TestApp::spawn(options().services(&[ServiceKind::Exchange])).await;
     assert_eq!(health(&app, NAME).await.unwrap_err().code(), Code::NotFound);
-    assert!(!reflected(&app).await.iter().any(|s| s == NAME));
+    assert!(!list_services(&app).await.iter().any(|s| s == NAME));
     let e = ops(&app)
         .get_stock_status(pb::GetStockStatusRequest {
             provider: STOCK.into(),

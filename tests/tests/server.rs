@@ -9,7 +9,7 @@ use giftx_core::SystemClock;
 use giftx_proto::v1 as pb;
 use giftx_server::{Config, ServerError, ServiceKind};
 use giftx_testkit::{TestApp, TestAppOptions};
-use giftx_tests::{assert_invalid_field, campaign_request, reason};
+use giftx_tests::{assert_invalid_field, campaign_request, list_services, reason};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -29,30 +29,6 @@ async fn health(app: &TestApp, service: &str) -> Result<ServingStatus, tonic::St
         })
         .await?;
     Ok(ServingStatus::try_from(r.into_inner().status).unwrap_or(ServingStatus::Unknown))
-}
-
-async fn list_services_v1(app: &TestApp) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = app
-        .reflection
-        .clone()
-        .server_reflection_info(futures::stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = stream.next().await.unwrap().unwrap();
-    match resp.message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
 }
 
 async fn list_services_v1alpha(app: &TestApp) -> Vec<String> {
@@ -97,10 +73,7 @@ async fn health_is_serving_for_the_server_and_each_service() {
 #[tokio::test]
 async fn reflection_lists_the_three_services_in_v1_and_v1alpha_and_describes_them() {
     let app = TestApp::spawn_default().await;
-    for listed in [
-        list_services_v1(&app).await,
-        list_services_v1alpha(&app).await,
-    ] {
+    for listed in [list_services(&app).await, list_services_v1alpha(&app).await] {
         for s in SERVICES {
             assert!(listed.iter().any(|l| l == s), "{s} missing from {listed:?}");
         }
@@ -165,7 +138,7 @@ async fn a_service_subset_serves_only_those_services() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
-    let listed = list_services_v1(&app).await;
+    let listed = list_services(&app).await;
     assert!(listed.iter().any(|l| l == "giftx.v1.ExchangeService"));
     assert!(
         !listed.iter().any(|l| l == "giftx.v1.IssuanceService"),

@@ -243,6 +243,23 @@ impl State {
         }
     }
 
+    /// A `batch.*` event: `campaign` and `batch` first, then `more`.
+    fn batch_event(
+        &mut self,
+        kind: &str,
+        now: Timestamp,
+        campaign: &CampaignId,
+        batch: &BatchId,
+        more: Vec<(&str, String)>,
+    ) {
+        let mut fields = vec![
+            ("campaign", campaign.to_string()),
+            ("batch", batch.to_string()),
+        ];
+        fields.extend(more);
+        self.event(kind, now, fields);
+    }
+
     fn campaign_index(&self, id: &CampaignId) -> Result<usize, LedgerError> {
         self.by_id
             .get(id)
@@ -600,14 +617,12 @@ impl Ledger for MemoryLedger {
             batch: b.clone(),
             tally: Tally::default(),
         });
-        st.event(
+        st.batch_event(
             "batch.created",
             now,
-            vec![
-                ("campaign", campaign.to_string()),
-                ("batch", batch.to_string()),
-                ("requested", requested.to_string()),
-            ],
+            campaign,
+            batch,
+            vec![("requested", requested.to_string())],
         );
         Ok(b)
     }
@@ -667,12 +682,12 @@ impl Ledger for MemoryLedger {
         b.batch.issued += stored;
         b.batch.update_time = now;
         let issued = b.batch.issued;
-        st.event(
+        st.batch_event(
             "batch.stored",
             now,
+            &campaign.spec.id,
+            &batch.id,
             vec![
-                ("campaign", campaign.spec.id.to_string()),
-                ("batch", batch.id.to_string()),
                 ("stored", stored.to_string()),
                 ("issued", issued.to_string()),
             ],
@@ -704,14 +719,12 @@ impl Ledger for MemoryLedger {
         b.batch.state = to;
         b.batch.update_time = now;
         let out = b.batch.clone();
-        st.event(
+        st.batch_event(
             "batch.finished",
             now,
-            vec![
-                ("campaign", campaign.to_string()),
-                ("batch", batch.to_string()),
-                ("complete", complete.to_string()),
-            ],
+            campaign,
+            batch,
+            vec![("complete", complete.to_string())],
         );
         Ok(out)
     }
@@ -755,14 +768,7 @@ impl Ledger for MemoryLedger {
         b.batch.state = BatchState::Void;
         b.batch.update_time = now;
         let out = b.batch.clone();
-        st.event(
-            "batch.voided",
-            now,
-            vec![
-                ("campaign", campaign.to_string()),
-                ("batch", batch.to_string()),
-            ],
-        );
+        st.batch_event("batch.voided", now, campaign, batch, Vec::new());
         Ok(out)
     }
 
