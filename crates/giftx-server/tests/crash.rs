@@ -39,7 +39,28 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_giftxd(dir: &Path, redis: &RedisServer, port: u16) -> Child {
+/// A giftxd child process, killed when dropped so a failing test leaves
+/// no server behind.
+struct Giftxd(Child);
+
+impl Giftxd {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Giftxd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start_giftxd(dir: &Path, redis: &RedisServer, port: u16) -> Giftxd {
     let mut c = Command::new(env!("CARGO_BIN_EXE_giftxd"));
     for (k, _) in std::env::vars() {
         if k.starts_with("GIFTX_") || k == "RUST_LOG" || k.starts_with("OTEL_") {
@@ -64,6 +85,7 @@ fn start_giftxd(dir: &Path, redis: &RedisServer, port: u16) -> Child {
             break;
         }
     }
+    let child = Giftxd(child);
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || {
         for l in lines.map_while(Result::ok) {
@@ -154,8 +176,7 @@ async fn sigkill_between_claim_and_completion_ends_with_one_deliverable() {
         tokio::spawn(async move { x.exchange(r).await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
     assert!(
         in_flight.await.unwrap().is_err(),
         "the caller saw no answer"
@@ -198,8 +219,7 @@ async fn sigkill_between_claim_and_completion_ends_with_one_deliverable() {
         .unwrap();
     assert_eq!(issued, 1);
 
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 }
 
 fn lease_holder(redis: &RedisServer) -> Option<String> {
@@ -250,8 +270,7 @@ async fn sigkill_of_the_lease_holder_hands_the_workers_over_within_the_ttl() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(lease_holder(&redis).as_deref(), Some(holder.as_str()));
 
-    dead.kill().unwrap();
-    dead.wait().unwrap();
+    dead.kill();
     // lease_ttl_ms = 1000, interval_ms = 200: the survivor takes over once
     // the lease lapses, at its next pass.
     let (now_held, took) = wait_for(
@@ -263,9 +282,4 @@ async fn sigkill_of_the_lease_holder_hands_the_workers_over_within_the_ttl() {
         took <= Duration::from_millis(1000 + 200 + 800),
         "took {took:?}"
     );
-
-    for c in [&mut a, &mut b] {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
 }
