@@ -9,13 +9,23 @@
 -- ARGV[3] now (ms)
 -- ARGV[4] retention after the deadline (ms)
 -- Returns {0, applied (0/1)} OK
+-- The bucket's deadline copy (dl, ver) is also synced by the scripts that meet a newer
+-- version first (claim_code, store_codes, sweep_expired); they do not move the TTLs of
+-- every key here. So the TTLs have their own version, 'tv', and only this script writes
+-- it: a bucket whose copy is already current still gets its TTLs moved.
+-- When the copy is newer than ARGV[2], the TTLs follow the copy.
 local rcall = redis.call
-local dl, now = tonumber(ARGV[1]), tonumber(ARGV[3])
-local cur = rcall('HGET', KEYS[3], 'ver')
-if cur and tonumber(cur) >= tonumber(ARGV[2]) then return {0, 0} end
+local dl, now, ver = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[2])
+local cur = rcall('HMGET', KEYS[3], 'ver', 'tv', 'dl')
+if cur[2] and tonumber(cur[2]) >= ver then return {0, 0} end
 
-rcall('HSET', KEYS[3], 'dl', ARGV[1], 'ver', ARGV[2])
-if dl > now then rcall('HDEL', KEYS[3], 'sw') end
+if cur[1] and tonumber(cur[1]) >= ver then
+  ver, dl = tonumber(cur[1]), tonumber(cur[3])
+  rcall('HSET', KEYS[3], 'tv', ver)
+else
+  rcall('HSET', KEYS[3], 'dl', ARGV[1], 'ver', ARGV[2], 'tv', ARGV[2])
+  if dl > now then rcall('HDEL', KEYS[3], 'sw') end
+end
 local ttl = dl + tonumber(ARGV[4]) - now
 if ttl > 0 then
   rcall('PEXPIRE', KEYS[1], ttl)

@@ -1202,3 +1202,55 @@ async fn serial_and_batch_ordinal_round_trip_from_store_to_every_exchange_reply(
         "codes {tc} ms, index {tf} ms"
     );
 }
+
+/// A claim (or a store, or a sweep) that meets a newer deadline version
+/// than its bucket's copy syncs the copy itself. The push that follows the
+/// extension must still move the TTLs of that bucket's keys: before, it
+/// saw a current copy and skipped the bucket, and the exchanges kept the
+/// old deadline's TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_moves_ttls_of_a_bucket_whose_copy_a_claim_already_synced() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = fx.campaign("leak").await;
+    let s = c.series.index();
+    let codes = fx.issue(&c, "b1", 3).await;
+    claimed(
+        l.claim(&fx.claim_req(&codes[0], "r", "amazon"), T0)
+            .await
+            .unwrap(),
+    );
+    let (bucket, _) = code_slot(&fx, &codes[0]);
+    let (xk, mk) = (
+        format!("{{b{bucket}}}:x:{s}"),
+        format!("{{b{bucket}}}:m:{s}"),
+    );
+    let mut conn = fx.server.connection();
+    let pttl = |conn: &mut redis::Connection, k: &str| -> i64 {
+        redis::cmd("PTTL").arg(k).query(conn).unwrap()
+    };
+    let before = pttl(&mut conn, &xk);
+    assert!(before > 0, "the exchanges hash has a TTL: {before}");
+    // As if a claim with a fresher campaign cache had synced version 2 into
+    // this bucket before the extension's push reached it.
+    let moved = DEADLINE.plus(Duration::from_secs(90 * 86_400));
+    let () = redis::cmd("HSET")
+        .arg(&mk)
+        .arg("dl")
+        .arg(moved.0)
+        .arg("ver")
+        .arg(2)
+        .query(&mut conn)
+        .unwrap();
+    let e = l
+        .extend_campaign(&c.spec.id, moved, false, T0)
+        .await
+        .unwrap();
+    assert_eq!(e.version, 2);
+    let after = pttl(&mut conn, &xk);
+    let gained = after - before;
+    assert!(
+        (gained - 90 * 86_400_000).abs() < 60_000,
+        "the exchanges' TTL moved by {gained} ms, not by the 90 days the deadline moved"
+    );
+}
