@@ -25,7 +25,9 @@
 -- ARGV[16] lockout duration (ms)
 -- ARGV[17] exchange id prefix (the id is prefix .. 4 hex digits of seq)
 -- ARGV[18] event trim threshold (ms, XADD MINID)
--- Returns {0, seq, record...} CLAIMED; {1, seq, record...} EXISTING (same request and
+-- Returns {0, seq} CLAIMED (the record is what the caller sent: state P, attempts 1, no
+-- deliverable, batch ordinal and serial as the two extra elements {0, seq, ord, serial});
+-- {1, seq, record...} EXISTING (same request and
 -- fingerprint); {2} LOGIN_KEY_MISMATCH (also: no such code); {3, until} LOCKED;
 -- {4} EXPIRED; {5} VOID; {6} ALREADY_REDEEMED; {7} IN_FLIGHT; {8} REQUEST_ID_REUSED
 -- record = state, option, request, fingerprint, create, update, attempts, parked,
@@ -62,7 +64,8 @@ local rec = rcall('HGET', KEYS[1], field)
 if not rec then return {2} end
 local ord = string.sub(rec, 16)
 local dl, ver = tonumber(ARGV[11]), tonumber(ARGV[12])
-local m = rcall('HMGET', KEYS[3], 'dl', 'ver', 'sw', 'v:' .. ord)
+local opf = 'op:' .. ARGV[6]
+local m = rcall('HMGET', KEYS[3], 'dl', 'ver', 'sw', 'v:' .. ord, 'xt', 'bl:' .. ord, 'p', opf)
 local sync = true
 if m[2] and tonumber(m[2]) >= ver then dl = tonumber(m[1]) sync = false end
 local lk = rcall('HGET', KEYS[4], field)
@@ -127,16 +130,23 @@ local x = {'P', ARGV[6], ARGV[4], ARGV[5], now, now, 1, 0, 0, ARGV[9], tonumber(
 rcall('HSET', KEYS[1], field,
   'P' .. string.sub(rec, 2, 9) .. seq2(nseq) .. string.sub(rec, 12))
 rcall('HSET', KEYS[2], field .. seq2(nseq), cmsgpack.pack(x))
+-- The counters, and the deadline copy when it moved, in one write. The exchanges hash
+-- gets its TTL when this bucket first holds one under this deadline ('xt'); the codes
+-- hash got its TTL when stored, and push_deadline moves both when the deadline moves.
+local mset = {'bl:' .. ord, tonumber(m[6] or 0) - 1, 'p', tonumber(m[7] or 0) + 1,
+  opf, tonumber(m[8] or 0) + 1}
+local ttl = dl + tonumber(ARGV[14]) - now
 if sync then
-  rcall('HSET', KEYS[3], 'dl', dl, 'ver', ver)
+  mset[#mset + 1] = 'dl' mset[#mset + 1] = dl
+  mset[#mset + 1] = 'ver' mset[#mset + 1] = ver
   if m[3] then rcall('HDEL', KEYS[3], 'sw') end
 end
-rcall('HINCRBY', KEYS[3], 'bl:' .. ord, -1)
-rcall('HINCRBY', KEYS[3], 'p', 1)
-rcall('HINCRBY', KEYS[3], 'op:' .. ARGV[6], 1)
-local ttl = dl + tonumber(ARGV[14]) - now
-rcall('PEXPIRE', KEYS[1], ttl)
-rcall('PEXPIRE', KEYS[2], ttl)
+if sync or tonumber(m[5]) ~= dl then
+  mset[#mset + 1] = 'xt' mset[#mset + 1] = dl
+  rcall('PEXPIRE', KEYS[1], ttl)
+  rcall('PEXPIRE', KEYS[2], ttl)
+end
+rcall('HSET', KEYS[3], unpack(mset))
 rcall('ZADD', KEYS[5], now, id)
 if prefs ~= 0 then
   -- One entry per code: this exchange replaces an earlier one given with a preference.
@@ -149,4 +159,4 @@ if prefs ~= 0 then
   rcall('PEXPIRE', KEYS[7], ttl)
 end
 event('code.claimed', 'exchange', id, 'option', ARGV[6])
-return reply(0, nseq, x)
+return {0, nseq, tonumber(ord), serial}

@@ -21,7 +21,8 @@
 -- That lookup and purge, and exchange_reply, are in lib/exchange_record.lua, which the
 -- loader (src/redis/scripts.rs) puts before this file.
 local rcall = redis.call
-local x = exchange_record(ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+local function counters(r) return {'p', 'r', 'op:' .. r[2], 'or:' .. r[2]} end
+local x, m = exchange_record(ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], counters)
 if not x then return {17} end
 if x[1] == 'S' then return exchange_reply(x) end
 if x[1] ~= 'P' then return {18} end
@@ -35,10 +36,9 @@ x[11] = 0
 if ARGV[3] == '1' then x[15] = 1 x[16] = ARGV[4] end
 rcall('HSET', KEYS[2], ARGV[2], cmsgpack.pack(x))
 if rec then rcall('HSET', KEYS[1], cf, 'R' .. string.sub(rec, 2)) end
-rcall('HINCRBY', KEYS[3], 'p', -1)
-rcall('HINCRBY', KEYS[3], 'r', 1)
-rcall('HINCRBY', KEYS[3], 'op:' .. x[2], -1)
-rcall('HINCRBY', KEYS[3], 'or:' .. x[2], 1)
+-- m: dl, ver, then the counters named by counters(x); one write for all four.
+rcall('HSET', KEYS[3], 'p', tonumber(m[3] or 0) - 1, 'r', tonumber(m[4] or 0) + 1,
+  'op:' .. x[2], tonumber(m[5] or 0) - 1, 'or:' .. x[2], tonumber(m[6] or 0) + 1)
 rcall('ZREM', KEYS[4], ARGV[5])
 rcall('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'k', 'exchange.succeeded', 't', ARGV[1],
   'exchange', ARGV[5], 'option', x[2])

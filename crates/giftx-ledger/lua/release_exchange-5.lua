@@ -20,7 +20,8 @@
 -- That lookup and purge, and exchange_reply, are in lib/exchange_record.lua, which the
 -- loader (src/redis/scripts.rs) puts before this file.
 local rcall = redis.call
-local x = exchange_record(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+local function counters(r) return {'p', 'op:' .. r[2]} end
+local x, m = exchange_record(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], counters)
 if not x then return {17} end
 if x[1] == 'F' then return exchange_reply(x) end
 if x[1] ~= 'P' then return {18} end
@@ -37,8 +38,8 @@ if rec then
   rcall('HSET', KEYS[1], cf, 'A' .. string.sub(rec, 2))
   rcall('HINCRBY', KEYS[3], 'bl:' .. string.sub(rec, 16), 1)
 end
-rcall('HINCRBY', KEYS[3], 'p', -1)
-rcall('HINCRBY', KEYS[3], 'op:' .. x[2], -1)
+-- m: dl, ver, then the counters named by counters(x).
+rcall('HSET', KEYS[3], 'p', tonumber(m[3] or 0) - 1, 'op:' .. x[2], tonumber(m[4] or 0) - 1)
 rcall('ZREM', KEYS[4], ARGV[4])
 rcall('XADD', KEYS[5], 'MINID', '~', ARGV[5], '*', 'k', 'exchange.failed', 't', ARGV[1],
   'exchange', ARGV[4], 'option', x[2])

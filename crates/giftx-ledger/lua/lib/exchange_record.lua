@@ -6,16 +6,25 @@
 -- exchanges, [5] outbox stream; their ARGV[1] is now (ms), ARGV[2] the
 -- exchange field.
 --
--- exchange_record(id, trim, dl, ver, retention): the exchange's record
--- (decoded), or nil when there is none. Past deadline + retention (by
+-- exchange_record(id, trim, dl, ver, retention, extra): the exchange's record
+-- (decoded), or nil when there is none; and the bucket meta fields 'dl',
+-- 'ver' followed by the fields named by extra(record) (a function; optional),
+-- read in one HMGET, so callers get the counters they change for free.
+-- Past deadline + retention (by
 -- ARGV[1]; deadline = the newer of dl/ver and the bucket's copy) the
 -- campaign's codes and exchanges in this bucket are gone: they are deleted
 -- here (with their PENDING entries; event trimmed at `trim`) and this
 -- answers nil.
-local function exchange_record(id, trim, known_dl, known_ver, retention)
+local function exchange_record(id, trim, known_dl, known_ver, retention, extra)
   local raw = redis.call('HGET', KEYS[2], ARGV[2])
   if not raw then return nil end
-  local m = redis.call('HMGET', KEYS[3], 'dl', 'ver')
+  local x = cmsgpack.unpack(raw)
+  local m
+  if extra then
+    m = redis.call('HMGET', KEYS[3], 'dl', 'ver', unpack(extra(x)))
+  else
+    m = redis.call('HMGET', KEYS[3], 'dl', 'ver')
+  end
   local dl = tonumber(known_dl)
   if m[2] and tonumber(m[2]) >= tonumber(known_ver) then dl = tonumber(m[1]) end
   if tonumber(ARGV[1]) >= dl + tonumber(retention) then
@@ -32,7 +41,7 @@ local function exchange_record(id, trim, known_dl, known_ver, retention)
       'series', string.match(KEYS[1], ':c:(%d+)$'))
     return nil
   end
-  return cmsgpack.unpack(raw)
+  return x, m
 end
 
 -- The OK reply of those scripts: {0, record fields 1..18}.

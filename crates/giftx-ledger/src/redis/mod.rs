@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use giftx_core::model::{
     Batch, BatchId, BatchState, Campaign, CampaignCounts, CampaignId, CampaignSpec, CodeState,
+    ExchangeState,
 };
 use giftx_core::{Digest, Series, Timestamp};
 use redis::aio::ConnectionManager;
@@ -1448,18 +1449,43 @@ impl Ledger for RedisLedger {
             )
             .await?;
         match rc {
-            Rc::Ok | Rc::Existing => {
+            // The new record is what was asked for: the script answers only
+            // what the caller cannot know (sequence, batch ordinal, serial).
+            Rc::Ok => {
+                let [_, seq, ord, serial] = v.as_slice() else {
+                    return Err(internal("claim reply is not {0, seq, ord, serial}"));
+                };
+                let seq = u16::try_from(int(seq)?).map_err(internal)?;
+                let id = ExchangeLoc::id(series, &req.code.digest, seq);
+                Ok(ClaimOutcome::Claimed(ExchangeRecord {
+                    id,
+                    series,
+                    option: req.option.clone(),
+                    state: ExchangeState::Pending,
+                    sealed_deliverable: None,
+                    failure_reason: String::new(),
+                    create_time: now,
+                    update_time: now,
+                    attempts: 1,
+                    parked: false,
+                    next_attempt_time: Timestamp(0),
+                    contact: req.contact,
+                    preferences: req.preferences,
+                    batch_ordinal: u32::try_from(int(ord)?).map_err(internal)?,
+                    serial: u32::try_from(int(serial)?).map_err(internal)?,
+                }))
+            }
+            Rc::Existing => {
                 if v.len() < 2 + codec::RECORD_MIN_LEN {
                     return Err(internal("short claim reply"));
                 }
                 let seq = u16::try_from(int(&v[1])?).map_err(internal)?;
                 let id = ExchangeLoc::id(series, &req.code.digest, seq);
-                let rec = codec::exchange(&v[2..], id, series)?;
-                Ok(if rc == Rc::Ok {
-                    ClaimOutcome::Claimed(rec)
-                } else {
-                    ClaimOutcome::Existing(rec)
-                })
+                Ok(ClaimOutcome::Existing(codec::exchange(
+                    &v[2..],
+                    id,
+                    series,
+                )?))
             }
             rc => Err(refused(rc, &v)),
         }
