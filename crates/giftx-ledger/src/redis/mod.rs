@@ -359,7 +359,7 @@ impl RedisLedger {
         s: &LuaScript,
         bucket: Option<u16>,
         keys: &[&str],
-        build: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+        build: impl FnOnce(&mut redis::Cmd),
     ) -> Result<(Rc, Vec<Value>), LedgerError> {
         if keys.len() != s.keys {
             return Err(internal(format!(
@@ -369,11 +369,8 @@ impl RedisLedger {
                 keys.len()
             )));
         }
-        let mut inv = s.script.prepare_invoke();
-        for k in keys {
-            inv.key(*k);
-        }
-        build(&mut inv);
+        let mut cmd = s.command(keys);
+        build(&mut cmd);
         let span = tracing::info_span!(
             "ledger.script",
             script = s.name,
@@ -383,22 +380,7 @@ impl RedisLedger {
         let mut conn = self.conn_for(bucket);
         let started = Instant::now();
         let out = async {
-            let call = async {
-                // invoke_async reloads the script on NOSCRIPT; a SCRIPT FLUSH
-                // between its load and its retry needs one more round.
-                let mut tries = 0;
-                loop {
-                    match inv.invoke_async::<Value>(&mut conn).await {
-                        Err(e)
-                            if tries < 5
-                                && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
-                        {
-                            tries += 1;
-                        }
-                        other => return other,
-                    }
-                }
-            };
+            let call = s.call(&cmd, &mut conn);
             let v: Value = match tokio::time::timeout(self.options.timeout, call)
                 .await
                 .map_err(|_| LedgerError::Unavailable(format!("{} timed out", s.name)))?
@@ -977,7 +959,7 @@ impl RedisLedger {
         s: &LuaScript,
         id: &ExchangeId,
         now: Timestamp,
-        middle: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+        middle: impl FnOnce(&mut redis::Cmd),
     ) -> Result<ExchangeRecord, LedgerError> {
         let loc = Self::loc(id)?;
         let (dl, ver) = self.deadline_of(loc.series).await?;

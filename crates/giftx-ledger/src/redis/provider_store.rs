@@ -23,7 +23,7 @@ use giftx_provider::{
     Entries, ProviderStore, StockAdded, StockItem, StockStatus, StoreError, Stored,
 };
 use redis::aio::ConnectionManager;
-use redis::{ErrorKind, ServerErrorKind, Value};
+use redis::Value;
 
 use super::codec::{bytes, int, text};
 use super::scripts::{LuaScript, Rc};
@@ -162,30 +162,12 @@ impl RedisProviderStore {
                 keys.len()
             )));
         }
-        let mut inv = s.script.prepare_invoke();
-        for k in keys {
-            inv.key(*k);
-        }
+        let mut cmd = s.command(keys);
         for a in args {
-            inv.arg(*a);
+            cmd.arg(*a);
         }
         let mut conn = self.conn.clone();
-        let call = async {
-            // invoke_async reloads the script on NOSCRIPT; a SCRIPT FLUSH
-            // between its load and its retry needs one more round.
-            let mut tries = 0;
-            loop {
-                match inv.invoke_async::<Value>(&mut conn).await {
-                    Err(e)
-                        if tries < 5
-                            && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
-                    {
-                        tries += 1;
-                    }
-                    other => return other,
-                }
-            }
-        };
+        let call = s.call(&cmd, &mut conn);
         let out = async {
             let v = tokio::time::timeout(self.timeout, call)
                 .await

@@ -48,6 +48,50 @@ impl LuaScript {
     }
 }
 
+impl LuaScript {
+    /// `EVALSHA <sha> <n> keys...`, ready for the arguments. One
+    /// `redis::Cmd` keeps every argument in one buffer: cheaper than a
+    /// `ScriptInvocation`, which allocates per argument and copies them
+    /// all again into a command on every call.
+    pub(crate) fn command(&self, keys: &[&str]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash()).arg(keys.len());
+        for k in keys {
+            cmd.arg(*k);
+        }
+        cmd
+    }
+
+    /// Runs `cmd` (from [`LuaScript::command`]); when Redis does not know
+    /// the script (`NOSCRIPT`: restarted without it, or `SCRIPT FLUSH`),
+    /// loads it and tries again, a few times, since another flush may come
+    /// between the load and the retry.
+    pub(crate) async fn call(
+        &self,
+        cmd: &redis::Cmd,
+        conn: &mut impl redis::aio::ConnectionLike,
+    ) -> redis::RedisResult<redis::Value> {
+        let mut tries = 0;
+        loop {
+            match cmd.query_async::<redis::Value>(conn).await {
+                Err(e)
+                    if tries < 5
+                        && e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    tries += 1;
+                    let _: String = redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(self.source)
+                        .query_async(conn)
+                        .await?;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// `field => "file-N.lua"`, or `field => "file-N.lua" after "lib/x.lua"`
 /// for a script run with a shared prelude put before it.
 macro_rules! scripts {
