@@ -9,6 +9,7 @@
 //! - [`model`]: campaigns, options, batches, exchanges, deliverables and
 //!   their validated identifiers.
 //! - [`error`]: the domain's error enums.
+//! - [`random`]: the OS CSPRNG's bytes, drawn a block at a time.
 
 pub mod clock;
 pub mod code;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod hash;
 pub mod model;
 pub mod money;
+pub mod random;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use code::{Code, LoginKey, Series};

@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 /// `n` random symbols of Crockford base32.
 pub fn random_symbols(n: usize) -> Result<String, ProviderError> {
     let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf)
+    giftx_core::random::fill(&mut buf)
         .map_err(|e| ProviderError::retryable(format!("RNG_UNAVAILABLE: {e}")))?;
     // 256 is a multiple of 32: masking keeps the symbols uniform.
     Ok(buf
@@ -23,7 +23,7 @@ pub fn random_digits(n: usize) -> Result<String, ProviderError> {
     let mut out = String::with_capacity(n);
     while out.len() < n {
         let mut buf = [0u8; 16];
-        getrandom::fill(&mut buf)
+        giftx_core::random::fill(&mut buf)
             .map_err(|e| ProviderError::retryable(format!("RNG_UNAVAILABLE: {e}")))?;
         // Rejection sampling: 250 is the largest multiple of 10 ≤ 256.
         for b in buf.iter().filter(|&&b| b < 250) {

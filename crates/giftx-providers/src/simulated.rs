@@ -510,7 +510,7 @@ impl SimulatedProvider {
 /// A uniform number in [0, 1).
 fn roll() -> Result<f64, ProviderError> {
     let n =
-        getrandom::u32().map_err(|e| ProviderError::retryable(format!("RNG_UNAVAILABLE: {e}")))?;
+        giftx_core::random::u32().map_err(|e| ProviderError::retryable(format!("RNG_UNAVAILABLE: {e}")))?;
     Ok(f64::from(n) / (f64::from(u32::MAX) + 1.0))
 }
 

@@ -120,7 +120,7 @@ impl Sealer {
     pub fn seal_bytes(&self, context: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
         let (id, cipher) = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
+        giftx_core::random::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
         let ct = cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
