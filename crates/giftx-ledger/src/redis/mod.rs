@@ -9,9 +9,13 @@
 //!   exchange seq, serial in the batch, batch ordinal), a hash of exchanges
 //!   (`x`), a ZSET of exchanges given with a holder preference (`f`, only
 //!   once there is one) and a meta hash (`m`: deadline copy + version,
-//!   voided batch flags, swept flag, counters); per bucket a lockout hash
-//!   (`l`), a ZSET of PENDING exchanges (`p`) and an outbox stream (`e`).
-//!   `c`, `x` and `f` expire together at deadline + retention.
+//!   voided batch flags, swept flag, counters, `tv`: the version the TTLs
+//!   were last moved for, `xt`: the deadline `x` got its TTL under); per
+//!   bucket a lockout hash (`l`), a ZSET of PENDING exchanges (`p`) and an
+//!   outbox stream (`e`). `c`, `x` and `f` expire together at deadline +
+//!   retention. Any script that meets a newer campaign version may sync
+//!   the deadline copy, but only `push_deadline` moves the TTLs (and
+//!   writes `tv`), so a bucket synced early still gets them moved.
 //!
 //! Deadlines and voids are lazy: a code record stays ACTIVE and reads
 //! EXPIRED or VOID from its bucket's copy of the campaign. Extending or
