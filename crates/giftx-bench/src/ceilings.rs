@@ -11,6 +11,7 @@ use serde::Serialize;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::cpu::{CpuSplit, Probe};
 use crate::drive::{Op, closed_loop};
 use crate::procs::{EchoServer, connect_many};
 use crate::stats::RunStats;
@@ -47,6 +48,9 @@ pub struct RedisBench {
     pub p50_ms: f64,
     /// 99th percentile latency, ms.
     pub p99_ms: f64,
+    /// CPU per EVALSHA: redis-server and redis-benchmark (the load
+    /// generator here).
+    pub cpu: Option<CpuSplit>,
 }
 
 /// `SCRIPT LOAD`s `script` and runs `redis-benchmark` EVALSHA of it with
@@ -72,9 +76,17 @@ pub async fn redis_evalsha(
         .args(["-c", &clients.to_string(), "-n", &requests.to_string()])
         .args(["-r", "1000000", "--csv", "EVALSHA", &sha])
         .args(args);
+    let mut probe = Probe {
+        server: None,
+        redis: Some(c.clone()),
+        loadgen: "redis-benchmark",
+    };
+    let cpu0 = probe.snap().await?;
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await?
         .context("run redis-benchmark (apt-get install redis-tools)")?;
+    // redis-benchmark has been waited for: its CPU is in our cutime/cstime.
+    let cpu1 = probe.snap().await?;
     let text = String::from_utf8_lossy(&out.stdout);
     // --csv: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",
     // "p95_latency_ms","p99_latency_ms","max_latency_ms", then one row.
@@ -97,6 +109,7 @@ pub async fn redis_evalsha(
         rps: cols[0],
         p50_ms: cols[3],
         p99_ms: cols[5],
+        cpu: Some(probe.split(&cpu0, &cpu1, requests)),
     })
 }
 
@@ -173,8 +186,9 @@ pub async fn tonic_echo(
         u64::MAX,
     )
     .await;
-    let cpu0 = crate::procs::proc_cpu(server.proc.pid())?;
-    let (r, _) = closed_loop(
+    let mut probe = Probe::new(Some(("tonic echo server", server.proc.pid())), None);
+    let cpu0 = probe.snap().await?;
+    let (mut r, _) = closed_loop(
         "tonic echo (health Check)",
         op,
         concurrency,
@@ -182,8 +196,10 @@ pub async fn tonic_echo(
         u64::MAX,
     )
     .await;
-    let cpu = crate::procs::proc_cpu(server.proc.pid())?.saturating_sub(cpu0);
-    let per_call = cpu.as_secs_f64() * 1e6 / (r.requests.max(1) as f64);
+    let cpu1 = probe.snap().await?;
+    let split = probe.split(&cpu0, &cpu1, r.requests);
+    let per_call = split.server_us_per_call.unwrap_or(0.0);
+    r.cpu = Some(split);
     Ok((r, per_call))
 }
 

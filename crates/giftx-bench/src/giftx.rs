@@ -21,6 +21,7 @@ use giftx_testkit::RedisServer;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use crate::cpu::{CpuSplit, Probe};
 use crate::drive::{Op, closed_loop};
 use crate::procs::{
     ChildGuard, Giftxd, RssSampler, command_calls, connect, connect_many, used_memory,
@@ -91,6 +92,15 @@ impl Env {
             expiry: ExpiryServiceClient::new(ch),
             exchange: Arc::new(exchange),
         })
+    }
+
+    /// What to read for the CPU split of a run against giftxd: giftxd,
+    /// its redis-server, and this process.
+    pub fn probe(&self) -> Probe {
+        Probe::new(
+            Some(("giftxd", self.giftxd.proc.pid())),
+            Some(self.redis_conn.clone()),
+        )
     }
 
     /// Creates a campaign with one option on the zero-latency simulator,
@@ -375,6 +385,10 @@ impl Env {
             commands_per_call: by_name.into_iter().map(|(k, v)| (k, per(v))).collect(),
             evalsha_per_call: per(evalsha),
             giftxd_cpu_us_per_call: 0.0,
+            redis_cpu_us_per_call: None,
+            loadgen_cpu_us_per_call: None,
+            total_cpu_us_per_call: None,
+            box_busy_pct: None,
         })
     }
 
@@ -490,4 +504,27 @@ pub struct Cost {
     pub evalsha_per_call: f64,
     /// giftxd CPU time per call in the closed-loop run (µs).
     pub giftxd_cpu_us_per_call: f64,
+    /// redis-server CPU time per call in the same run (µs).
+    pub redis_cpu_us_per_call: Option<f64>,
+    /// The load generator's (giftx-bench's) CPU time per call in the same
+    /// run (µs).
+    pub loadgen_cpu_us_per_call: Option<f64>,
+    /// giftxd + redis-server + load generator, per call (µs).
+    pub total_cpu_us_per_call: Option<f64>,
+    /// Those three's CPU as a share of the box in that run: total per call
+    /// × calls/s ÷ cores, in percent.
+    pub box_busy_pct: Option<f64>,
+}
+
+impl Cost {
+    /// Fills in the CPU figures of the closed-loop run.
+    pub fn set_cpu(&mut self, giftxd_us: f64, split: Option<&CpuSplit>) {
+        self.giftxd_cpu_us_per_call = giftxd_us;
+        if let Some(s) = split {
+            self.redis_cpu_us_per_call = s.redis_us_per_call;
+            self.loadgen_cpu_us_per_call = Some(s.loadgen_us_per_call);
+            self.total_cpu_us_per_call = Some(s.total_us_per_call);
+            self.box_busy_pct = Some(s.box_busy_pct);
+        }
+    }
 }

@@ -13,6 +13,7 @@
 //! `latency.svg` into `--out`.
 
 mod ceilings;
+mod cpu;
 mod drive;
 mod giftx;
 mod procs;
@@ -112,6 +113,12 @@ struct Opts {
     /// Skip the appendfsync everysec comparison (all only).
     #[arg(long)]
     no_everysec: bool,
+    /// Threads of the load generator's runtime. 1 (the default): one
+    /// thread for everything, which batches the HTTP/2 writes of calls that
+    /// become ready together and costs the shared machine the least CPU per
+    /// call; 0 = one worker per core.
+    #[arg(long, default_value_t = 1)]
+    loadgen_threads: usize,
 }
 
 impl Opts {
@@ -190,10 +197,30 @@ impl Plan {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let threads = match &cli.cmd {
+        Cmd::EchoServer => 0,
+        Cmd::All(o)
+        | Cmd::Exchange(o)
+        | Cmd::Verify(o)
+        | Cmd::Issue(o)
+        | Cmd::Sweep(o)
+        | Cmd::Ceilings(o)
+        | Cmd::Growth(o) => o.loadgen_threads,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    cpu::LOADGEN_THREADS.store(
+        if threads == 0 { cores } else { threads },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("giftx-bench: runtime: {e}");
@@ -324,20 +351,22 @@ async fn run(o: Opts, plan: Plan) -> Result<()> {
                 o.redis_bench_requests,
             )
             .await?;
-            println!(
-                "  {}: {:.0}/s p50 {:.2} p99 {:.2} ms",
-                claim.name, claim.rps, claim.p50_ms, claim.p99_ms
-            );
-            println!(
-                "  {}: {:.0}/s p50 {:.2} p99 {:.2} ms",
-                trivial.name, trivial.rps, trivial.p50_ms, trivial.p99_ms
-            );
+            for b in [&claim, &trivial] {
+                println!(
+                    "  {}: {:.0}/s p50 {:.2} p99 {:.2} ms",
+                    b.name, b.rps, b.p50_ms, b.p99_ms
+                );
+                if let Some(cpu) = &b.cpu {
+                    println!("    {}", cpu.line());
+                }
+            }
             res.ceiling_evalsha_claim = Some(claim);
             res.ceiling_evalsha_trivial = Some(trivial);
         }
         if plan.verify || !plan.exchange {
             let (echo, cpu) = ceilings::tonic_echo(c, o.connections, o.duration()).await?;
             println!("  {}", echo.line());
+            print_cpu(&echo);
             res.ceiling_tonic_echo = Some(echo);
             res.echo_server_cpu_us_per_call = Some(stats::round1(cpu));
         }
@@ -438,13 +467,15 @@ async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -
         println!("== Exchange, closed loop, {c} in flight");
         let r = exchange_closed(env, &mut pool, o, c, 20_000).await?;
         println!("  {}", r.0.line());
+        print_cpu(&r.0);
         exchange_small = Some(r.0.clone());
+        let split = r.0.cpu.clone();
         res.exchange = Some(r.0);
         pool.ensure(env, o.monitor_calls + 1000).await?;
         let op = env.exchange_op(pool.codes.clone(), pool.used);
         let mut cost = env.round_trips(op, o.monitor_calls, c).await?;
         pool.used += cost.calls as usize;
-        cost.giftxd_cpu_us_per_call = r.1;
+        cost.set_cpu(r.1, split.as_ref());
         println!(
             "  giftxd CPU {:.0} µs/Exchange; {:.2} Redis round trips/Exchange {:?}",
             cost.giftxd_cpu_us_per_call, cost.redis_round_trips_per_call, cost.commands_per_call
@@ -456,11 +487,13 @@ async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -
         pool.ensure(env, 20_000).await?;
         let r = verify_closed(env, &pool, o, c).await?;
         println!("  {}", r.0.line());
+        print_cpu(&r.0);
         verify_small = Some(r.0.clone());
+        let split = r.0.cpu.clone();
         res.verify = Some(r.0);
         let op = env.verify_op(pool.codes.clone(), pool.used);
         let mut cost = env.round_trips(op, o.monitor_calls, c).await?;
-        cost.giftxd_cpu_us_per_call = r.1;
+        cost.set_cpu(r.1, split.as_ref());
         println!(
             "  giftxd CPU {:.0} µs/VerifyCode; {:.2} Redis round trips/VerifyCode {:?}",
             cost.giftxd_cpu_us_per_call, cost.redis_round_trips_per_call, cost.commands_per_call
@@ -477,7 +510,9 @@ async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -
             for p in &o.rates {
                 let rate = (p / 100.0 * max).max(1.0);
                 let op = env.exchange_op(pool.codes.clone(), pool.used);
-                let (r, used) = open_loop(
+                let mut probe = env.probe();
+                let cpu0 = probe.snap().await?;
+                let (mut r, used) = open_loop(
                     &format!("Exchange {p:.0}%"),
                     op,
                     rate,
@@ -486,8 +521,11 @@ async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -
                     o.max_in_flight,
                 )
                 .await;
+                let cpu1 = probe.snap().await?;
+                r.cpu = Some(probe.split(&cpu0, &cpu1, r.requests));
                 pool.used += used as usize;
                 println!("  {}", r.line());
+                print_cpu(&r);
                 res.exchange_open_loop.push(r);
             }
         }
@@ -497,7 +535,9 @@ async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -
             for p in &o.rates {
                 let rate = (p / 100.0 * max).max(1.0);
                 let op = env.verify_op(pool.codes.clone(), pool.used);
-                let (r, _) = open_loop(
+                let mut probe = env.probe();
+                let cpu0 = probe.snap().await?;
+                let (mut r, _) = open_loop(
                     &format!("VerifyCode {p:.0}%"),
                     op,
                     rate,
@@ -506,7 +546,10 @@ async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -
                     o.max_in_flight,
                 )
                 .await;
+                let cpu1 = probe.snap().await?;
+                r.cpu = Some(probe.split(&cpu0, &cpu1, r.requests));
                 println!("  {}", r.line());
+                print_cpu(&r);
                 res.verify_open_loop.push(r);
             }
         }
@@ -576,14 +619,15 @@ async fn exchange_closed(
     // Each code is exchanged once: the run stops early if they run out.
     pool.ensure(env, need).await?;
     let op = env.exchange_op(pool.codes.clone(), pool.used);
-    let cpu0 = env.giftxd.cpu()?;
-    let (r, used) = closed_loop("Exchange", op, c, o.duration(), pool.available() as u64).await;
-    let cpu = env.giftxd.cpu()?.saturating_sub(cpu0);
+    let mut probe = env.probe();
+    let cpu0 = probe.snap().await?;
+    let (mut r, used) = closed_loop("Exchange", op, c, o.duration(), pool.available() as u64).await;
+    let cpu1 = probe.snap().await?;
     pool.used += used as usize;
-    Ok((
-        r.clone(),
-        stats::round1(cpu.as_secs_f64() * 1e6 / r.requests.max(1) as f64),
-    ))
+    let split = probe.split(&cpu0, &cpu1, r.requests);
+    let giftxd = split.server_us_per_call.unwrap_or(0.0);
+    r.cpu = Some(split);
+    Ok((r, giftxd))
 }
 
 /// Closed-loop VerifyCode over the unexchanged codes; giftxd CPU µs per call.
@@ -597,13 +641,14 @@ async fn verify_closed(env: &mut Env, pool: &Pool, o: &Opts, c: usize) -> Result
         u64::MAX,
     )
     .await;
-    let cpu0 = env.giftxd.cpu()?;
-    let (r, _) = closed_loop("VerifyCode", op, c, o.duration(), u64::MAX).await;
-    let cpu = env.giftxd.cpu()?.saturating_sub(cpu0);
-    Ok((
-        r.clone(),
-        stats::round1(cpu.as_secs_f64() * 1e6 / r.requests.max(1) as f64),
-    ))
+    let mut probe = env.probe();
+    let cpu0 = probe.snap().await?;
+    let (mut r, _) = closed_loop("VerifyCode", op, c, o.duration(), u64::MAX).await;
+    let cpu1 = probe.snap().await?;
+    let split = probe.split(&cpu0, &cpu1, r.requests);
+    let giftxd = split.server_us_per_call.unwrap_or(0.0);
+    r.cpu = Some(split);
+    Ok((r, giftxd))
 }
 
 /// Exchange and the claim ceiling with appendfsync everysec, on a fresh
@@ -636,6 +681,13 @@ async fn everysec(env: &mut Env, o: &Opts) -> Result<Everysec> {
         exchange: r,
         ceiling_evalsha_claim: claim,
     })
+}
+
+/// The CPU split of a run, on the console.
+fn print_cpu(r: &RunStats) {
+    if let Some(cpu) = &r.cpu {
+        println!("    {}", cpu.line());
+    }
 }
 
 fn write_results(o: &Opts, res: &Results) -> Result<()> {

@@ -224,18 +224,23 @@ pub async fn connect_many(addr: SocketAddr, n: usize) -> Result<Vec<Channel>> {
     Ok(v)
 }
 
+/// Clock ticks per second (`getconf CLK_TCK`), asked once.
 fn clk_tck() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .filter(|&t| t > 0)
-        .unwrap_or(100)
+    static TCK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(100)
+    })
 }
 
-/// User + system CPU time of a process (`/proc/<pid>/stat`).
-pub fn proc_cpu(pid: u32) -> Result<Duration> {
+/// utime, stime, cutime, cstime of a process (`/proc/<pid>/stat`), as
+/// durations.
+fn stat_times(pid: &str) -> Result<[Duration; 4]> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at 3.
     let rest = s
@@ -243,10 +248,51 @@ pub fn proc_cpu(pid: u32) -> Result<Duration> {
         .map(|(_, r)| r)
         .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11).ok_or_else(|| anyhow!("utime"))?.parse()?;
-    let stime: u64 = f.get(12).ok_or_else(|| anyhow!("stime"))?.parse()?;
     let tck = clk_tck();
-    Ok(Duration::from_micros((utime + stime) * 1_000_000 / tck))
+    let mut out = [Duration::ZERO; 4];
+    for (k, o) in out.iter_mut().enumerate() {
+        let ticks: u64 = f
+            .get(11 + k)
+            .ok_or_else(|| anyhow!("short /proc/{pid}/stat"))?
+            .parse()?;
+        *o = Duration::from_micros(ticks * 1_000_000 / tck);
+    }
+    Ok(out)
+}
+
+/// User + system CPU time of a process (`/proc/<pid>/stat`).
+pub fn proc_cpu(pid: u32) -> Result<Duration> {
+    let [u, s, _, _] = stat_times(&pid.to_string())?;
+    Ok(u + s)
+}
+
+/// This process's user + system CPU time (all its threads), and that of
+/// its children that have exited and been waited for (such as
+/// `redis-benchmark`).
+pub fn self_cpu() -> Result<(Duration, Duration)> {
+    let [u, s, cu, cs] = stat_times("self")?;
+    Ok((u + s, cu + cs))
+}
+
+/// The whole machine's busy and total clock ticks so far (`/proc/stat`,
+/// all CPUs; busy = everything but idle and iowait).
+pub fn machine_jiffies() -> Result<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat")?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already inside user and nice).
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total.saturating_sub(idle), total))
 }
 
 /// A `/proc/<pid>/status` field in kB.

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::ceilings::RedisBench;
+use crate::cpu::CpuSplit;
 use crate::giftx::{Cost, Issuance, Sweep};
 use crate::procs::Machine;
 use crate::stats::{RunStats, round3};
@@ -288,6 +289,7 @@ impl Results {
         if let Some(e) = self.echo_server_cpu_us_per_call {
             let _ = writeln!(m, "tonic echo server CPU: {e:.0} µs per call.\n");
         }
+        self.cpu_table(&mut m);
         if let Some(i) = &self.issuance {
             let _ = writeln!(
                 m,
@@ -353,17 +355,40 @@ impl Results {
             );
             let _ = writeln!(
                 m,
-                "| offered/s | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |"
+                "\"sent late\": how far behind its scheduled time the load generator sent a call \
+                 (the timer ticks every 1 ms; more means a busy load generator or the in-flight \
+                 cap); latency is counted from the scheduled time either way.\n"
             );
-            let _ = writeln!(m, "|---|---|---|---|---|---|---|");
+            let _ = writeln!(
+                m,
+                "| offered/s | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | \
+                 sent late p99 / max ms | CPU µs/call giftxd / redis / load gen | box busy |"
+            );
+            let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|---|");
             for r in runs {
                 let offered = match r.mode {
                     crate::stats::Mode::Open { rate_per_s } => rate_per_s,
                     crate::stats::Mode::Closed { .. } => 0.0,
                 };
+                let (split, busy) = match &r.cpu {
+                    Some(c) => (
+                        format!(
+                            "{:.1} / {:.1} / {:.1}",
+                            c.server_us_per_call.unwrap_or(0.0),
+                            c.redis_us_per_call.unwrap_or(0.0),
+                            c.loadgen_us_per_call
+                        ),
+                        format!("{:.0}%", c.box_busy_pct),
+                    ),
+                    None => ("—".to_owned(), "—".to_owned()),
+                };
+                let late = match (r.send_lag_p99_ms, r.send_lag_max_ms) {
+                    (Some(p), Some(x)) => format!("{p:.2} / {x:.2}"),
+                    _ => "—".to_owned(),
+                };
                 let _ = writeln!(
                     m,
-                    "| {offered:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:?} |",
+                    "| {offered:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:?} | {late} | {split} | {busy} |",
                     r.throughput_per_s, r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.errors
                 );
             }
@@ -396,6 +421,77 @@ impl Results {
             }
         }
         m
+    }
+
+    /// The "CPU per call" table: every process taking part in each closed
+    /// run, per call, and how busy that kept the box.
+    fn cpu_table(&self, m: &mut String) {
+        let mut rows: Vec<(String, &CpuSplit)> = Vec::new();
+        for (what, r) in [("Exchange", &self.exchange), ("VerifyCode", &self.verify)] {
+            if let Some(cpu) = r.as_ref().and_then(|r| r.cpu.as_ref()) {
+                rows.push((what.to_owned(), cpu));
+            }
+        }
+        for b in [&self.ceiling_evalsha_claim, &self.ceiling_evalsha_trivial]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(cpu) = &b.cpu {
+                rows.push((format!("ceiling: {}", b.name), cpu));
+            }
+        }
+        if let Some(cpu) = self
+            .ceiling_tonic_echo
+            .as_ref()
+            .and_then(|r| r.cpu.as_ref())
+        {
+            rows.push(("ceiling: tonic echo".to_owned(), cpu));
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let cores = rows[0].1.cores;
+        let _ = writeln!(m, "## CPU per call (closed loop, µs)\n");
+        let _ = writeln!(
+            m,
+            "Each process's CPU time (user + system) over the run ÷ calls. \
+             \"box busy\" = total per call × calls/s ÷ {cores} cores: how much of the machine \
+             these processes used. \"whole machine\" is every process over the same time \
+             (`/proc/stat`), other people's work included.\n"
+        );
+        let _ = writeln!(
+            m,
+            "| call | server | redis-server | load generator | total | calls/s | box busy | whole machine |"
+        );
+        let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
+        let opt = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.1}"));
+        for (what, c) in rows {
+            let server = match (&c.server, c.server_us_per_call) {
+                (Some(n), Some(v)) => format!("{v:.1} ({n})"),
+                _ => "—".to_owned(),
+            };
+            let _ = writeln!(
+                m,
+                "| {what} | {server} | {} | {:.1} ({}; {:.2} of {} thread{}{}) | **{:.1}** | {:.0} | {:.0}% | {} |",
+                opt(c.redis_us_per_call),
+                c.loadgen_us_per_call,
+                c.loadgen,
+                c.loadgen_cores_used,
+                c.loadgen_threads,
+                if c.loadgen_threads == 1 { "" } else { "s" },
+                if c.loadgen_near_limit() {
+                    ", **may be the limit**"
+                } else {
+                    ""
+                },
+                c.total_us_per_call,
+                c.calls_per_s,
+                c.box_busy_pct,
+                c.machine_busy_pct
+                    .map_or_else(|| "—".to_owned(), |v| format!("{v:.0}%"))
+            );
+        }
+        let _ = writeln!(m);
     }
 
     /// Latency (p50, p99; log scale) vs achieved throughput, one panel per

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::cpu::CpuSplit;
+
 /// Raw results of one run (or one worker of it).
 #[derive(Debug, Default)]
 pub struct Samples {
@@ -21,6 +23,14 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// Room for `n` calls up front.
+    pub fn with_capacity(n: usize) -> Samples {
+        Samples {
+            latencies_us: Vec::with_capacity(n),
+            ..Samples::default()
+        }
+    }
+
     /// Records one call.
     pub fn record(&mut self, latency: Duration, outcome: Result<(), String>) {
         let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
@@ -72,6 +82,9 @@ impl Samples {
             p999_ms: round3(pct(0.999)),
             max_ms: round3(pct(1.0)),
             mean_ms: round3(mean),
+            send_lag_p99_ms: None,
+            send_lag_max_ms: None,
+            cpu: None,
         }
     }
 }
@@ -122,6 +135,18 @@ pub struct RunStats {
     pub max_ms: f64,
     /// Mean.
     pub mean_ms: f64,
+    /// Open loop: how late the load generator sent the calls behind their
+    /// scheduled times, 99th percentile (the timer's 1 ms tick, a busy load
+    /// generator, or the in-flight cap; the latency counts it either way).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag_p99_ms: Option<f64>,
+    /// … and the latest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag_max_ms: Option<f64>,
+    /// CPU per call of each process taking part (server, redis-server,
+    /// load generator), when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuSplit>,
 }
 
 impl RunStats {
@@ -136,8 +161,12 @@ impl RunStats {
         } else {
             format!("errors {:?}", self.errors)
         };
+        let lag = match (self.send_lag_p99_ms, self.send_lag_max_ms) {
+            (Some(p), Some(m)) => format!("; sent late p99 {p:.2} max {m:.2} ms"),
+            _ => String::new(),
+        };
         format!(
-            "{:<28} {:<16} {:>9.0}/s  p50 {:>7.2} p90 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} ms  ({} calls, {errors})",
+            "{:<28} {:<16} {:>9.0}/s  p50 {:>7.2} p90 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} ms  ({} calls, {errors}{lag})",
             self.name,
             mode,
             self.throughput_per_s,
