@@ -36,7 +36,7 @@ pub const CODE_DATA_LEN: usize = 2 + CODE_RANDOM_LEN;
 pub const LOGIN_KEY_DATA_LEN: usize = 7;
 
 /// Multiplies two GF(32) elements (modulus x⁵ + x² + 1).
-fn gf_mul(mut a: u8, mut b: u8) -> u8 {
+const fn gf_mul(mut a: u8, mut b: u8) -> u8 {
     let mut p = 0u8;
     while b != 0 {
         if b & 1 != 0 {
@@ -54,38 +54,85 @@ fn gf_mul(mut a: u8, mut b: u8) -> u8 {
 /// α = x, a primitive element of GF(32) under x⁵ + x² + 1.
 const ALPHA: u8 = 0b10;
 
+/// `GF_MUL[a][b]` = a·b in GF(32).
+const GF_MUL: [[u8; 32]; 32] = {
+    let mut t = [[0u8; 32]; 32];
+    let mut a = 0;
+    while a < 32 {
+        let mut b = 0;
+        while b < 32 {
+            t[a][b] = gf_mul(a as u8, b as u8);
+            b += 1;
+        }
+        a += 1;
+    }
+    t
+};
+
+/// `ALPHA_POW[k]` = αᵏ (α has order 31).
+const ALPHA_POW: [u8; 31] = {
+    let mut t = [0u8; 31];
+    let mut w = 1u8;
+    let mut k = 0;
+    while k < 31 {
+        t[k] = w;
+        w = gf_mul(w, ALPHA);
+        k += 1;
+    }
+    t
+};
+
+/// The weight of data symbol `i` (0-based): αⁱ⁺¹.
+fn weight(i: usize) -> u8 {
+    ALPHA_POW[(i + 1) % 31]
+}
+
 /// The check symbol value for data symbol values `data`.
 fn check_value(data: &[u8]) -> u8 {
-    let mut weight = 1u8;
     let mut sum = 0u8;
-    for &d in data {
-        weight = gf_mul(weight, ALPHA);
-        sum ^= gf_mul(weight, d);
+    for (i, &d) in data.iter().enumerate() {
+        sum ^= GF_MUL[usize::from(weight(i))][usize::from(d & 0x1f)];
     }
     // In characteristic 2, −sum = sum.
     sum
 }
 
+/// Not a symbol, in [`SYMBOL_OF`].
+const NO_SYMBOL: u8 = 0xff;
+
+/// The symbol value of every ASCII character as typed (either case, with
+/// the usual misreadings `I`/`L` → 1 and `O` → 0), else [`NO_SYMBOL`].
+const SYMBOL_OF: [u8; 128] = {
+    let mut t = [NO_SYMBOL; 128];
+    let mut i = 0;
+    while i < 32 {
+        let c = ALPHABET[i];
+        t[c as usize] = i as u8;
+        t[c.to_ascii_lowercase() as usize] = i as u8;
+        i += 1;
+    }
+    t[b'I' as usize] = 1;
+    t[b'i' as usize] = 1;
+    t[b'L' as usize] = 1;
+    t[b'l' as usize] = 1;
+    t[b'O' as usize] = 0;
+    t[b'o' as usize] = 0;
+    t
+};
+
 /// Reads one typed character as a symbol value, forgiving the usual
 /// misreadings (`I`/`L` → 1, `O` → 0, lower case).
 fn symbol_value(c: char) -> Option<u8> {
-    let c = c.to_ascii_uppercase();
-    let c = match c {
-        'I' | 'L' => '1',
-        'O' => '0',
-        c => c,
-    };
-    ALPHABET
-        .iter()
-        .position(|&a| char::from(a) == c)
-        .map(|p| p as u8)
+    let v = *SYMBOL_OF.get(usize::try_from(u32::from(c)).ok()?)?;
+    (v != NO_SYMBOL).then_some(v)
 }
 
 fn encode(values: &[u8]) -> String {
-    values
-        .iter()
-        .map(|&v| char::from(ALPHABET[usize::from(v)]))
-        .collect()
+    let mut s = String::with_capacity(values.len());
+    for &v in values {
+        s.push(char::from(ALPHABET[usize::from(v & 0x1f)]));
+    }
+    s
 }
 
 /// Parses typed text into symbol values: drops spaces and hyphens, maps
@@ -119,14 +166,17 @@ fn parse_symbols(input: &str, data_len: usize) -> Result<Vec<u8>, CodeFormatErro
     Ok(values)
 }
 
-fn random_symbols(n: usize) -> Result<Vec<u8>, getrandom::Error> {
-    let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf)?;
+/// `N` uniformly random symbol values, from the operating system's CSPRNG
+/// through the per-thread pool of [`crate::random`] (one system call per
+/// 4 KiB, about 200 credentials, instead of one per credential).
+fn random_symbols<const N: usize>() -> Result<[u8; N], getrandom::Error> {
+    let mut out = [0u8; N];
+    crate::random::fill(&mut out)?;
     // 256 is a multiple of 32, so masking keeps the distribution uniform.
-    for b in &mut buf {
+    for b in &mut out {
         *b &= 0x1f;
     }
-    Ok(buf)
+    Ok(out)
 }
 
 /// `n` symbol values derived from `secret` and `input` under a domain
@@ -141,17 +191,6 @@ fn derived_symbols(label: &[u8], secret: &Secret, input: &[u8], n: usize) -> Vec
     let out = m.finalize().into_bytes();
     // As in `random_symbols`: masking a uniform byte keeps it uniform.
     out.iter().take(n).map(|b| b & 0x1f).collect()
-}
-
-fn grouped(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + s.len() / 4);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && i % 4 == 0 {
-            out.push('-');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// A campaign's code series: the two symbols every code of the campaign
@@ -208,8 +247,9 @@ impl Code {
     /// # Errors
     /// When the operating system's CSPRNG fails.
     pub fn generate(series: Series) -> Result<Code, getrandom::Error> {
-        let mut values = series.symbols().to_vec();
-        values.extend(random_symbols(CODE_RANDOM_LEN)?);
+        let mut values = [0u8; CODE_DATA_LEN];
+        values[..2].copy_from_slice(&series.symbols());
+        values[2..].copy_from_slice(&random_symbols::<CODE_RANDOM_LEN>()?);
         Ok(Code {
             canonical: encode(&values),
         })
@@ -281,7 +321,7 @@ impl LoginKey {
     /// When the operating system's CSPRNG fails.
     pub fn generate() -> Result<LoginKey, getrandom::Error> {
         Ok(LoginKey {
-            canonical: encode(&random_symbols(LOGIN_KEY_DATA_LEN)?),
+            canonical: encode(&random_symbols::<LOGIN_KEY_DATA_LEN>()?),
         })
     }
 
@@ -324,13 +364,23 @@ impl fmt::Debug for LoginKey {
 }
 
 fn printed_with_check(canonical: &str) -> String {
-    let values: Vec<u8> = canonical
-        .chars()
-        .map(|c| symbol_value(c).unwrap_or(0))
-        .collect();
-    let mut s = canonical.to_owned();
-    s.push(char::from(ALPHABET[usize::from(check_value(&values))]));
-    grouped(&s)
+    let b = canonical.as_bytes();
+    let mut sum = 0u8;
+    for (i, &c) in b.iter().enumerate() {
+        let v = SYMBOL_OF.get(usize::from(c)).copied().unwrap_or(0);
+        let v = if v == NO_SYMBOL { 0 } else { v };
+        sum ^= GF_MUL[usize::from(weight(i))][usize::from(v)];
+    }
+    let total = b.len() + 1;
+    let mut out = String::with_capacity(total + total / 4);
+    let check = ALPHABET[usize::from(sum & 0x1f)];
+    for (i, &c) in b.iter().chain(std::iter::once(&check)).enumerate() {
+        if i > 0 && i % 4 == 0 {
+            out.push('-');
+        }
+        out.push(char::from(c));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -426,6 +476,67 @@ mod tests {
             LoginKey::parse("AAAA-AAA*"),
             Err(CodeFormatError::InvalidCharacter('*'))
         );
+    }
+
+    /// The check as first written: weights by repeated multiplication.
+    fn reference_check(data: &[u8]) -> u8 {
+        let mut weight = 1u8;
+        let mut sum = 0u8;
+        for &d in data {
+            weight = gf_mul(weight, ALPHA);
+            sum ^= gf_mul(weight, d);
+        }
+        sum
+    }
+
+    #[test]
+    fn table_driven_check_and_printing_match_the_definition() {
+        for i in 0..2000u32 {
+            let data: Vec<u8> = (0..(i % 40) as usize)
+                .map(|j| ((i * 7 + j as u32 * 13) % 32) as u8)
+                .collect();
+            assert_eq!(check_value(&data), reference_check(&data));
+        }
+        for i in 0..200u16 {
+            let c = Code::generate(Series::from_index(i).unwrap()).unwrap();
+            let values: Vec<u8> = c
+                .canonical()
+                .chars()
+                .map(|ch| symbol_value(ch).unwrap())
+                .collect();
+            let mut want = c.canonical().to_owned();
+            want.push(char::from(ALPHABET[usize::from(reference_check(&values))]));
+            let want: String = want
+                .chars()
+                .enumerate()
+                .flat_map(|(j, ch)| (j > 0 && j % 4 == 0).then_some('-').into_iter().chain([ch]))
+                .collect();
+            assert_eq!(c.printed(), want);
+        }
+        for c in (0u32..0x300).filter_map(char::from_u32) {
+            let want = ALPHABET
+                .iter()
+                .position(|&a| {
+                    char::from(a)
+                        == match c.to_ascii_uppercase() {
+                            'I' | 'L' => '1',
+                            'O' => '0',
+                            c => c,
+                        }
+                })
+                .map(|p| p as u8);
+            assert_eq!(symbol_value(c), want, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn random_credentials_differ_across_many_pool_refills() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..5_000 {
+            let c = Code::generate(Series::from_index(3).unwrap()).unwrap();
+            let k = LoginKey::generate().unwrap();
+            assert!(seen.insert((c.canonical().to_owned(), k.canonical().to_owned())));
+        }
     }
 
     #[test]
