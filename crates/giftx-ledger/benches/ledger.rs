@@ -2,9 +2,14 @@
 //! appendfsync always): bulk store of 1,000,000 codes (codes/s, bytes per
 //! code), claim+complete with 64 concurrent tasks, and `redis-benchmark`
 //! EVALSHA of a trivial script on the same server as the ceiling.
-//! Writes `target/bench/ledger.json`.
+//! Writes `target/bench/ledger.json`; the store figure includes
+//! redis-server's CPU time per code (`INFO cpu`).
 //!
 //! `cargo bench -p giftx-ledger --bench ledger`
+//!
+//! `GIFTX_BENCH_CODES` and `GIFTX_BENCH_CHUNK` change how many codes are
+//! stored and how many per `store_codes` call; `GIFTX_BENCH_STORE_ONLY=1`
+//! stops after the store.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -20,8 +25,11 @@ use giftx_ledger::{
 };
 use giftx_testkit::RedisServer;
 
+/// Codes stored (`GIFTX_BENCH_CODES` overrides).
 const CODES: usize = 1_000_000;
-const CHUNK: usize = 100_000;
+/// Codes per `store_codes` call, as giftxd's IssueCodes chunks
+/// (`GIFTX_BENCH_CHUNK` overrides).
+const CHUNK: usize = 262_144;
 const TASKS: usize = 64;
 const EXCHANGES: usize = 64_000;
 const NOW: Timestamp = Timestamp(1_400_000_000_000);
@@ -51,6 +59,29 @@ fn used_memory(server: &RedisServer) -> i64 {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// redis-server's CPU time so far (`INFO cpu`: user + sys), in seconds.
+fn redis_cpu(server: &RedisServer) -> f64 {
+    let mut c = server.connection();
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query(&mut c)
+        .unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 fn ceiling(server: &RedisServer) -> f64 {
@@ -85,6 +116,8 @@ fn ceiling(server: &RedisServer) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    let codes_n = env_usize("GIFTX_BENCH_CODES", CODES);
+    let chunk_n = env_usize("GIFTX_BENCH_CHUNK", CHUNK).max(1);
     let server = RedisServer::start();
     let ledger = Arc::new(
         RedisLedger::connect(&server.url(), LedgerConfig::default())
@@ -111,13 +144,13 @@ async fn main() {
         .begin_batch(
             &spec.id,
             &BatchId::parse("b", "b1").expect("batch"),
-            CODES as u64,
+            codes_n as u64,
             NOW,
         )
         .await
         .expect("batch");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let codes: Vec<NewCode> = (0..CODES)
+    let codes: Vec<NewCode> = (0..codes_n)
         .map(|i| NewCode {
             code: rng.digest(),
             login_key: rng.digest(),
@@ -126,8 +159,9 @@ async fn main() {
         .collect();
 
     let mem0 = used_memory(&server);
+    let cpu0 = redis_cpu(&server);
     let t = Instant::now();
-    for chunk in codes.chunks(CHUNK) {
+    for chunk in codes.chunks(chunk_n) {
         let out = ledger
             .store_codes(&campaign, &batch, chunk, NOW)
             .await
@@ -135,8 +169,17 @@ async fn main() {
         assert!(out.collisions.is_empty());
     }
     let store_secs = t.elapsed().as_secs_f64();
-    let bytes_per_code = (used_memory(&server) - mem0) as f64 / CODES as f64;
-    let codes_per_s = CODES as f64 / store_secs;
+    let redis_us_per_code = (redis_cpu(&server) - cpu0) * 1e6 / codes_n as f64;
+    let bytes_per_code = (used_memory(&server) - mem0) as f64 / codes_n as f64;
+    let codes_per_s = codes_n as f64 / store_secs;
+    if std::env::var_os("GIFTX_BENCH_STORE_ONLY").is_some() {
+        println!(
+            "store: {codes_n} codes in chunks of {chunk_n}, {store_secs:.2}s = \
+             {codes_per_s:.0} codes/s; redis-server {redis_us_per_code:.2} µs CPU/code; \
+             {bytes_per_code:.1} bytes/code"
+        );
+        return;
+    }
     ledger
         .finish_batch(&spec.id, &batch.id, true, NOW)
         .await
@@ -190,7 +233,10 @@ async fn main() {
         0.0
     };
 
-    println!("store: {CODES} codes in {store_secs:.2}s = {codes_per_s:.0} codes/s");
+    println!(
+        "store: {codes_n} codes in chunks of {chunk_n}, {store_secs:.2}s = {codes_per_s:.0} codes/s; \
+         redis-server {redis_us_per_code:.2} µs CPU/code"
+    );
     println!("memory: {bytes_per_code:.1} bytes/code (used_memory delta)");
     println!(
         "claim+complete: {EXCHANGES} exchanges, {TASKS} tasks, {exch_secs:.2}s = \
@@ -201,7 +247,8 @@ async fn main() {
     );
 
     let json = format!(
-        "{{\n  \"codes\": {CODES},\n  \"store_seconds\": {store_secs:.3},\n  \
+        "{{\n  \"codes\": {codes_n},\n  \"chunk\": {chunk_n},\n  \"store_seconds\": {store_secs:.3},\n  \
+         \"redis_cpu_us_per_code\": {redis_us_per_code:.2},\n  \
          \"store_codes_per_s\": {codes_per_s:.0},\n  \"bytes_per_code\": {bytes_per_code:.1},\n  \
          \"exchanges\": {EXCHANGES},\n  \"tasks\": {TASKS},\n  \"exchanges_per_s\": {exchanges_per_s:.0},\n  \
          \"giftx_script_ops_per_s\": {script_ops_per_s:.0},\n  \"ceiling_evalsha_per_s\": {ceiling:.0},\n  \

@@ -509,8 +509,8 @@ impl SimulatedProvider {
 
 /// A uniform number in [0, 1).
 fn roll() -> Result<f64, ProviderError> {
-    let n =
-        giftx_core::random::u32().map_err(|e| ProviderError::retryable(format!("RNG_UNAVAILABLE: {e}")))?;
+    let n = giftx_core::random::u32()
+        .map_err(|e| ProviderError::retryable(format!("RNG_UNAVAILABLE: {e}")))?;
     Ok(f64::from(n) / (f64::from(u32::MAX) + 1.0))
 }
 

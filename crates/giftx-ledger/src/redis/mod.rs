@@ -240,16 +240,26 @@ impl StorePlan {
         }
     }
 
-    /// The 22-byte records (code field, login key prefix, serial) of one
-    /// range.
-    fn records(&self, codes: &[NewCode], from: usize, to: usize) -> Vec<u8> {
-        let mut blob = Vec::with_capacity((to - from) * 22);
+    /// The arguments `store_codes` takes for one range: per code its field,
+    /// then its new record (`A`, login key prefix, no exchange, serial,
+    /// batch ordinal `ordinal` in decimal), ready to store as they are.
+    fn add_records(
+        &self,
+        cmd: &mut redis::Cmd,
+        codes: &[NewCode],
+        (from, to): (usize, usize),
+        ordinal: &[u8],
+    ) {
+        let mut rec = Vec::with_capacity(15 + ordinal.len());
         for &i in &self.order[from..to] {
-            blob.extend_from_slice(&self.fields[i]);
-            blob.extend_from_slice(&codes[i].login_key.0[..8]);
-            blob.extend_from_slice(&codes[i].serial.to_be_bytes());
+            rec.clear();
+            rec.push(b'A');
+            rec.extend_from_slice(&codes[i].login_key.0[..8]);
+            rec.extend_from_slice(&[0, 0]);
+            rec.extend_from_slice(&codes[i].serial.to_be_bytes());
+            rec.extend_from_slice(ordinal);
+            cmd.arg(&self.fields[i][..]).arg(&rec[..]);
         }
-        blob
     }
 }
 
@@ -268,9 +278,12 @@ pub fn set_script_observer(observer: Box<dyn ScriptObserver>) -> bool {
     SCRIPT_OBSERVER.set(observer).is_ok()
 }
 
-/// Bucket scripts per pipeline when storing codes (about 24 codes, 700
-/// bytes each for a full chunk).
-const STORE_PIPELINE: usize = 128;
+/// Bucket scripts per pipeline when storing codes: with a default
+/// IssueCodes chunk of 262,144 (64 codes, 3.3 KB a script) about 2,000
+/// codes and 100 KB a pipeline, a few milliseconds of Redis's time, so a
+/// store never waits long behind the pipelines in flight and Redis has
+/// work as soon as the first one lands.
+const STORE_PIPELINE: usize = 32;
 
 impl RedisLedger {
     /// Connects with default [`RedisOptions`].
@@ -612,6 +625,8 @@ impl RedisLedger {
     ) -> Result<Vec<(u64, Vec<usize>)>, LedgerError> {
         let s = &SCRIPTS.store_codes;
         let retention = self.retention();
+        let ord = ordinal.to_string();
+        let ord = &ord;
         let mut todo: Vec<usize> = (0..plan.ranges.len()).collect();
         let mut out = Vec::with_capacity(plan.ranges.len());
         for _ in 0..5 {
@@ -626,17 +641,21 @@ impl RedisLedger {
                         for &r in &batch {
                             let (b, from, to) = plan.ranges[r];
                             let k = BucketKeys::new(b, series);
-                            p.cmd("EVALSHA")
+                            let n = to - from;
+                            let mut cmd =
+                                redis::Cmd::with_capacity(10 + 2 * n, 160 + n * (25 + ord.len()));
+                            cmd.arg("EVALSHA")
                                 .arg(s.script.get_hash())
                                 .arg(s.keys)
                                 .arg(k.codes())
                                 .arg(k.meta())
                                 .arg(now.0)
-                                .arg(ordinal)
+                                .arg(ord.as_bytes())
                                 .arg(dl)
                                 .arg(ver)
-                                .arg(retention)
-                                .arg(plan.records(codes, from, to));
+                                .arg(retention);
+                            plan.add_records(&mut cmd, codes, (from, to), ord.as_bytes());
+                            p.add_command(cmd);
                         }
                         async move {
                             let v: Vec<redis::RedisResult<Value>> = match tokio::time::timeout(

@@ -22,8 +22,8 @@ use giftx_core::model::ProviderId;
 use giftx_provider::{
     Entries, ProviderStore, StockAdded, StockItem, StockStatus, StoreError, Stored,
 };
-use redis::aio::ConnectionManager;
 use redis::Value;
+use redis::aio::ConnectionManager;
 
 use super::codec::{bytes, int, text};
 use super::scripts::{LuaScript, Rc};
