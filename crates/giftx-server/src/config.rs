@@ -204,13 +204,20 @@ impl LedgerTunables {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IssuanceTunables {
-    /// Codes generated, stored and sent per chunk (1,000..=100,000).
+    /// Codes generated, stored and sent per chunk (1,000..=1,000,000).
+    /// A chunk is stored with one script per ledger bucket (4,096), each
+    /// with a fixed cost in Redis (about 25 µs), so large chunks store
+    /// fastest: the default, 64 codes per bucket, keeps that cost near a
+    /// quarter of Redis's work, while a chunk waits in memory at about 100
+    /// bytes per code.
     pub chunk_size: usize,
 }
 
 impl Default for IssuanceTunables {
     fn default() -> Self {
-        IssuanceTunables { chunk_size: 20_000 }
+        IssuanceTunables {
+            chunk_size: 262_144,
+        }
     }
 }
 
@@ -594,9 +601,9 @@ impl Config {
         if self.services.is_empty() {
             return bad("services: name at least one of issuance, exchange, expiry".into());
         }
-        if !(1_000..=100_000).contains(&self.issuance.chunk_size) {
+        if !(1_000..=1_000_000).contains(&self.issuance.chunk_size) {
             return bad(format!(
-                "issuance.chunk_size {} is outside 1000..=100000",
+                "issuance.chunk_size {} is outside 1000..=1000000",
                 self.issuance.chunk_size
             ));
         }

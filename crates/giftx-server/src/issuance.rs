@@ -4,8 +4,7 @@
 //! whatever the count:
 //!
 //! ```text
-//! chunk n+2: generate (blocking pool), store ─┐
-//! chunk n+1: generate (blocking pool), store ─┤  in order
+//! chunk n+1: generate (blocking pool), store ─┐  in order
 //! chunk n:   generate (blocking pool), store ─┴─> bounded channel ─> gRPC stream
 //! ```
 //!
@@ -13,6 +12,11 @@
 //! a client ever saw is in the ledger. When the client goes away the batch
 //! is closed INCOMPLETE with the exact stored count; the batch is closed
 //! COMPLETE only after the last code was handed to the transport.
+//!
+//! Chunks are large (262,144 codes by default: 64 per ledger bucket)
+//! because each bucket's store script has a fixed cost in Redis; while a
+//! chunk waits, its codes are kept as printed bytes (28 per code) and
+//! become protobuf messages only as they are streamed.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -43,9 +47,11 @@ pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// How many times colliding codes are regenerated before giving up.
 const COLLISION_ROUNDS: usize = 8;
-/// Chunks generated and stored concurrently ahead of the stream: hides
-/// ledger round trips and uses both cores for hashing.
-const PIPELINE_DEPTH: usize = 3;
+/// Chunks generated and stored concurrently ahead of the stream: while one
+/// is stored, the next is generated (on the blocking pool, beside Redis).
+/// Two keep Redis busy with the default chunk of 262,144 codes; a third
+/// only costs memory.
+const PIPELINE_DEPTH: usize = 2;
 
 /// The IssuanceService implementation.
 #[derive(Debug, Clone)]
@@ -251,24 +257,45 @@ pub type IssueStream = Pin<Box<dyn Stream<Item = Result<pb::IssuedCode, Status>>
 /// What the producer hands the response stream.
 enum Msg {
     /// Stored codes, ready to send.
-    Codes(Vec<pb::IssuedCode>),
+    Codes(Vec<Printed>),
     /// Issuing failed; the batch is already closed INCOMPLETE.
     Failed(Status),
     /// Every code was stored and queued.
     Done,
 }
 
+/// Printed length of a code (`SSRR-RRRR-RRRR-RRRC`).
+const CODE_TEXT: usize = 19;
+/// Printed length of a login key (`RRRR-RRRC`).
+const KEY_TEXT: usize = 9;
+
+/// One generated code as it will be sent, compactly (a chunk of codes
+/// waits in memory while it is stored): printed code and login key
+/// (ASCII), and serial. Becomes a `pb::IssuedCode` only as it is streamed.
+#[derive(Clone, Copy)]
+struct Printed {
+    text: [u8; CODE_TEXT + KEY_TEXT],
+    serial: i64,
+}
+
+impl Printed {
+    fn to_proto(self) -> pb::IssuedCode {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        pb::IssuedCode {
+            code: text(&self.text[..CODE_TEXT]),
+            login_key: text(&self.text[CODE_TEXT..]),
+            serial: self.serial,
+        }
+    }
+}
+
 /// Codes generated for one chunk: what is sent and what is stored.
 struct Chunk {
-    items: Vec<pb::IssuedCode>,
+    items: Vec<Printed>,
     hashes: Vec<NewCode>,
 }
 
-fn one_code(
-    hasher: &Hasher,
-    series: Series,
-    serial: i64,
-) -> Result<(pb::IssuedCode, NewCode), ApiError> {
+fn one_code(hasher: &Hasher, series: Series, serial: i64) -> Result<(Printed, NewCode), ApiError> {
     let code =
         Code::generate(series).map_err(|e| ApiError::internal(format!("CSPRNG failed: {e}")))?;
     let key =
@@ -278,14 +305,14 @@ fn one_code(
         login_key: hasher.login_key(&code, &key),
         serial: u32::try_from(serial).unwrap_or(u32::MAX),
     };
-    Ok((
-        pb::IssuedCode {
-            code: code.printed(),
-            login_key: key.printed(),
-            serial,
-        },
-        stored,
-    ))
+    let (c, k) = (code.printed(), key.printed());
+    if c.len() != CODE_TEXT || k.len() != KEY_TEXT {
+        return Err(ApiError::internal("unexpected printed credential length"));
+    }
+    let mut text = [0u8; CODE_TEXT + KEY_TEXT];
+    text[..CODE_TEXT].copy_from_slice(c.as_bytes());
+    text[CODE_TEXT..].copy_from_slice(k.as_bytes());
+    Ok((Printed { text, serial }, stored))
 }
 
 fn generate_chunk(
@@ -378,8 +405,9 @@ impl Job {
     }
 
     /// Generates and stores one chunk (serials `first_serial..`), on its
-    /// own task so several chunks are in flight at once.
-    fn spawn_chunk(&self, first_serial: u64, n: usize) -> JoinHandle<Result<Chunk, Stop>> {
+    /// own task so several chunks are in flight at once; hands back the
+    /// codes to send (their hashes are dropped once stored).
+    fn spawn_chunk(&self, first_serial: u64, n: usize) -> JoinHandle<Result<Vec<Printed>, Stop>> {
         let job = self.clone();
         tokio::spawn(
             async move {
@@ -391,7 +419,7 @@ impl Job {
                 .await
                 .map_err(|e| ApiError::internal(format!("code generation task: {e}")))??;
                 job.store(&mut chunk).await?;
-                Ok(chunk)
+                Ok(chunk.items)
             }
             .in_current_span(),
         )
@@ -413,7 +441,7 @@ impl Job {
     async fn pipeline(
         &self,
         tx: &mpsc::Sender<Msg>,
-        inflight: &mut VecDeque<JoinHandle<Result<Chunk, Stop>>>,
+        inflight: &mut VecDeque<JoinHandle<Result<Vec<Printed>, Stop>>>,
     ) -> Result<(), Stop> {
         // `queued`: codes handed to chunk tasks so far (serials 1..=queued).
         let mut queued: u64 = 0;
@@ -427,11 +455,11 @@ impl Job {
             let Some(handle) = inflight.pop_front() else {
                 break;
             };
-            let chunk = handle
+            let items = handle
                 .await
                 .map_err(|e| ApiError::internal(format!("code storing task: {e}")))??;
             // Chunks are sent in order, each only once stored.
-            tx.send(Msg::Codes(chunk.items))
+            tx.send(Msg::Codes(items))
                 .await
                 .map_err(|_| Stop::ClientGone)?;
             if tx.is_closed() {
@@ -491,7 +519,7 @@ impl Job {
 /// The response stream's state.
 struct Reader {
     rx: mpsc::Receiver<Msg>,
-    buf: std::vec::IntoIter<pb::IssuedCode>,
+    buf: std::vec::IntoIter<Printed>,
     done: bool,
     state: Arc<AppState>,
     campaign: CampaignId,
@@ -503,7 +531,7 @@ impl Reader {
     async fn next(mut self) -> Option<(Result<pb::IssuedCode, Status>, Self)> {
         loop {
             if let Some(item) = self.buf.next() {
-                return Some((Ok(item), self));
+                return Some((Ok(item.to_proto()), self));
             }
             if self.done {
                 return None;
