@@ -65,14 +65,26 @@ fn proto_time(ms: i64) -> prost_types::Timestamp {
 
 impl Env {
     /// Starts Redis and giftxd, connects `connections` exchange clients.
-    pub async fn start(giftxd_bin: &Path, connections: usize) -> Result<Env> {
+    /// `aof_rewrite_min_size_mb`: Redis's `auto-aof-rewrite-min-size`.
+    pub async fn start(
+        giftxd_bin: &Path,
+        connections: usize,
+        aof_rewrite_min_size_mb: u64,
+    ) -> Result<Env> {
         let redis = tokio::task::spawn_blocking(RedisServer::start)
             .await
             .context("start redis-server")?;
         let url = redis.url();
-        let redis_conn = redis::Client::open(url.as_str())?
+        let mut redis_conn = redis::Client::open(url.as_str())?
             .get_multiplexed_async_connection()
             .await?;
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("auto-aof-rewrite-min-size")
+            .arg(aof_rewrite_min_size_mb << 20)
+            .query_async(&mut redis_conn)
+            .await
+            .context("CONFIG SET auto-aof-rewrite-min-size")?;
         let giftxd = Giftxd::start(giftxd_bin, &url).await?;
         let ledger = RedisLedger::connect(&url, LedgerConfig::default())
             .await

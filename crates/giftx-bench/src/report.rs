@@ -26,6 +26,8 @@ pub struct Results {
     pub connections: usize,
     /// Redis `appendfsync` for the main figures.
     pub appendfsync: String,
+    /// Redis `auto-aof-rewrite-min-size` (MiB).
+    pub aof_rewrite_min_size_mb: u64,
     /// `redis-benchmark` EVALSHA of the claim-sized script.
     pub ceiling_evalsha_claim: Option<RedisBench>,
     /// `redis-benchmark` EVALSHA of `return 1`.
@@ -216,11 +218,11 @@ impl Results {
         }
         let _ = writeln!(
             m,
-            "Load: {} in flight over {} HTTP/2 connections; Redis AOF appendfsync {}; \
-             provider: simulated, zero latency, `state = \"memory\"` (what it issued is kept \
-             in giftxd, not in giftx's Redis); giftxd, Redis and the load generator share the \
-             machine.\n",
-            self.concurrency, self.connections, self.appendfsync
+            "Load: {} in flight over {} HTTP/2 connections; Redis AOF appendfsync {}, \
+             auto-aof-rewrite-min-size {} MiB; provider: simulated, zero latency, `state = \
+             \"memory\"` (what it issued is kept in giftxd, not in giftx's Redis); giftxd, \
+             Redis and the load generator share the machine.\n",
+            self.concurrency, self.connections, self.appendfsync, self.aof_rewrite_min_size_mb
         );
         let _ = writeln!(m, "## giftx next to its ceilings\n");
         let _ = writeln!(
