@@ -438,6 +438,10 @@ async fn run(o: Opts, plan: Plan) -> Result<()> {
     Ok(())
 }
 
+/// Rounds of the growth comparison: each size measured this many times,
+/// in turns with the other.
+const GROWTH_ROUNDS: u64 = 2;
+
 /// The exchange campaign: closed loops, costs, open-loop sweeps, growth.
 async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -> Result<()> {
     let c = o.concurrency.max(1);
@@ -568,54 +572,92 @@ async fn exchange_runs(env: &mut Env, o: &Opts, plan: Plan, res: &mut Results) -
     }
 
     if plan.grow_to > pool.stored {
-        // Measure the small size again right before growing, so the two
-        // sides of the comparison are minutes, not phases, apart.
-        if let Some(s) = exchange_small.take() {
-            let need = s.throughput_per_s * o.duration().as_secs_f64() * 1.3;
-            let (r, _) = exchange_closed(env, &mut pool, o, c, need as u64).await?;
-            println!("  at {} codes: {}", pool.stored, r.line());
-            exchange_small = Some(r);
-        }
-        if verify_small.is_some() {
-            pool.ensure(env, 20_000).await?;
-            let (r, _) = verify_closed(env, &pool, o, c).await?;
-            println!("  at {} codes: {}", pool.stored, r.line());
-            verify_small = Some(r);
-        }
-        let small = pool.stored;
+        // The first figures above were taken minutes earlier; on a shared
+        // machine the load moves more than 10 % in that time. So the
+        // comparison is A/B: after growing this campaign, a second campaign
+        // of the small size is set up beside it (same Redis, same memory
+        // in use), and the two are measured in turns, GROWTH_ROUNDS rounds
+        // (order alternating), each side's figure the mean of its rounds.
+        let _ = (exchange_small.take(), verify_small.take());
         let n = plan.grow_to.saturating_sub(pool.stored);
         println!("== growth: bulk-storing {n} codes into the campaign");
         let rate = env.preload(campaign, "preload-2", n).await?;
         pool.stored += n;
         println!("  {rate:.0} codes/s; campaign now {} codes", pool.stored);
+
+        let small_id = "bench-small";
+        env.create_campaign(small_id).await?;
+        let mut small = Pool {
+            campaign: small_id.to_owned(),
+            codes: Arc::new(Vec::new()),
+            used: 0,
+            stored: 0,
+            batches: 0,
+        };
+        // Enough codes for its Exchange rounds, issued up front so the
+        // small campaign does not grow between rounds.
+        let per_run = (res
+            .exchange
+            .as_ref()
+            .map_or(10_000.0, |x| x.throughput_per_s)
+            * o.duration().as_secs_f64()
+            * 1.5) as u64;
+        small
+            .ensure(env, (per_run * GROWTH_ROUNDS).max(o.preload_codes))
+            .await?;
+        if o.preload_codes > small.stored {
+            let n = o.preload_codes - small.stored;
+            env.preload(small_id, "preload-1", n).await?;
+            small.stored += n;
+        }
+        println!(
+            "== growth: {} rounds, small campaign ({} codes) and grown campaign ({} codes) in turns",
+            GROWTH_ROUNDS, small.stored, pool.stored
+        );
+        pool.ensure(env, per_run * GROWTH_ROUNDS).await?;
         let settle = env.settle_aof().await?;
-        println!("  waited {settle:.1} s for Redis's AOF rewrite after the bulk load");
-        let mut ex = (None, None);
-        if let Some(s) = &exchange_small {
-            let need = s.throughput_per_s * o.duration().as_secs_f64() * 1.3;
-            let (r, _) = exchange_closed(env, &mut pool, o, c, need as u64).await?;
-            println!("  at {} codes: {}", pool.stored, r.line());
-            ex = (Some(s.clone()), Some(r));
+        println!("  waited {settle:.1} s for Redis's AOF rewrite after the bulk loads");
+        let mut runs: [Vec<RunStats>; 4] = Default::default();
+        for round in 0..GROWTH_ROUNDS {
+            for k in 0..2 {
+                let big = (k == 1) == (round % 2 == 0);
+                let (p, label) = if big {
+                    (&mut pool, "grown")
+                } else {
+                    (&mut small, "small")
+                };
+                let (x, _) = exchange_closed(env, p, o, c, per_run).await?;
+                println!(
+                    "  round {} {label} ({} codes): {}",
+                    round + 1,
+                    p.stored,
+                    x.line()
+                );
+                p.ensure(env, 20_000).await?;
+                let (v, _) = verify_closed(env, p, o, c).await?;
+                println!(
+                    "  round {} {label} ({} codes): {}",
+                    round + 1,
+                    p.stored,
+                    v.line()
+                );
+                let at = usize::from(big);
+                runs[at].push(x);
+                runs[2 + at].push(v);
+            }
         }
-        let mut ve = (None, None);
-        if let Some(s) = &verify_small {
-            pool.ensure(env, 20_000).await?;
-            let (r, _) = verify_closed(env, &pool, o, c).await?;
-            println!("  at {} codes: {}", pool.stored, r.line());
-            ve = (Some(s.clone()), Some(r));
-        }
-        if let ((Some(es), Some(el)), (Some(vs), Some(vl))) = (ex, ve) {
-            res.growth = Some(Growth {
-                small_codes: small,
-                large_codes: pool.stored,
-                preload_codes_per_s: rate.round(),
-                aof_rewrite_wait_seconds: settle,
-                exchange_small: es,
-                exchange_large: el,
-                verify_small: vs,
-                verify_large: vl,
-            });
-        }
+        let [es, el, vs, vl] = runs.map(|r| stats::mean_of(&r));
+        res.growth = Some(Growth {
+            small_codes: small.stored,
+            large_codes: pool.stored,
+            preload_codes_per_s: rate.round(),
+            aof_rewrite_wait_seconds: settle,
+            rounds: GROWTH_ROUNDS as u32,
+            exchange_small: es,
+            exchange_large: el,
+            verify_small: vs,
+            verify_large: vl,
+        });
     }
     Ok(())
 }

@@ -73,6 +73,9 @@ pub struct Growth {
     pub preload_codes_per_s: f64,
     /// Seconds waited after the top-up for Redis's AOF rewrite to finish.
     pub aof_rewrite_wait_seconds: f64,
+    /// Rounds: each figure is the mean of this many runs, taken in turns
+    /// with the other size (a small campaign beside the grown one).
+    pub rounds: u32,
     /// Exchange at the small size.
     pub exchange_small: RunStats,
     /// Exchange at the large size.
@@ -322,6 +325,12 @@ impl Results {
         }
         if let Some(g) = &self.growth {
             let _ = writeln!(m, "## As the campaign grows\n");
+            let _ = writeln!(
+                m,
+                "A campaign of the small size beside the grown one, in the same Redis, \
+                 measured in turns with it: each figure is the mean of {} closed-loop runs.\n",
+                g.rounds
+            );
             let _ = writeln!(
                 m,
                 "| call | {} codes | {} codes | ratio |",

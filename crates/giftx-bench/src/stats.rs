@@ -189,9 +189,60 @@ pub fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+/// The mean of several runs of the same call: rates, percentiles and
+/// means averaged; calls, errors and time summed; the CPU split of the
+/// first run. `runs` must not be empty.
+pub fn mean_of(runs: &[RunStats]) -> RunStats {
+    let n = runs.len().max(1) as f64;
+    let avg = |f: fn(&RunStats) -> f64| runs.iter().map(f).sum::<f64>() / n;
+    let mut out = runs[0].clone();
+    out.name = format!("{} (mean of {} runs)", runs[0].name, runs.len());
+    out.seconds = runs.iter().map(|r| r.seconds).sum();
+    out.requests = runs.iter().map(|r| r.requests).sum();
+    out.ok = runs.iter().map(|r| r.ok).sum();
+    out.errors = BTreeMap::new();
+    for r in runs {
+        for (k, v) in &r.errors {
+            *out.errors.entry(k.clone()).or_default() += v;
+        }
+    }
+    out.throughput_per_s = avg(|r| r.throughput_per_s);
+    out.p50_ms = avg(|r| r.p50_ms);
+    out.p90_ms = avg(|r| r.p90_ms);
+    out.p99_ms = avg(|r| r.p99_ms);
+    out.p999_ms = avg(|r| r.p999_ms);
+    out.mean_ms = avg(|r| r.mean_ms);
+    out.max_ms = runs.iter().map(|r| r.max_ms).fold(0.0, f64::max);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_of_runs_averages_rates_and_percentiles_and_sums_calls() {
+        let run = |ms: u64, err: bool| {
+            let mut s = Samples::default();
+            for _ in 0..100 {
+                s.record(Duration::from_millis(ms), Ok(()));
+            }
+            if err {
+                s.record(Duration::from_millis(ms), Err("Unavailable".to_owned()));
+            }
+            s.summarise("x", Mode::Closed { concurrency: 1 }, Duration::from_secs(1))
+        };
+        let (a, b) = (run(2, true), run(4, false));
+        let m = mean_of(&[a.clone(), b.clone()]);
+        assert_eq!(m.requests, 201);
+        assert_eq!(m.ok, 200);
+        assert_eq!(m.errors.get("Unavailable"), Some(&1));
+        assert!(
+            (m.throughput_per_s - (a.throughput_per_s + b.throughput_per_s) / 2.0).abs() < 1e-9
+        );
+        assert!((m.p99_ms - 3.0).abs() < 0.01, "{}", m.p99_ms);
+        assert!((m.max_ms - 4.0).abs() < 0.01);
+    }
 
     #[test]
     fn percentiles_are_exact_order_statistics() {
