@@ -175,6 +175,37 @@ pub struct ExchangeRecord {
     pub serial: u32,
 }
 
+impl ExchangeRecord {
+    /// The record a successful claim of `req` creates: PENDING, its first
+    /// provider attempt begun, due at once (the claim's lease keeps
+    /// reconcilers off it), with the code's batch ordinal and serial.
+    pub fn claimed(
+        req: &ClaimRequest,
+        id: ExchangeId,
+        now: Timestamp,
+        batch_ordinal: u32,
+        serial: u32,
+    ) -> ExchangeRecord {
+        ExchangeRecord {
+            id,
+            series: req.code.series,
+            option: req.option.clone(),
+            state: ExchangeState::Pending,
+            sealed_deliverable: None,
+            failure_reason: String::new(),
+            create_time: now,
+            update_time: now,
+            attempts: 1,
+            parked: false,
+            next_attempt_time: Timestamp(0),
+            contact: req.contact,
+            preferences: req.preferences,
+            batch_ordinal,
+            serial,
+        }
+    }
+}
+
 impl Preferences {
     /// Whether the holder asked for anything.
     pub fn any(&self) -> bool {

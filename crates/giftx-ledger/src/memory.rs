@@ -829,24 +829,7 @@ impl Ledger for MemoryLedger {
         };
         let seq = st.next_seq();
         let id = ExchangeId(format!("m{:03x}{:010x}", req.code.series.index(), seq));
-        let record = ExchangeRecord {
-            id: id.clone(),
-            series: req.code.series,
-            option: req.option.clone(),
-            state: ExchangeState::Pending,
-            sealed_deliverable: None,
-            failure_reason: String::new(),
-            create_time: now,
-            update_time: now,
-            attempts: 1,
-            parked: false,
-            // Due at once; the claim's lease keeps reconcilers off it.
-            next_attempt_time: Timestamp(0),
-            contact: req.contact,
-            preferences: req.preferences,
-            batch_ordinal,
-            serial,
-        };
+        let record = ExchangeRecord::claimed(req, id.clone(), now, batch_ordinal, serial);
         let c = st.campaign_at_mut(ci)?;
         let rec = c
             .codes

@@ -39,7 +39,6 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use giftx_core::model::{
     Batch, BatchId, BatchState, Campaign, CampaignCounts, CampaignId, CampaignSpec, CodeState,
-    ExchangeState,
 };
 use giftx_core::{Digest, Series, Timestamp};
 use redis::aio::ConnectionManager;
@@ -1462,23 +1461,13 @@ impl Ledger for RedisLedger {
                 };
                 let seq = u16::try_from(int(seq)?).map_err(internal)?;
                 let id = ExchangeLoc::id(series, &req.code.digest, seq);
-                Ok(ClaimOutcome::Claimed(ExchangeRecord {
+                Ok(ClaimOutcome::Claimed(ExchangeRecord::claimed(
+                    req,
                     id,
-                    series,
-                    option: req.option.clone(),
-                    state: ExchangeState::Pending,
-                    sealed_deliverable: None,
-                    failure_reason: String::new(),
-                    create_time: now,
-                    update_time: now,
-                    attempts: 1,
-                    parked: false,
-                    next_attempt_time: Timestamp(0),
-                    contact: req.contact,
-                    preferences: req.preferences,
-                    batch_ordinal: u32::try_from(int(ord)?).map_err(internal)?,
-                    serial: u32::try_from(int(serial)?).map_err(internal)?,
-                }))
+                    now,
+                    u32::try_from(int(ord)?).map_err(internal)?,
+                    u32::try_from(int(serial)?).map_err(internal)?,
+                )))
             }
             Rc::Existing => {
                 if v.len() < 2 + codec::RECORD_MIN_LEN {
