@@ -1,5 +1,5 @@
-//! `giftctl demo` walks DESIGN.md's story against a giftxd with its demo
-//! campaigns, on the embedded ledger and on Redis.
+//! `giftctl demo` walks the apology story of docs/design.md against a
+//! giftxd with its demo campaigns, on the embedded ledger and on Redis.
 
 use giftx_testkit::{TestApp, TestAppOptions};
 

@@ -92,7 +92,7 @@ async fn reconcile(app: &TestApp, name: &str) -> pb::Exchange {
 
 // ---- the story ---------------------------------------------------------------
 
-/// DESIGN.md's story on the seeded demo: letter code → select gift → gift
+/// The apology story (docs/design.md) on the seeded demo: letter code → select gift → gift
 /// code, each shown again.
 async fn check_story(app: TestApp) {
     let letters = issue_codes(&app, "demo-2014", "letters", 3).await;

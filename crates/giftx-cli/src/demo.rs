@@ -1,5 +1,5 @@
-//! `giftctl demo`: DESIGN.md's story, step by step, against giftxd's
-//! embedded demo campaign.
+//! `giftctl demo`: the apology story of docs/design.md, step by step,
+//! against giftxd's embedded demo campaign.
 //!
 //! An apology letter's code (campaign `demo-2014`) is verified and
 //! exchanged for a select gift; the select gift is itself a code (gift ID +
