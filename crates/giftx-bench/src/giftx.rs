@@ -71,6 +71,16 @@ impl Env {
         connections: usize,
         aof_rewrite_min_size_mb: u64,
     ) -> Result<Env> {
+        Env::start_with(giftxd_bin, connections, aof_rewrite_min_size_mb, &[]).await
+    }
+
+    /// [`Env::start`] with further `GIFTX_*` settings for giftxd.
+    pub async fn start_with(
+        giftxd_bin: &Path,
+        connections: usize,
+        aof_rewrite_min_size_mb: u64,
+        giftxd_env: &[(&str, &str)],
+    ) -> Result<Env> {
         let redis = tokio::task::spawn_blocking(RedisServer::start)
             .await
             .context("start redis-server")?;
@@ -85,7 +95,7 @@ impl Env {
             .query_async(&mut redis_conn)
             .await
             .context("CONFIG SET auto-aof-rewrite-min-size")?;
-        let giftxd = Giftxd::start(giftxd_bin, &url).await?;
+        let giftxd = Giftxd::start(giftxd_bin, &url, giftxd_env).await?;
         let ledger = RedisLedger::connect(&url, LedgerConfig::default())
             .await
             .map_err(|e| anyhow!("ledger connect: {e}"))?;

@@ -16,6 +16,7 @@ mod ceilings;
 mod cpu;
 mod drive;
 mod giftx;
+mod hardening;
 mod procs;
 mod report;
 mod stats;
@@ -57,6 +58,9 @@ enum Cmd {
     /// Exchange and VerifyCode at --preload-codes, then at --grow-to
     /// (default 10,000,000) codes in the campaign.
     Growth(Opts),
+    /// The hardening figures: VerifyCode of unknown codes vs wrong login
+    /// keys, and Exchange with and without concurrent IssueCodes streams.
+    Hardening(HardeningArgs),
     /// (internal) the tonic echo server for the echo ceiling.
     #[command(hide = true)]
     EchoServer,
@@ -128,6 +132,19 @@ struct Opts {
     /// that. 64 measures with Redis's default.
     #[arg(long, default_value_t = 2048)]
     aof_rewrite_min_size_mb: u64,
+}
+
+/// `hardening` settings.
+#[derive(Clone, Debug, Args)]
+struct HardeningArgs {
+    #[command(flatten)]
+    opts: Opts,
+    /// VerifyCode calls of each kind (unknown code, wrong login key).
+    #[arg(long, default_value_t = 10_000)]
+    verify_calls: usize,
+    /// Concurrent IssueCodes streams opened while Exchange runs.
+    #[arg(long, default_value_t = 20)]
+    issue_streams: usize,
 }
 
 impl Opts {
@@ -215,6 +232,7 @@ fn main() -> std::process::ExitCode {
         | Cmd::Sweep(o)
         | Cmd::Ceilings(o)
         | Cmd::Growth(o) => o.loadgen_threads,
+        Cmd::Hardening(h) => h.opts.loadgen_threads,
     };
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     cpu::LOADGEN_THREADS.store(
@@ -239,6 +257,7 @@ fn main() -> std::process::ExitCode {
     let r = rt.block_on(async move {
         let (opts, plan) = match cli.cmd {
             Cmd::EchoServer => return ceilings::serve_echo().await,
+            Cmd::Hardening(h) => return run_hardening(h).await,
             Cmd::All(o) => {
                 let p = Plan {
                     ceilings: true,
@@ -435,6 +454,33 @@ async fn run(o: Opts, plan: Plan) -> Result<()> {
     res.judge();
     write_results(&o, &res)?;
     println!("\n{}", res.markdown());
+    Ok(())
+}
+
+/// `giftx-bench hardening`: its own Redis and giftxd, its own results file.
+async fn run_hardening(h: HardeningArgs) -> Result<()> {
+    let o = &h.opts;
+    std::fs::create_dir_all(&o.out).with_context(|| format!("create {}", o.out.display()))?;
+    let bin = procs::giftxd_path(o.giftxd.as_deref())?;
+    println!(
+        "giftx-bench hardening: giftxd {}, load average {}",
+        bin.display(),
+        procs::loadavg()
+    );
+    let mut env = Env::start(&bin, o.connections, o.aof_rewrite_min_size_mb).await?;
+    let r = hardening::run(
+        &mut env,
+        &hardening::HardeningOpts {
+            verify_calls: h.verify_calls,
+            issue_streams: h.issue_streams,
+            concurrency: o.concurrency,
+            duration: o.duration(),
+        },
+    )
+    .await?;
+    let path = o.out.join("hardening.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 

@@ -99,7 +99,8 @@ pub fn giftxd_path(given: Option<&Path>) -> Result<PathBuf> {
 impl Giftxd {
     /// Starts giftxd on `redis_url` with the bench configuration
     /// (workers off, so only the bench sweeps) and waits until it serves.
-    pub async fn start(bin: &Path, redis_url: &str) -> Result<Giftxd> {
+    /// `extra_env`: further `GIFTX_*` settings for this run.
+    pub async fn start(bin: &Path, redis_url: &str, extra_env: &[(&str, &str)]) -> Result<Giftxd> {
         let dir = tempfile::tempdir().context("temp dir for giftxd")?;
         let config = dir.path().join("giftxd.toml");
         std::fs::write(&config, CONFIG)?;
@@ -128,6 +129,7 @@ impl Giftxd {
             .env("GIFTX_LOG", "warn")
             .env_remove("GIFTX_METRICS_LISTEN")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
