@@ -594,7 +594,10 @@ async fn check_unknown_outcome(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(retried.deliverable, Some(d.clone()));
-    assert_eq!(reconcile(&app, &pending.name).await.deliverable, Some(summary));
+    assert_eq!(
+        reconcile(&app, &pending.name).await.deliverable,
+        Some(summary)
+    );
     assert_eq!(sim_a.issued_count(), 1);
 
     // Issued, but the answer was lost: the re-drive finds it (lookup), and

@@ -96,7 +96,11 @@ async fn check_operator_views(app: TestApp) {
         req.delete_personal_data = true;
         req.stop_mail = true;
         let x = exchange(&app, req).await.expect("Exchange");
-        assert_eq!(state_of(&x), pb::ExchangeState::Succeeded, "{option}: {x:?}");
+        assert_eq!(
+            state_of(&x),
+            pb::ExchangeState::Succeeded,
+            "{option}: {x:?}"
+        );
         let d = x.deliverable.clone().expect("deliverable");
         secrets.extend(secrets_of(&d));
         names.push(x.name.clone());
@@ -141,7 +145,10 @@ async fn check_operator_views(app: TestApp) {
         // Still useful to an operator: the kind and the provider's reference.
         let d = r.deliverable.clone().expect("a deliverable summary");
         assert!(!d.reference.is_empty(), "{r:?}");
-        assert!(d.code.is_empty() && d.pin.is_empty() && d.redeem_url.is_empty(), "{r:?}");
+        assert!(
+            d.code.is_empty() && d.pin.is_empty() && d.redeem_url.is_empty(),
+            "{r:?}"
+        );
         answers.push((format!("ReconcileExchange({name})"), format!("{r:?}")));
     }
     // The lost exchange's deliverable, now known to the holder.
@@ -310,7 +317,10 @@ async fn check_operator_views(app: TestApp) {
     // The holder's own views still show everything (and were the source of
     // the secrets above).
     for (code, before) in codes.iter().zip(&holder_views).take(6) {
-        assert_eq!(get_exchange(&app, code).await.deliverable, before.deliverable);
+        assert_eq!(
+            get_exchange(&app, code).await.deliverable,
+            before.deliverable
+        );
     }
 }
 
