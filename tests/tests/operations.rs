@@ -252,7 +252,21 @@ async fn check_stock_lifecycle(app: TestApp) {
         .unwrap()
         .into_inner();
     assert_eq!(done.state, pb::ExchangeState::Succeeded as i32, "{done:?}");
-    let d = done.deliverable.unwrap();
+    // ReconcileExchange is an operator view: no code or pin in it.
+    let summary = done.deliverable.unwrap();
+    assert_eq!((summary.code.as_str(), summary.pin.as_str()), ("", ""));
+    let d = app
+        .exchange
+        .clone()
+        .get_exchange(pb::GetExchangeRequest {
+            code: codes[3].code.clone(),
+            login_key: codes[3].login_key.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliverable
+        .unwrap();
     assert_eq!((d.code.as_str(), d.pin.as_str()), ("EDY-0004", "4444"));
     assert!(handed.insert(d.code), "an item was handed out twice");
     assert_eq!(handed.len(), 4);

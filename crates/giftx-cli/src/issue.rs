@@ -137,6 +137,35 @@ pub(crate) fn rate(done: u64, elapsed: Duration) -> f64 {
     if secs > 0.0 { done as f64 / secs } else { 0.0 }
 }
 
+/// Resolves with the signal's name on Ctrl-C (SIGINT) or SIGTERM. Once
+/// this is polled those signals no longer kill giftctl: `issue` stops the
+/// stream itself, keeps every code received in the partial file, and says
+/// what to do next.
+async fn interrupted() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            // No handler: the signals keep their default action.
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "Ctrl-C",
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
 /// Why the stream did not deliver the batch.
 enum StreamFailure {
     /// The RPC was refused before any code was stored (bad request, unknown
@@ -144,6 +173,8 @@ enum StreamFailure {
     Refused(tonic::Status),
     /// Anything after giftxd may have stored codes.
     Broken(String),
+    /// The operator stopped giftctl (SIGINT or SIGTERM).
+    Interrupted(&'static str),
 }
 
 async fn stream_codes(
@@ -224,7 +255,14 @@ pub async fn run(clients: &mut rpc::Clients, out: Output, args: IssueArgs) -> Re
         c = args.campaign,
         b = args.batch
     );
-    match stream_codes(&mut clients.issuance, request, &mut file, &mut progress).await {
+    // A signal drops the stream between two codes (rows are written
+    // synchronously, so every row in the file is complete); the file is
+    // then flushed below like after any other break.
+    let streamed = tokio::select! {
+        r = stream_codes(&mut clients.issuance, request, &mut file, &mut progress) => r,
+        signal = interrupted() => Err(StreamFailure::Interrupted(signal)),
+    };
+    match streamed {
         Ok(()) => progress.finish(),
         Err(failure) => {
             progress.abandon();
@@ -232,6 +270,28 @@ pub async fn run(clients: &mut rpc::Clients, out: Output, args: IssueArgs) -> Re
             let (rows, flushed) = file.abandon();
             return Err(match failure {
                 StreamFailure::Refused(status) => Error::rpc("IssueCodes")(status),
+                StreamFailure::Interrupted(signal) => {
+                    let kept = match (rows, flushed) {
+                        (0, _) => "no code was received yet".to_owned(),
+                        (n, Ok(())) => format!(
+                            "the {n} codes received ({n} complete lines after the header) \
+                             are in {}",
+                            partial.display()
+                        ),
+                        (n, Err(e)) => format!(
+                            "{n} codes were received but {} may be damaged ({e})",
+                            partial.display()
+                        ),
+                    };
+                    Error::Failed(format!(
+                        "issue interrupted by {signal}; {kept}; giftxd may have stored more \
+                         codes than were received. Next: `giftctl batch show {c} {b}` shows \
+                         how many were stored; `giftctl batch void {c} {b}` voids them all \
+                         unless you will print these",
+                        c = args.campaign,
+                        b = args.batch
+                    ))
+                }
                 StreamFailure::Broken(cause) => {
                     let kept = match (rows, flushed) {
                         (0, _) => "no code was written".to_owned(),

@@ -29,17 +29,33 @@ pub struct Clients {
 }
 
 /// Connects to giftxd at `addr` (`http://host:port`; a bare `host:port`
-/// means plain HTTP/2).
+/// means plain HTTP/2). `https://` is refused: giftctl has no TLS yet, and
+/// speaking plaintext to an address that asks for TLS would send codes and
+/// login keys in the clear.
 ///
 /// # Errors
-/// [`Error::Connect`] when the address is malformed or nothing answers
-/// within a few seconds.
+/// [`Error::Invalid`] when the address asks for TLS or another scheme;
+/// [`Error::Connect`] when it is malformed or nothing answers within a few
+/// seconds.
 pub async fn connect(addr: &str) -> Result<Clients> {
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
         format!("http://{addr}")
     };
+    if let Some((scheme, _)) = uri.split_once("://")
+        && !scheme.eq_ignore_ascii_case("http")
+    {
+        let detail = if scheme.eq_ignore_ascii_case("https") {
+            "giftctl does not support TLS yet, and will not speak plaintext to an https:// \
+             address; use http:// on a trusted network, or reach giftxd through a \
+             TLS-terminating tunnel or proxy that giftctl talks http:// to"
+                .to_owned()
+        } else {
+            format!("unsupported scheme {scheme}://; use http://host:port")
+        };
+        return Err(Error::Invalid(format!("--addr {uri}: {detail}")));
+    }
     let endpoint = Endpoint::from_shared(uri.clone())
         .map_err(|e| Error::Connect {
             addr: uri.clone(),

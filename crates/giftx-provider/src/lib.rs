@@ -212,6 +212,22 @@ pub trait ProviderAdapter: Send + Sync + 'static {
     /// `Unknown` or `Retryable` when the provider cannot say now.
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<Deliverable>, ProviderError>;
 
+    /// Checks, when a campaign is created with an option on this provider,
+    /// that the provider can serve that option at all (e.g. the `select`
+    /// provider's target campaign exists and takes new codes), so an option
+    /// that would fail every exchange is refused at creation instead.
+    /// `campaign` is the campaign being created. The default accepts.
+    ///
+    /// # Errors
+    /// `Rejected` when the option can never work as configured
+    /// (CreateCampaign then answers INVALID_ARGUMENT naming the option's
+    /// `provider` field and the reason); `Retryable`/`Unknown` when the
+    /// provider cannot tell now (CreateCampaign answers UNAVAILABLE).
+    async fn check_option(&self, campaign: &CampaignId) -> Result<(), ProviderError> {
+        let _ = campaign;
+        Ok(())
+    }
+
     /// Cancels what was issued for `idempotency_key`, where the provider
     /// allows it (see [`Capabilities::cancel`]).
     ///

@@ -167,6 +167,13 @@ impl ProviderAdapter for SelectProvider {
         Ok(self.deliverable(&t, &code, &key))
     }
 
+    /// The target campaign must exist and take new codes (past its
+    /// deadline it refuses them), or every exchange of the option fails.
+    async fn check_option(&self, campaign: &CampaignId) -> Result<(), ProviderError> {
+        let _ = campaign;
+        self.issuer.target(&self.campaign).await.map(|_| ())
+    }
+
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<Deliverable>, ProviderError> {
         let t = self.issuer.target(&self.campaign).await?;
         let (code, key) = self.derive(t.series, idempotency_key);

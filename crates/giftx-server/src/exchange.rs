@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use giftx_core::FieldViolation;
+use giftx_core::model::ExchangeState;
+use giftx_core::{DomainError, FieldViolation};
 use giftx_ledger::Preferences;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::exchange_service_server::ExchangeService;
@@ -16,6 +17,10 @@ use crate::convert::{
 use crate::exchanger::{ExchangeInput, ExchangeView};
 use crate::state::AppState;
 use crate::status::ApiError;
+
+/// The `ErrorInfo` reason of an Exchange refused because the code's
+/// earlier exchange is parked for an operator.
+pub const EXCHANGE_PARKED: &str = "EXCHANGE_PARKED";
 
 /// The ExchangeService implementation.
 #[derive(Debug, Clone)]
@@ -34,21 +39,45 @@ impl ExchangeApi {
     }
 }
 
-/// An exchange as protobuf.
-pub fn exchange_to_proto(v: &ExchangeView) -> pb::Exchange {
+/// Who an exchange is shown to, which decides whether the deliverable's
+/// secret parts (`code`, `pin`, `redeem_url`) are in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// The holder, who proved it with the code and login key: Exchange and
+    /// GetExchange only. The whole deliverable.
+    Holder,
+    /// Everyone else (operator views such as ReconcileExchange and
+    /// ListPendingExchanges, and VerifyCode's summary): the deliverable's
+    /// kind, value, expiry and provider reference, never its secret parts.
+    Summary,
+}
+
+/// An exchange as protobuf, for `audience`.
+pub fn exchange_to_proto(v: &ExchangeView, audience: Audience) -> pb::Exchange {
     let r = &v.record;
     pb::Exchange {
         name: exchange_name(&r.id),
         state: exchange_state_to_proto(r.state) as i32,
         option_id: r.option.to_string(),
-        deliverable: v.deliverable.as_ref().map(|d| pb::Deliverable {
-            kind: deliverable_kind_to_proto(d.kind) as i32,
-            code: d.code.clone(),
-            pin: d.pin.clone(),
-            value: d.value.map(money_to_proto),
-            expire_time: d.expire_time.map(timestamp_to_proto),
-            redeem_url: d.redeem_url.clone(),
-            reference: d.reference.clone(),
+        deliverable: v.deliverable.as_ref().map(|d| {
+            let summary = pb::Deliverable {
+                kind: deliverable_kind_to_proto(d.kind) as i32,
+                value: d.value.map(money_to_proto),
+                expire_time: d.expire_time.map(timestamp_to_proto),
+                reference: d.reference.clone(),
+                // Built field by field from an empty message: a secret
+                // field added later stays out of summaries by default.
+                ..pb::Deliverable::default()
+            };
+            match audience {
+                Audience::Summary => summary,
+                Audience::Holder => pb::Deliverable {
+                    code: d.code.clone(),
+                    pin: d.pin.clone(),
+                    redeem_url: d.redeem_url.clone(),
+                    ..summary
+                },
+            }
         }),
         create_time: Some(timestamp_to_proto(r.create_time)),
         update_time: Some(timestamp_to_proto(r.update_time)),
@@ -93,7 +122,11 @@ impl ExchangeApi {
                     provider: o.provider.to_string(),
                 })
                 .collect(),
-            exchange: s.exchange.as_ref().map(exchange_to_proto),
+            // A summary: the deliverable is shown again only by GetExchange.
+            exchange: s
+                .exchange
+                .as_ref()
+                .map(|e| exchange_to_proto(e, Audience::Summary)),
         })
     }
 
@@ -117,12 +150,12 @@ impl ExchangeApi {
         let Some((code, login_key)) = creds.filter(|_| v.is_empty()) else {
             return Err(v.into());
         };
-        let view = self
+        let result = self
             .state
             .exchanger
             .exchange(ExchangeInput {
-                code,
-                login_key,
+                code: code.clone(),
+                login_key: login_key.clone(),
                 option_id: req.option_id,
                 request_id: req.request_id,
                 contact_email: email,
@@ -131,8 +164,33 @@ impl ExchangeApi {
                     stop_mail: req.stop_mail,
                 },
             })
-            .await?;
-        Ok(exchange_to_proto(&view))
+            .await;
+        let view = match result {
+            Err(DomainError::ExchangeInFlight) => {
+                return Err(self.in_flight(&code, &login_key).await);
+            }
+            r => r?,
+        };
+        Ok(exchange_to_proto(&view, Audience::Holder))
+    }
+
+    /// Why another exchange of the code is in the way: a parked one waits
+    /// for an operator, so "retry in a second" would be a lie
+    /// (FAILED_PRECONDITION, `EXCHANGE_PARKED`, no RetryInfo); anything
+    /// else is in flight and ends soon (ABORTED, `EXCHANGE_IN_FLIGHT`).
+    async fn in_flight(&self, code: &giftx_core::Code, key: &giftx_core::LoginKey) -> ApiError {
+        match self.state.exchanger.latest(code, key).await {
+            Ok(v) if v.record.state == ExchangeState::Pending && v.record.parked => {
+                ApiError::Precondition {
+                    reason: EXCHANGE_PARKED,
+                    message: "the code's earlier exchange is parked: its provider outcome is \
+                              unknown and an operator must resolve it (ReconcileExchange); \
+                              retrying will not help until then"
+                        .into(),
+                }
+            }
+            _ => DomainError::ExchangeInFlight.into(),
+        }
     }
 
     async fn get_exchange_impl(
@@ -141,7 +199,7 @@ impl ExchangeApi {
     ) -> Result<pb::Exchange, ApiError> {
         let (code, key) = credentials(&req.code, &req.login_key)?;
         let view = self.state.exchanger.latest(&code, &key).await?;
-        Ok(exchange_to_proto(&view))
+        Ok(exchange_to_proto(&view, Audience::Holder))
     }
 }
 

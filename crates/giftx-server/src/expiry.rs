@@ -10,7 +10,7 @@ use giftx_proto::v1::expiry_service_server::ExpiryService;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, campaign_name, campaign_to_proto, money_to_proto, timestamp_to_proto};
-use crate::exchange::exchange_to_proto;
+use crate::exchange::{Audience, exchange_to_proto};
 use crate::exchanger::ExchangeView;
 use crate::state::AppState;
 use crate::status::ApiError;
@@ -114,11 +114,14 @@ impl ExpiryApi {
             let Some(c) = self.state.campaign_by_series(record.series).await? else {
                 continue;
             };
-            exchanges.push(exchange_to_proto(&ExchangeView {
-                record,
-                campaign: c.spec.id.clone(),
-                deliverable: None,
-            }));
+            exchanges.push(exchange_to_proto(
+                &ExchangeView {
+                    record,
+                    campaign: c.spec.id.clone(),
+                    deliverable: None,
+                },
+                Audience::Summary,
+            ));
         }
         Ok(pb::ListPendingExchangesResponse {
             exchanges,
@@ -137,7 +140,10 @@ impl ExpiryApi {
         let id = convert::parse_exchange_name("name", &req.name)?;
         let (view, outcome) = self.state.exchanger.reconcile(&id).await?;
         tracing::info!(exchange = %id.0, ?outcome, "reconciled on request");
-        Ok(exchange_to_proto(&view))
+        // An operator view: whoever knows an exchange name (ListPreferences
+        // and ListPendingExchanges show them) must not get the holder's
+        // deliverable from it.
+        Ok(exchange_to_proto(&view, Audience::Summary))
     }
 }
 

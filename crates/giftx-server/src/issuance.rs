@@ -24,11 +24,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::Stream;
-use giftx_core::model::{Batch, BatchId, Campaign, CampaignId, CodeState};
-use giftx_core::{Code, FieldViolation, Hasher, LoginKey, Series};
+use giftx_core::model::{Batch, BatchId, Campaign, CampaignId, CampaignSpec, CodeState};
+use giftx_core::{Code, DomainError, FieldViolation, Hasher, LoginKey, Series};
 use giftx_ledger::NewCode;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::issuance_service_server::IssuanceService;
+use giftx_provider::ProviderError;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
@@ -76,6 +77,7 @@ impl IssuanceApi {
         let now = self.state.now();
         let spec =
             convert::campaign_spec_from_request(&req, now, |p| self.state.provider_configured(p))?;
+        self.check_options(&spec).await?;
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
         let c = self
             .state
@@ -85,6 +87,37 @@ impl IssuanceApi {
         let c = self.state.remember_campaign(c);
         tracing::info!(campaign = %c.spec.id, series = %c.series, "campaign ready");
         Ok(campaign_to_proto(&c))
+    }
+
+    /// Asks each option's provider whether it can serve the option at all
+    /// ([`giftx_provider::ProviderAdapter::check_option`]): an option that
+    /// would fail every exchange is refused here, naming its field.
+    async fn check_options(&self, spec: &CampaignSpec) -> Result<(), ApiError> {
+        let mut v = Vec::new();
+        for (i, o) in spec.options.iter().enumerate() {
+            let Some(adapter) = self.state.provider_set.adapters.get(&o.provider) else {
+                continue;
+            };
+            match adapter.check_option(&spec.id).await {
+                Ok(()) => {}
+                Err(ProviderError::Rejected { reason }) => v.push(FieldViolation::new(
+                    format!("campaign.options[{i}].provider"),
+                    format!(
+                        "provider {} cannot serve this option ({reason}); \
+                         every exchange of it would fail",
+                        o.provider
+                    ),
+                )),
+                Err(e) => {
+                    return Err(DomainError::Unavailable(format!(
+                        "provider {} cannot check the option now: {e}",
+                        o.provider
+                    ))
+                    .into());
+                }
+            }
+        }
+        if v.is_empty() { Ok(()) } else { Err(v.into()) }
     }
 
     async fn get_campaign_impl(
