@@ -1325,10 +1325,7 @@ async fn killed_connections_fail_no_call_once_redis_answers() {
         kill_clients(&fx.server);
         ping().unwrap();
         let p = &codes[1 + 2 * round];
-        let r = fx
-            .ledger
-            .claim(&fx.claim_req(p, "r", "amazon"), T0)
-            .await;
+        let r = fx.ledger.claim(&fx.claim_req(p, "r", "amazon"), T0).await;
         assert!(r.is_ok(), "round {round}: {r:?}");
     }
 }
@@ -1370,7 +1367,10 @@ async fn a_tls_redis_with_an_acl_user_serves_the_ledger() {
             .unwrap(),
     );
     let key = fx.hasher.login_key(&p.code, &p.key);
-    fx.ledger.latest_exchange(fx.code_ref(p), key, T0).await.unwrap();
+    fx.ledger
+        .latest_exchange(fx.code_ref(p), key, T0)
+        .await
+        .unwrap();
     // The provider store shares the connections.
     let store = fx.ledger.provider_store();
     let ns = ProviderId::parse("p", "stock").unwrap();
@@ -1382,7 +1382,10 @@ async fn a_tls_redis_with_an_acl_user_serves_the_ledger() {
     assert!(n > 0);
     // Refused: no CA, a wrong password, and `default` (no user).
     let no_ca = RedisLedger::connect_with(&url, config(), options(ACL_PASSWORD, None)).await;
-    assert!(matches!(&no_ca, Err(LedgerError::Internal(m)) if m.contains("GIFTX_REDIS_CA_FILE")), "{no_ca:?}");
+    assert!(
+        matches!(&no_ca, Err(LedgerError::Internal(m)) if m.contains("GIFTX_REDIS_CA_FILE")),
+        "{no_ca:?}"
+    );
     let wrong = RedisLedger::connect_with(&url, config(), options("nope", Some(ca.clone()))).await;
     assert!(wrong.is_err());
     let plain_tls = fx.server.tls_url();
@@ -1390,7 +1393,9 @@ async fn a_tls_redis_with_an_acl_user_serves_the_ledger() {
         &plain_tls,
         config(),
         RedisOptions {
-            tls: TlsOptions { ca_pem: Some(ca.clone()) },
+            tls: TlsOptions {
+                ca_pem: Some(ca.clone()),
+            },
             ..RedisOptions::default()
         },
     )
@@ -1401,5 +1406,8 @@ async fn a_tls_redis_with_an_acl_user_serves_the_ledger() {
     let other_ca = std::fs::read(other.ca_file()).unwrap();
     let untrusted =
         RedisLedger::connect_with(&url, config(), options(ACL_PASSWORD, Some(other_ca))).await;
-    assert!(untrusted.is_err(), "a certificate from another CA was accepted");
+    assert!(
+        untrusted.is_err(),
+        "a certificate from another CA was accepted"
+    );
 }

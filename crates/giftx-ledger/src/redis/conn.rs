@@ -28,8 +28,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisConnectionInfo,
-    RedisError, RedisFuture, Value,
+    AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisConnectionInfo, RedisError,
+    RedisFuture, Value,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -165,7 +165,10 @@ struct Slot {
 
 impl Slot {
     fn current(&self) -> Option<Conn> {
-        let live = self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let live = self
+            .live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         live.as_ref().filter(|c| c.alive()).cloned()
     }
 }

@@ -50,8 +50,8 @@ use crate::{
     Ledger, LedgerConfig, LedgerError, NewCode, Page, Refusal, StoreOutcome, SweepOutcome,
 };
 use codec::{CampaignInfo, int, internal};
-use conn::{Pool, Rerun, with_retry};
 pub use conn::TlsOptions;
+use conn::{Pool, Rerun, with_retry};
 use keys::{BUCKETS, BucketKeys, ExchangeLoc, Slot, global};
 use scripts::{LuaScript, Rc, SCRIPTS};
 
@@ -354,12 +354,16 @@ impl RedisLedger {
             options.timeout,
         )
         .map_err(LedgerError::Internal)?;
-        // Open every connection now, so a wrong URL or password fails here.
+        // Open every connection now and PING on it, so a wrong URL, CA,
+        // user or password fails here rather than on the first call.
         for i in 0..pool.len() {
-            tokio::time::timeout(options.timeout, pool.get(i))
-                .await
-                .map_err(|_| LedgerError::Unavailable("connect timed out".into()))?
-                .map_err(map_err)?;
+            tokio::time::timeout(options.timeout, async {
+                let mut c = pool.get(i).await?;
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
+            .await
+            .map_err(|_| LedgerError::Unavailable("connect timed out".into()))?
+            .map_err(map_err)?;
         }
         Ok(RedisLedger {
             pool: Arc::new(pool),
@@ -725,7 +729,10 @@ impl RedisLedger {
             tracing::debug!(buckets = lost.len(), "store_codes script lost; reloading");
             // Loading a script twice is harmless: retried like a read.
             let _: String = self
-                .read("SCRIPT LOAD", redis::cmd("SCRIPT").arg("LOAD").arg(s.source))
+                .read(
+                    "SCRIPT LOAD",
+                    redis::cmd("SCRIPT").arg("LOAD").arg(s.source),
+                )
                 .await?;
             todo = lost;
         }

@@ -25,10 +25,10 @@ use giftx_provider::{
 use redis::Value;
 use std::sync::Arc;
 
+use super::RedisLedger;
 use super::codec::{bytes, int, text};
 use super::conn::{Pool, with_retry};
 use super::scripts::{LuaScript, Rc};
-use super::RedisLedger;
 use crate::LedgerError;
 
 /// Most entries one `list` call returns (one script must stay short, and
@@ -171,16 +171,10 @@ impl RedisProviderStore {
         let out = async {
             // Read-only scripts are retried once if the connection broke;
             // writes only if they provably were not sent (`conn::Rerun`).
-            let v = with_retry(
-                &self.pool,
-                0,
-                s.rerun(),
-                (self.timeout, s.name),
-                |mut c| {
-                    let cmd = &cmd;
-                    async move { s.call(cmd, &mut c).await }
-                },
-            )
+            let v = with_retry(&self.pool, 0, s.rerun(), (self.timeout, s.name), |mut c| {
+                let cmd = &cmd;
+                async move { s.call(cmd, &mut c).await }
+            })
             .await
             .map_err(store_err)?;
             let Value::Array(v) = v else {

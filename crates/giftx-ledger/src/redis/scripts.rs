@@ -295,8 +295,21 @@ mod tests {
     #[test]
     fn scripts_retried_after_a_broken_connection_only_read() {
         const READS: &[&str] = &[
-            "GET", "HGET", "HMGET", "HGETALL", "HEXISTS", "HLEN", "LLEN", "LRANGE", "EXISTS",
-            "ZRANGE", "ZRANGEBYLEX", "ZRANGEBYSCORE", "ZSCORE", "SISMEMBER", "TIME",
+            "GET",
+            "HGET",
+            "HMGET",
+            "HGETALL",
+            "HEXISTS",
+            "HLEN",
+            "LLEN",
+            "LRANGE",
+            "EXISTS",
+            "ZRANGE",
+            "ZRANGEBYLEX",
+            "ZRANGEBYSCORE",
+            "ZSCORE",
+            "SISMEMBER",
+            "TIME",
         ];
         let mut all = SCRIPTS.catalog();
         all.extend(crate::redis::provider_store::script_catalog());
@@ -311,13 +324,22 @@ mod tests {
             let cmds = commands(source);
             assert!(!cmds.is_empty(), "{file}: no command found");
             for c in cmds {
-                assert!(READS.contains(&c.as_str()), "{file} calls {c}, which writes");
+                assert!(
+                    READS.contains(&c.as_str()),
+                    "{file} calls {c}, which writes"
+                );
             }
         }
         assert_eq!(seen, READ_ONLY.len(), "a READ_ONLY name matches no script");
         // And a writer is caught: verify_code counts wrong keys.
         assert!(commands(SCRIPTS.verify_code.source).contains(&"HSET".to_owned()));
-        assert_eq!(SCRIPTS.verify_code.rerun(), crate::redis::conn::Rerun::IfUnsent);
-        assert_eq!(SCRIPTS.read_exchange.rerun(), crate::redis::conn::Rerun::Safe);
+        assert_eq!(
+            SCRIPTS.verify_code.rerun(),
+            crate::redis::conn::Rerun::IfUnsent
+        );
+        assert_eq!(
+            SCRIPTS.read_exchange.rerun(),
+            crate::redis::conn::Rerun::Safe
+        );
     }
 }
