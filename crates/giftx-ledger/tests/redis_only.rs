@@ -1254,3 +1254,160 @@ async fn push_moves_ttls_of_a_bucket_whose_copy_a_claim_already_synced() {
         "the exchanges' TTL moved by {gained} ms, not by the 90 days the deadline moved"
     );
 }
+
+/// Kills every normal client connection (the ledger's) from a separate
+/// connection, which `CLIENT KILL` skips.
+fn kill_clients(server: &RedisServer) -> u64 {
+    let mut c = server.connection();
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query::<u64>(&mut c)
+        .unwrap()
+}
+
+/// Verify and re-display of `codes` (every other one claimed), `n` calls
+/// in all, 50 at a time; the number that failed.
+async fn redisplay_load(fx: &Fx, codes: &[Printed], n: usize) -> usize {
+    use futures::StreamExt;
+    let now = T0.plus(Duration::from_secs(1));
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let p = &codes[i % codes.len()];
+            let key = fx.hasher.login_key(&p.code, &p.key);
+            let ok = if i % 2 == 0 {
+                fx.ledger.verify(fx.code_ref(p), key, now).await.is_ok()
+            } else {
+                let r = fx.ledger.latest_exchange(fx.code_ref(p), key, now).await;
+                // Unclaimed codes have no exchange: a refusal is an answer.
+                !matches!(
+                    r,
+                    Err(LedgerError::Unavailable(_) | LedgerError::Internal(_))
+                )
+            };
+            usize::from(!ok)
+        })
+        .buffer_unordered(50)
+        .fold(0, |a, b| async move { a + b })
+        .await
+}
+
+/// Issue 12 item 8: connections Redis closed (`CLIENT KILL TYPE normal`)
+/// during a load and while idle fail no call made once Redis answers
+/// again: a dead pooled connection is replaced before it is handed out
+/// (before the fix, each dead connection failed the next call on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_fail_no_call_once_redis_answers() {
+    let fx = setup().await;
+    let c = fx.campaign("killed").await;
+    let codes = fx.issue(&c, "b", 40).await;
+    for p in codes.iter().step_by(2) {
+        fx.ledger
+            .claim(&fx.claim_req(p, "r", "amazon"), T0)
+            .await
+            .unwrap();
+    }
+    // Killed in the middle of a load (its errors are not counted) ...
+    let (_, killed) = tokio::join!(redisplay_load(&fx, &codes, 2000), async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        kill_clients(&fx.server)
+    });
+    assert!(killed > 0, "the ledger had connections to kill");
+    // ... and again while every connection sits idle.
+    assert!(kill_clients(&fx.server) > 0);
+    // Redis answers again (it never stopped): no call may fail now.
+    let ping = || redis::cmd("PING").query::<String>(&mut fx.server.connection());
+    ping().unwrap();
+    for round in 0..3 {
+        assert_eq!(redisplay_load(&fx, &codes, 400).await, 0, "round {round}");
+        // A write (a claim) on a connection that died while idle too.
+        kill_clients(&fx.server);
+        ping().unwrap();
+        let p = &codes[1 + 2 * round];
+        let r = fx.ledger.claim(&fx.claim_req(p, "r", "amazon"), T0).await;
+        assert!(r.is_ok(), "round {round}: {r:?}");
+    }
+}
+
+/// Issue 12 item 9: `rediss://` works (the redis crate was built without
+/// TLS): the ledger reaches a TLS-only listener through the CA it is
+/// given, as an ACL user whose password comes in the options (not the
+/// URL); without the CA, with a wrong password or as `default`, it is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_with_an_acl_user_serves_the_ledger() {
+    use giftx_ledger::redis::{RedisPassword, TlsOptions};
+    use giftx_testkit::redis::{ACL_PASSWORD, ACL_USER};
+    let server = RedisServer::start_tls();
+    let ca = std::fs::read(server.ca_file()).unwrap();
+    let url = server
+        .tls_url()
+        .replace("rediss://", &format!("rediss://{ACL_USER}@"));
+    let options = |password: &str, ca: Option<Vec<u8>>| RedisOptions {
+        tls: TlsOptions { ca_pem: ca },
+        password: Some(RedisPassword(password.into())),
+        ..RedisOptions::default()
+    };
+    let ledger = RedisLedger::connect_with(&url, config(), options(ACL_PASSWORD, Some(ca.clone())))
+        .await
+        .unwrap();
+    let fx = Fx {
+        server,
+        ledger: Arc::new(ledger),
+        hasher: Hasher::new(Secret::new(vec![42; 32])).unwrap(),
+    };
+    let c = fx.campaign("tls").await;
+    let codes = fx.issue(&c, "b", 10).await;
+    let p = &codes[3];
+    claimed(
+        fx.ledger
+            .claim(&fx.claim_req(p, "r", "amazon"), T0)
+            .await
+            .unwrap(),
+    );
+    let key = fx.hasher.login_key(&p.code, &p.key);
+    fx.ledger
+        .latest_exchange(fx.code_ref(p), key, T0)
+        .await
+        .unwrap();
+    // The provider store shares the connections.
+    let store = fx.ledger.provider_store();
+    let ns = ProviderId::parse("p", "stock").unwrap();
+    use giftx_provider::ProviderStore;
+    assert!(store.put_if_absent(&ns, "k", b"v").await.unwrap().created);
+    // The data went to the TLS server's Redis (seen on its plain port).
+    let mut admin = fx.server.connection();
+    let n: i64 = redis::cmd("DBSIZE").query(&mut admin).unwrap();
+    assert!(n > 0);
+    // Refused: no CA, a wrong password, and `default` (no user).
+    let no_ca = RedisLedger::connect_with(&url, config(), options(ACL_PASSWORD, None)).await;
+    assert!(
+        matches!(&no_ca, Err(LedgerError::Internal(m)) if m.contains("GIFTX_REDIS_CA_FILE")),
+        "{no_ca:?}"
+    );
+    let wrong = RedisLedger::connect_with(&url, config(), options("nope", Some(ca.clone()))).await;
+    assert!(wrong.is_err());
+    let plain_tls = fx.server.tls_url();
+    let anonymous = RedisLedger::connect_with(
+        &plain_tls,
+        config(),
+        RedisOptions {
+            tls: TlsOptions {
+                ca_pem: Some(ca.clone()),
+            },
+            ..RedisOptions::default()
+        },
+    )
+    .await;
+    assert!(anonymous.is_err());
+    // Another CA does not vouch for the server.
+    let other = RedisServer::start_tls();
+    let other_ca = std::fs::read(other.ca_file()).unwrap();
+    let untrusted =
+        RedisLedger::connect_with(&url, config(), options(ACL_PASSWORD, Some(other_ca))).await;
+    assert!(
+        untrusted.is_err(),
+        "a certificate from another CA was accepted"
+    );
+}

@@ -376,12 +376,21 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Redis URL (`GIFTX_REDIS_URL`); unset: the embedded ledger.
     pub redis_url: Option<SecretString>,
+    /// PEM file of the CA that signs Redis's certificate, for a
+    /// `rediss://` URL (`GIFTX_REDIS_CA_FILE`; required with `rediss://`).
+    pub redis_ca_file: Option<PathBuf>,
+    /// File holding the Redis password (`GIFTX_REDIS_PASSWORD_FILE`), so it
+    /// need not sit in the URL; the file's content without its trailing
+    /// newline. Overrides a password in the URL.
+    pub redis_password_file: Option<PathBuf>,
     /// Where metrics are served, if anywhere (`GIFTX_METRICS_LISTEN`).
     pub metrics_listen: Option<SocketAddr>,
     /// Services served (`GIFTX_SERVICES`, `--services`; default all).
     pub services: Vec<ServiceKind>,
-    /// File holding the HMAC key, at least 32 bytes after trimming
-    /// surrounding whitespace (`GIFTX_HMAC_KEY_FILE`). Required with Redis.
+    /// File holding the HMAC key (`GIFTX_HMAC_KEY_FILE`), at least 32
+    /// bytes: the file's bytes as they are, or a text key (such as
+    /// `openssl rand -hex 32`) without its surrounding whitespace when at
+    /// least 32 bytes remain. Required with Redis.
     pub hmac_key_file: Option<PathBuf>,
     /// File holding the deliverable AEAD keys (`GIFTX_DELIVERABLE_KEYS_FILE`).
     pub deliverable_keys_file: Option<PathBuf>,
@@ -413,6 +422,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             redis_url: None,
+            redis_ca_file: None,
+            redis_password_file: None,
             metrics_listen: None,
             services: ServiceKind::ALL.to_vec(),
             hmac_key_file: None,
@@ -527,6 +538,12 @@ impl Config {
         }
         if let Some(v) = get("GIFTX_REDIS_URL") {
             self.redis_url = Some(SecretString::new(v.trim()));
+        }
+        if let Some(v) = get("GIFTX_REDIS_CA_FILE") {
+            self.redis_ca_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("GIFTX_REDIS_PASSWORD_FILE") {
+            self.redis_password_file = Some(PathBuf::from(v));
         }
         if let Some(v) = get("GIFTX_METRICS_LISTEN") {
             self.metrics_listen = Some(env_parse("GIFTX_METRICS_LISTEN", &v)?);

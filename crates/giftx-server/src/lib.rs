@@ -79,11 +79,60 @@ impl From<LedgerError> for ServerError {
     }
 }
 
+/// The key a key file holds, read as bytes: without surrounding ASCII
+/// whitespace when at least `min` bytes remain (a text key such as
+/// `openssl rand -hex 32` with its newline, read so since the first
+/// release: the same file keeps hashing the same way), else the file's
+/// bytes exactly as they are (a binary key such as
+/// `head -c 32 /dev/urandom`, which may begin or end with a byte that
+/// looks like whitespace).
+fn key_bytes(bytes: Vec<u8>, min: usize) -> Vec<u8> {
+    let trimmed = bytes.trim_ascii();
+    if trimmed.len() >= min {
+        trimmed.to_vec()
+    } else {
+        bytes
+    }
+}
+
 fn read_key_file(what: &str, path: &Path) -> Result<Secret, ServerError> {
     let bytes = std::fs::read(path)
         .map_err(|e| ServerError::Key(format!("cannot read {what} {}: {e}", path.display())))?;
-    let trimmed = bytes.trim_ascii();
-    Ok(Secret::new(trimmed.to_vec()))
+    Ok(Secret::new(key_bytes(bytes, giftx_core::hash::MIN_KEY_LEN)))
+}
+
+/// The Redis connection options: the CA for `rediss://`
+/// (`GIFTX_REDIS_CA_FILE`) and the password (`GIFTX_REDIS_PASSWORD_FILE`).
+fn redis_options(config: &Config) -> Result<giftx_ledger::redis::RedisOptions, ServerError> {
+    let mut options = giftx_ledger::redis::RedisOptions::default();
+    if let Some(p) = &config.redis_ca_file {
+        let pem = std::fs::read(p).map_err(|e| {
+            ServerError::Key(format!(
+                "cannot read GIFTX_REDIS_CA_FILE {}: {e}",
+                p.display()
+            ))
+        })?;
+        options.tls.ca_pem = Some(pem);
+    }
+    if let Some(p) = &config.redis_password_file {
+        let text = std::fs::read_to_string(p).map_err(|e| {
+            ServerError::Key(format!(
+                "cannot read GIFTX_REDIS_PASSWORD_FILE {}: {e}",
+                p.display()
+            ))
+        })?;
+        // The line, without the newline an editor or `echo` adds.
+        let password = text.strip_suffix('\n').unwrap_or(&text);
+        let password = password.strip_suffix('\r').unwrap_or(password);
+        if password.is_empty() {
+            return Err(ServerError::Key(format!(
+                "GIFTX_REDIS_PASSWORD_FILE {} is empty",
+                p.display()
+            )));
+        }
+        options.password = Some(giftx_ledger::redis::RedisPassword(password.to_owned()));
+    }
+    Ok(options)
 }
 
 /// Builds the shared state from the configuration: reads keys, opens the
@@ -100,7 +149,9 @@ pub async fn build_state(
         Some(path) => {
             Hasher::new(read_key_file("GIFTX_HMAC_KEY_FILE", path)?).map_err(|KeyTooShort(n)| {
                 ServerError::Key(format!(
-                    "GIFTX_HMAC_KEY_FILE {} holds {n} bytes; at least 32 are required",
+                    "GIFTX_HMAC_KEY_FILE {} holds {n} bytes; at least 32 are required (the \
+                     file's bytes are the key, e.g. `head -c 32 /dev/urandom`, or a text key \
+                     such as `openssl rand -hex 32`, whose surrounding whitespace is ignored)",
                     path.display()
                 ))
             })?
@@ -124,7 +175,8 @@ pub async fn build_state(
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| {
                 ServerError::Key(format!(
-                    "cannot read GIFTX_DELIVERABLE_KEYS_FILE {}: {e}",
+                    "cannot read GIFTX_DELIVERABLE_KEYS_FILE {}: {e} (expected text: one key \
+                     per line, 64 hex characters each, e.g. `openssl rand -hex 32`)",
                     p.display()
                 ))
             })?;
@@ -150,9 +202,11 @@ pub async fn build_state(
             Arc::new(MemoryProviderStore::new()),
         ),
         Some(url) => {
-            let redis = giftx_ledger::RedisLedger::connect(url.expose(), ledger_config)
-                .await
-                .map_err(|e| ServerError::Ledger(format!("cannot connect to Redis: {e}")))?;
+            let options = redis_options(&config)?;
+            let redis =
+                giftx_ledger::RedisLedger::connect_with(url.expose(), ledger_config, options)
+                    .await
+                    .map_err(|e| ServerError::Ledger(format!("cannot connect to Redis: {e}")))?;
             let store = Arc::new(redis.provider_store());
             (Arc::new(redis), store)
         }
@@ -427,4 +481,60 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(bytes: &[u8]) -> Vec<u8> {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), bytes).unwrap();
+        read_key_file("GIFTX_HMAC_KEY_FILE", f.path())
+            .unwrap()
+            .expose()
+            .to_vec()
+    }
+
+    /// Issue 12 item 9: `head -c 32 /dev/urandom > hmac.key` gave a key
+    /// that begins or ends with a whitespace byte about 4 % of the time,
+    /// and trimming it left 31 bytes: refused. Now such a key is used as
+    /// it is, byte for byte, so it hashes the same way on every start.
+    #[test]
+    fn a_binary_key_with_whitespace_bytes_at_its_ends_is_used_as_is() {
+        let mut key: Vec<u8> = (0u8..32)
+            .map(|i| i.wrapping_mul(37).wrapping_add(128))
+            .collect();
+        key[0] = b' ';
+        key[31] = b'\n';
+        let got = read(&key);
+        assert_eq!(got, key);
+        let once = Hasher::new(Secret::new(got)).unwrap();
+        let again = Hasher::new(Secret::new(read(&key))).unwrap();
+        let code = giftx_core::Code::generate(giftx_core::Series::from_index(1).unwrap()).unwrap();
+        assert_eq!(once.code(&code), again.code(&code));
+        assert_eq!(
+            once.code(&code),
+            Hasher::new(Secret::new(key.clone())).unwrap().code(&code)
+        );
+        // Every byte value at either end, whitespace or not.
+        for b in [b'\t', b'\n', 0x0b, 0x0c, b'\r', b' ', 0, 0xff] {
+            let mut k = key.clone();
+            k[31] = b;
+            assert_eq!(read(&k), k, "last byte {b:#04x}");
+            k[0] = b;
+            assert_eq!(read(&k), k, "first byte {b:#04x}");
+        }
+    }
+
+    /// A text key (`openssl rand -hex 32 > hmac.key`) keeps the meaning it
+    /// always had: its characters without the newline.
+    #[test]
+    fn a_text_key_is_read_without_its_newline() {
+        let hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(read(format!("{hex}\n").as_bytes()), hex.as_bytes());
+        assert_eq!(read(format!("  {hex}\r\n").as_bytes()), hex.as_bytes());
+        // Too short either way: the file as it is, which Hasher refuses.
+        assert_eq!(read(b"short\n"), b"short\n");
+    }
 }

@@ -20,7 +20,10 @@ const NONCE_LEN: usize = 24;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
     /// A key is not 32 bytes.
-    #[error("deliverable key {index} must be 32 bytes (64 hex characters)")]
+    #[error(
+        "deliverable key {index} (counting from 0, blank and # lines skipped) must be 64 hex \
+         characters (32 bytes) on a line of its own, e.g. from `openssl rand -hex 32`"
+    )]
     BadKey {
         /// Position in the ring.
         index: usize,

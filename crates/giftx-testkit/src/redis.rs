@@ -10,7 +10,17 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// With [`RedisServer::start_tls`]: the TLS port (the plain `port`
+    /// then needs the admin password).
+    tls: Option<u16>,
 }
+
+/// The ACL user a TLS server of [`RedisServer::start_tls`] has for giftx.
+pub const ACL_USER: &str = "giftx";
+/// Its password.
+pub const ACL_PASSWORD: &str = "giftx-acl-pa55";
+/// The `default` user's password on a TLS server (admin, plain port).
+const ADMIN_PASSWORD: &str = "admin-pa55";
 
 fn free_port() -> u16 {
     // Bind port 0, read the port, let it go: redis-server takes it next.
@@ -31,12 +41,123 @@ impl RedisServer {
                 child: None,
                 port: free_port(),
                 dir: tempfile::tempdir().expect("temp dir for redis"),
+                tls: None,
             };
             if s.spawn().is_ok() {
                 return s;
             }
         }
         panic!("could not start redis-server (is it installed? `apt-get install redis-server`)");
+    }
+
+    /// Starts a server that also serves TLS on [`RedisServer::tls_url`],
+    /// with a throwaway CA ([`RedisServer::ca_file`]) and server
+    /// certificate for 127.0.0.1 made by the `openssl` CLI, an ACL user
+    /// [`ACL_USER`] / [`ACL_PASSWORD`] with every right, and the `default`
+    /// user behind a password (so a client without credentials is refused).
+    ///
+    /// # Panics
+    /// When `openssl` or a TLS-enabled `redis-server` is missing.
+    pub fn start_tls() -> RedisServer {
+        for _ in 0..5 {
+            let mut s = RedisServer {
+                child: None,
+                port: free_port(),
+                dir: tempfile::tempdir().expect("temp dir for redis"),
+                tls: Some(free_port()),
+            };
+            s.make_certificates();
+            if s.spawn().is_ok() {
+                return s;
+            }
+        }
+        panic!("could not start a TLS redis-server (is it built with TLS?)");
+    }
+
+    fn make_certificates(&self) {
+        let d = self.dir.path();
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write server.ext");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: [Vec<&str>; 3] = [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"],
+                &["-subj", "/CN=giftx test CA"],
+                &["-addext", "basicConstraints=critical,CA:TRUE"],
+                &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ]
+            .concat(),
+            [
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .current_dir(d)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl (`apt-get install openssl`)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/` (no credentials) of a server
+    /// started with [`RedisServer::start_tls`].
+    ///
+    /// # Panics
+    /// On a server without TLS.
+    pub fn tls_url(&self) -> String {
+        let port = self.tls.expect("a server started with start_tls");
+        format!("rediss://127.0.0.1:{port}/")
+    }
+
+    /// The PEM file of the CA that signed the TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     fn spawn(&mut self) -> Result<(), String> {
@@ -59,6 +180,7 @@ impl RedisServer {
                 "--logfile",
             ])
             .arg(self.dir.path().join("redis.log"))
+            .args(self.tls_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -66,6 +188,34 @@ impl RedisServer {
             .map_err(|e| format!("spawn redis-server: {e}"))?;
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(10))
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        let Some(tls) = self.tls else {
+            return Vec::new();
+        };
+        let f = |n: &str| self.dir.path().join(n).display().to_string();
+        vec![
+            "--tls-port".into(),
+            tls.to_string(),
+            "--tls-cert-file".into(),
+            f("server.crt"),
+            "--tls-key-file".into(),
+            f("server.key"),
+            "--tls-ca-cert-file".into(),
+            f("ca.crt"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--requirepass".into(),
+            ADMIN_PASSWORD.into(),
+            "--user".into(),
+            ACL_USER.into(),
+            "on".into(),
+            format!(">{ACL_PASSWORD}"),
+            "~*".into(),
+            "&*".into(),
+            "+@all".into(),
+        ]
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
@@ -94,9 +244,13 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://127.0.0.1:<port>/` (with the admin password on a server
+    /// started with [`RedisServer::start_tls`]).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(_) => format!("redis://:{ADMIN_PASSWORD}@127.0.0.1:{}/", self.port),
+        }
     }
 
     /// Its data directory.

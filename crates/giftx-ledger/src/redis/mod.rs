@@ -27,6 +27,7 @@
 //! old) is refreshed.
 
 mod codec;
+mod conn;
 mod keys;
 pub mod provider_store;
 mod scripts;
@@ -41,7 +42,6 @@ use giftx_core::model::{
     Batch, BatchId, BatchState, Campaign, CampaignCounts, CampaignId, CampaignSpec, CodeState,
 };
 use giftx_core::{Digest, Series, Timestamp};
-use redis::aio::ConnectionManager;
 use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 use tracing::Instrument;
 
@@ -50,6 +50,8 @@ use crate::{
     Ledger, LedgerConfig, LedgerError, NewCode, Page, Refusal, StoreOutcome, SweepOutcome,
 };
 use codec::{CampaignInfo, int, internal};
+pub use conn::TlsOptions;
+use conn::{Pool, Rerun, with_retry};
 use keys::{BUCKETS, BucketKeys, ExchangeLoc, Slot, global};
 use scripts::{LuaScript, Rc, SCRIPTS};
 
@@ -72,6 +74,20 @@ pub struct RedisOptions {
     /// 16 KiB per fsync; several connections let one turn (and one fsync)
     /// take several times that.
     pub connections: usize,
+    /// For a `rediss://` URL: the CA to trust.
+    pub tls: TlsOptions,
+    /// The password to send (`AUTH`), instead of one in the URL.
+    pub password: Option<RedisPassword>,
+}
+
+/// A Redis password, never printed.
+#[derive(Clone)]
+pub struct RedisPassword(pub String);
+
+impl std::fmt::Debug for RedisPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisPassword(<redacted>)")
+    }
 }
 
 impl Default for RedisOptions {
@@ -82,15 +98,17 @@ impl Default for RedisOptions {
             cache_ttl: Duration::from_secs(1),
             fan_out: 512,
             connections: 4,
+            tls: TlsOptions::default(),
+            password: None,
         }
     }
 }
 
 /// The ledger on Redis (standalone; every script also runs on Cluster).
 pub struct RedisLedger {
-    conn: ConnectionManager,
-    /// `conn` first, then `connections - 1` more.
-    pool: Vec<ConnectionManager>,
+    /// [`RedisOptions::connections`] connections; the first also serves
+    /// `{g}` and the provider store.
+    pool: Arc<Pool>,
     config: LedgerConfig,
     options: RedisOptions,
     cache: Mutex<CampaignCache>,
@@ -277,6 +295,32 @@ pub fn set_script_observer(observer: Box<dyn ScriptObserver>) -> bool {
     SCRIPT_OBSERVER.set(observer).is_ok()
 }
 
+/// A command or a pipeline, to run on a pooled connection.
+trait Query: Sync {
+    fn run<T: redis::FromRedisValue>(
+        &self,
+        c: &mut conn::Conn,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send;
+}
+
+impl Query for redis::Cmd {
+    fn run<T: redis::FromRedisValue>(
+        &self,
+        c: &mut conn::Conn,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send {
+        self.query_async(c)
+    }
+}
+
+impl Query for redis::Pipeline {
+    fn run<T: redis::FromRedisValue>(
+        &self,
+        c: &mut conn::Conn,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send {
+        self.query_async(c)
+    }
+}
+
 /// Bucket scripts per pipeline when storing codes: with a default
 /// IssueCodes chunk of 262,144 (64 codes, 3.3 KB a script) about 2,000
 /// codes and 100 KB a pipeline, a few milliseconds of Redis's time, so a
@@ -302,26 +346,27 @@ impl RedisLedger {
         config: LedgerConfig,
         options: RedisOptions,
     ) -> Result<RedisLedger, LedgerError> {
-        let client = redis::Client::open(url).map_err(|e| LedgerError::Internal(e.to_string()))?;
-        let cm = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.timeout))
-            .set_response_timeout(Some(options.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let mut pool = Vec::with_capacity(options.connections.max(1));
-        for _ in 0..options.connections.max(1) {
-            let conn = tokio::time::timeout(
-                options.timeout,
-                ConnectionManager::new_with_config(client.clone(), cm.clone()),
-            )
+        let pool = Pool::new(
+            url,
+            options.password.as_ref().map(|p| p.0.as_str()),
+            &options.tls,
+            options.connections,
+            options.timeout,
+        )
+        .map_err(LedgerError::Internal)?;
+        // Open every connection now and PING on it, so a wrong URL, CA,
+        // user or password fails here rather than on the first call.
+        for i in 0..pool.len() {
+            tokio::time::timeout(options.timeout, async {
+                let mut c = pool.get(i).await?;
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
             .await
             .map_err(|_| LedgerError::Unavailable("connect timed out".into()))?
             .map_err(map_err)?;
-            pool.push(conn);
         }
         Ok(RedisLedger {
-            conn: pool[0].clone(),
-            pool,
+            pool: Arc::new(pool),
             config,
             options,
             cache: Mutex::new(CampaignCache::default()),
@@ -338,31 +383,26 @@ impl RedisLedger {
         wall.saturating_sub(ms(self.options.event_retention)).max(0)
     }
 
-    /// The connection for work on `bucket` (the first for `{g}`).
-    fn conn_for(&self, bucket: Option<u16>) -> ConnectionManager {
-        let i = bucket.map_or(0, |b| usize::from(b) % self.pool.len());
-        self.pool[i].clone()
+    /// The pooled connection for work on `bucket` (the first for `{g}`).
+    fn slot_for(bucket: Option<u16>) -> usize {
+        bucket.map_or(0, usize::from)
     }
 
-    /// After one connection found Redis gone, makes every other pooled
-    /// connection find out too (a PING fails and starts its reconnect), so
-    /// that once Redis is back no call fails on a socket that died while
-    /// it sat idle: a lost server costs callers about one failure, as with
-    /// a single connection.
-    async fn poke_pool(&self, e: &RedisError) {
-        if self.pool.len() < 2 || !(e.is_connection_dropped() || e.is_io_error()) {
-            return;
-        }
-        futures::future::join_all(self.pool.iter().map(|c| {
-            let mut c = c.clone();
-            async move {
-                let ping = redis::cmd("PING");
-                let _ =
-                    tokio::time::timeout(self.options.timeout, ping.query_async::<Value>(&mut c))
-                        .await;
-            }
-        }))
-        .await;
+    /// One plain read command (or pipeline) on the `{g}` connection,
+    /// retried once on a fresh connection if its connection broke.
+    async fn read<T, Q>(&self, what: &str, q: &Q) -> Result<T, LedgerError>
+    where
+        T: redis::FromRedisValue,
+        Q: Query,
+    {
+        with_retry(
+            &self.pool,
+            0,
+            Rerun::Safe,
+            (self.options.timeout, what),
+            |mut c| async move { q.run(&mut c).await },
+        )
+        .await
     }
 
     fn retention(&self) -> i64 {
@@ -393,20 +433,19 @@ impl RedisLedger {
             bucket = bucket.map(i64::from).unwrap_or(-1),
             result = tracing::field::Empty
         );
-        let mut conn = self.conn_for(bucket);
         let started = Instant::now();
         let out = async {
-            let call = s.call(&cmd, &mut conn);
-            let v: Value = match tokio::time::timeout(self.options.timeout, call)
-                .await
-                .map_err(|_| LedgerError::Unavailable(format!("{} timed out", s.name)))?
-            {
-                Ok(v) => v,
-                Err(e) => {
-                    self.poke_pool(&e).await;
-                    return Err(map_err(e));
-                }
-            };
+            let v: Value = with_retry(
+                &self.pool,
+                Self::slot_for(bucket),
+                s.rerun(),
+                (self.options.timeout, s.name),
+                |mut c| {
+                    let cmd = &cmd;
+                    async move { s.call(cmd, &mut c).await }
+                },
+            )
+            .await?;
             let Value::Array(v) = v else {
                 return Err(internal(format!("{} returned a non-array", s.name)));
             };
@@ -425,31 +464,25 @@ impl RedisLedger {
         out
     }
 
-    /// Runs plain commands in pipelines of at most 512, concurrently.
+    /// Runs plain read commands in pipelines of at most 512, concurrently
+    /// (each pipeline retried once if its connection broke: reads only).
     async fn pipelined(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, LedgerError> {
         let chunks: Vec<Vec<redis::Cmd>> = cmds.chunks(512).map(<[redis::Cmd]>::to_vec).collect();
         let results: Vec<Vec<Value>> = futures::stream::iter(chunks.into_iter().enumerate())
-            .map(|(n, chunk)| {
-                let mut conn = self.pool[n % self.pool.len()].clone();
-                async move {
-                    let mut p = redis::pipe();
-                    for c in chunk {
-                        p.add_command(c);
-                    }
-                    match tokio::time::timeout(
-                        self.options.timeout,
-                        p.query_async::<Vec<Value>>(&mut conn),
-                    )
-                    .await
-                    .map_err(|_| LedgerError::Unavailable("pipeline timed out".into()))?
-                    {
-                        Ok(v) => Ok(v),
-                        Err(e) => {
-                            self.poke_pool(&e).await;
-                            Err(map_err(e))
-                        }
-                    }
+            .map(|(n, chunk)| async move {
+                let mut p = redis::pipe();
+                for c in chunk {
+                    p.add_command(c);
                 }
+                let p = &p;
+                with_retry(
+                    &self.pool,
+                    n,
+                    Rerun::Safe,
+                    (self.options.timeout, "pipeline"),
+                    |mut c| async move { p.query_async::<Vec<Value>>(&mut c).await },
+                )
+                .await
             })
             .buffered(8)
             .try_collect()
@@ -477,16 +510,9 @@ impl RedisLedger {
 
     /// The campaign record, straight from Redis (no cache).
     async fn fetch_campaign(&self, id: &CampaignId) -> Result<Option<CampaignInfo>, LedgerError> {
-        let mut conn = self.conn.clone();
-        let h: HashMap<String, Vec<u8>> = tokio::time::timeout(
-            self.options.timeout,
-            redis::cmd("HGETALL")
-                .arg(global::campaign(id))
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| LedgerError::Unavailable("HGETALL timed out".into()))?
-        .map_err(map_err)?;
+        let h: HashMap<String, Vec<u8>> = self
+            .read("HGETALL", redis::cmd("HGETALL").arg(global::campaign(id)))
+            .await?;
         if h.is_empty() {
             return Ok(None);
         }
@@ -494,17 +520,12 @@ impl RedisLedger {
     }
 
     async fn series_owner(&self, series: Series) -> Result<Option<CampaignId>, LedgerError> {
-        let mut conn = self.conn.clone();
-        let id: Option<String> = tokio::time::timeout(
-            self.options.timeout,
-            redis::cmd("HGET")
-                .arg(global::SERIES)
-                .arg(series.index())
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| LedgerError::Unavailable("HGET timed out".into()))?
-        .map_err(map_err)?;
+        let id: Option<String> = self
+            .read(
+                "HGET",
+                redis::cmd("HGET").arg(global::SERIES).arg(series.index()),
+            )
+            .await?;
         id.map(|s| CampaignId::parse("campaign", &s).map_err(|e| internal(e.description)))
             .transpose()
     }
@@ -634,7 +655,6 @@ impl RedisLedger {
             let replies: Vec<Vec<(usize, redis::RedisResult<Value>)>> =
                 futures::stream::iter(batches.into_iter().enumerate())
                     .map(|(n, batch)| {
-                        let mut conn = self.pool[n % self.pool.len()].clone();
                         let mut p = redis::pipe();
                         p.ignore_errors();
                         for &r in &batch {
@@ -657,19 +677,16 @@ impl RedisLedger {
                             p.add_command(cmd);
                         }
                         async move {
-                            let v: Vec<redis::RedisResult<Value>> = match tokio::time::timeout(
-                                self.options.timeout,
-                                p.query_async(&mut conn),
+                            let p = &p;
+                            // Writes: re-sent only if they provably were not sent.
+                            let v: Vec<redis::RedisResult<Value>> = with_retry(
+                                &self.pool,
+                                n,
+                                Rerun::IfUnsent,
+                                (self.options.timeout, "store_codes"),
+                                |mut c| async move { p.query_async(&mut c).await },
                             )
-                            .await
-                            .map_err(|_| LedgerError::Unavailable("store_codes timed out".into()))?
-                            {
-                                Ok(v) => v,
-                                Err(e) => {
-                                    self.poke_pool(&e).await;
-                                    return Err(map_err(e));
-                                }
-                            };
+                            .await?;
                             if v.len() != batch.len() {
                                 return Err(internal("short store_codes pipeline reply"));
                             }
@@ -710,17 +727,13 @@ impl RedisLedger {
                 return Ok(out);
             }
             tracing::debug!(buckets = lost.len(), "store_codes script lost; reloading");
-            let mut conn = self.conn.clone();
-            tokio::time::timeout(
-                self.options.timeout,
-                redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(s.source)
-                    .query_async::<String>(&mut conn),
-            )
-            .await
-            .map_err(|_| LedgerError::Unavailable("SCRIPT LOAD timed out".into()))?
-            .map_err(map_err)?;
+            // Loading a script twice is harmless: retried like a read.
+            let _: String = self
+                .read(
+                    "SCRIPT LOAD",
+                    redis::cmd("SCRIPT").arg("LOAD").arg(s.source),
+                )
+                .await?;
             todo = lost;
         }
         Err(LedgerError::Unavailable(
@@ -755,16 +768,12 @@ impl RedisLedger {
         batch: &BatchId,
         now: Option<Timestamp>,
     ) -> Result<Option<Batch>, LedgerError> {
-        let mut conn = self.conn.clone();
-        let h: HashMap<String, String> = tokio::time::timeout(
-            self.options.timeout,
-            redis::cmd("HGETALL")
-                .arg(global::batch(&info.campaign.spec.id, batch))
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| LedgerError::Unavailable("HGETALL timed out".into()))?
-        .map_err(map_err)?;
+        let h: HashMap<String, String> = self
+            .read(
+                "HGETALL",
+                redis::cmd("HGETALL").arg(global::batch(&info.campaign.spec.id, batch)),
+            )
+            .await?;
         if h.is_empty() {
             return Ok(None);
         }
@@ -1074,21 +1083,18 @@ impl Ledger for RedisLedger {
             Some(c) => c.parse().map_err(|_| internal("bad cursor"))?,
         };
         let limit = i64::try_from(limit.max(1)).unwrap_or(1000);
-        let mut conn = self.conn.clone();
-        let (ids, total): (Vec<String>, i64) = tokio::time::timeout(
-            self.options.timeout,
-            redis::pipe()
-                .cmd("LRANGE")
-                .arg(global::CAMPAIGN_LIST)
-                .arg(start)
-                .arg(start + limit - 1)
-                .cmd("LLEN")
-                .arg(global::CAMPAIGN_LIST)
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| LedgerError::Unavailable("LRANGE timed out".into()))?
-        .map_err(map_err)?;
+        let (ids, total): (Vec<String>, i64) = self
+            .read(
+                "LRANGE",
+                redis::pipe()
+                    .cmd("LRANGE")
+                    .arg(global::CAMPAIGN_LIST)
+                    .arg(start)
+                    .arg(start + limit - 1)
+                    .cmd("LLEN")
+                    .arg(global::CAMPAIGN_LIST),
+            )
+            .await?;
         let mut items = Vec::with_capacity(ids.len());
         for id in ids {
             let id = CampaignId::parse("campaign", &id).map_err(|e| internal(e.description))?;
@@ -1604,17 +1610,14 @@ impl Ledger for RedisLedger {
         let Some(info) = self.load_campaign(campaign).await? else {
             return Ok(None);
         };
-        let mut conn = self.conn.clone();
-        let id: Option<String> = tokio::time::timeout(
-            self.options.timeout,
-            redis::cmd("HGET")
-                .arg(global::batch_ordinals(campaign))
-                .arg(ordinal)
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| LedgerError::Unavailable("HGET timed out".into()))?
-        .map_err(map_err)?;
+        let id: Option<String> = self
+            .read(
+                "HGET",
+                redis::cmd("HGET")
+                    .arg(global::batch_ordinals(campaign))
+                    .arg(ordinal),
+            )
+            .await?;
         let Some(id) = id else {
             return Ok(None);
         };
@@ -1830,7 +1833,7 @@ mod tests {
 
     /// Calls of `command` Redis has run since the last `CONFIG RESETSTAT`.
     async fn calls(ledger: &RedisLedger, command: &str) -> u64 {
-        let mut conn = ledger.conn.clone();
+        let mut conn = ledger.pool.get(0).await.unwrap();
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
             .query_async(&mut conn)
@@ -1870,7 +1873,7 @@ mod tests {
         let unknown = Series::from_index((c.series.index() + 1) % Series::COUNT).unwrap();
         for round in 0..3 {
             ledger.forget_cache();
-            let mut conn = ledger.conn.clone();
+            let mut conn = ledger.pool.get(0).await.unwrap();
             let () = redis::cmd("CONFIG")
                 .arg("RESETSTAT")
                 .query_async(&mut conn)

@@ -23,11 +23,12 @@ use giftx_provider::{
     Entries, ProviderStore, StockAdded, StockItem, StockStatus, StoreError, Stored,
 };
 use redis::Value;
-use redis::aio::ConnectionManager;
+use std::sync::Arc;
 
+use super::RedisLedger;
 use super::codec::{bytes, int, text};
+use super::conn::{Pool, with_retry};
 use super::scripts::{LuaScript, Rc};
-use super::{RedisLedger, map_err};
 use crate::LedgerError;
 
 /// Most entries one `list` call returns (one script must stay short, and
@@ -122,7 +123,8 @@ fn optional(v: &[Value]) -> Result<Option<Vec<u8>>, StoreError> {
 /// Cluster). Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct RedisProviderStore {
-    conn: ConnectionManager,
+    /// The ledger's connections (the store uses the first).
+    pool: Arc<Pool>,
     timeout: Duration,
 }
 
@@ -139,7 +141,7 @@ impl RedisLedger {
     /// per-call timeout ([`RedisOptions::timeout`](super::RedisOptions)).
     pub fn provider_store(&self) -> RedisProviderStore {
         RedisProviderStore {
-            conn: self.conn.clone(),
+            pool: self.pool.clone(),
             timeout: self.options.timeout,
         }
     }
@@ -166,13 +168,15 @@ impl RedisProviderStore {
         for a in args {
             cmd.arg(*a);
         }
-        let mut conn = self.conn.clone();
-        let call = s.call(&cmd, &mut conn);
         let out = async {
-            let v = tokio::time::timeout(self.timeout, call)
-                .await
-                .map_err(|_| StoreError::Unavailable(format!("{} timed out", s.name)))?
-                .map_err(|e| store_err(map_err(e)))?;
+            // Read-only scripts are retried once if the connection broke;
+            // writes only if they provably were not sent (`conn::Rerun`).
+            let v = with_retry(&self.pool, 0, s.rerun(), (self.timeout, s.name), |mut c| {
+                let cmd = &cmd;
+                async move { s.call(cmd, &mut c).await }
+            })
+            .await
+            .map_err(store_err)?;
             let Value::Array(v) = v else {
                 return Err(internal(format!("{} returned a non-array", s.name)));
             };

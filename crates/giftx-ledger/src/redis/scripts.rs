@@ -48,7 +48,29 @@ impl LuaScript {
     }
 }
 
+/// Scripts that only read: safe to run again when their connection broke
+/// before the answer came (see `conn::Rerun`). Every other script writes,
+/// and after such a failure may or may not have run, so it is re-sent only
+/// when it provably was not sent. A script listed here must call no
+/// command that writes (checked by a test).
+const READ_ONLY: &[&str] = &[
+    "read_exchange",
+    "store_get",
+    "store_list",
+    "store_stock_get",
+    "store_stock_status",
+];
+
 impl LuaScript {
+    /// Whether this script may be sent again after its connection broke.
+    pub(crate) fn rerun(&self) -> super::conn::Rerun {
+        if READ_ONLY.contains(&self.name) {
+            super::conn::Rerun::Safe
+        } else {
+            super::conn::Rerun::IfUnsent
+        }
+    }
+
     /// `EVALSHA <sha> <n> keys...`, ready for the arguments. One
     /// `redis::Cmd` keeps every argument in one buffer: cheaper than a
     /// `ScriptInvocation`, which allocates per argument and copies them
@@ -249,5 +271,75 @@ mod tests {
             assert_eq!(s.source, format!("{lib}{}", s.file_source), "{}", s.name);
         }
         assert_eq!(SCRIPTS.claim_code.source, SCRIPTS.claim_code.file_source);
+    }
+
+    /// The Redis commands `source` calls by name.
+    fn commands(source: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for call in ["rcall(", "redis.call(", "redis.pcall("] {
+            for (i, _) in source.match_indices(call) {
+                let rest = source[i + call.len()..].trim_start();
+                let quote = rest.chars().next().unwrap_or(' ');
+                assert!(
+                    quote == '\'' || quote == '"',
+                    "a command named by a variable: {}",
+                    &rest[..rest.len().min(40)]
+                );
+                let name: String = rest[1..].chars().take_while(|c| *c != quote).collect();
+                out.push(name.to_ascii_uppercase());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn scripts_retried_after_a_broken_connection_only_read() {
+        const READS: &[&str] = &[
+            "GET",
+            "HGET",
+            "HMGET",
+            "HGETALL",
+            "HEXISTS",
+            "HLEN",
+            "LLEN",
+            "LRANGE",
+            "EXISTS",
+            "ZRANGE",
+            "ZRANGEBYLEX",
+            "ZRANGEBYSCORE",
+            "ZSCORE",
+            "SISMEMBER",
+            "TIME",
+        ];
+        let mut all = SCRIPTS.catalog();
+        all.extend(crate::redis::provider_store::script_catalog());
+        let mut seen = 0;
+        for (file, _, source) in all {
+            let name = file.trim_end_matches(".lua");
+            let name = name.rsplit_once('-').map_or(name, |(n, _)| n);
+            if !READ_ONLY.contains(&name) {
+                continue;
+            }
+            seen += 1;
+            let cmds = commands(source);
+            assert!(!cmds.is_empty(), "{file}: no command found");
+            for c in cmds {
+                assert!(
+                    READS.contains(&c.as_str()),
+                    "{file} calls {c}, which writes"
+                );
+            }
+        }
+        assert_eq!(seen, READ_ONLY.len(), "a READ_ONLY name matches no script");
+        // And a writer is caught: verify_code counts wrong keys.
+        assert!(commands(SCRIPTS.verify_code.source).contains(&"HSET".to_owned()));
+        assert_eq!(
+            SCRIPTS.verify_code.rerun(),
+            crate::redis::conn::Rerun::IfUnsent
+        );
+        assert_eq!(
+            SCRIPTS.read_exchange.rerun(),
+            crate::redis::conn::Rerun::Safe
+        );
     }
 }
