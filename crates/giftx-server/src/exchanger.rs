@@ -164,6 +164,7 @@ fn refusal(r: Refusal) -> DomainError {
         Refusal::AlreadyRedeemed => DomainError::CodeAlreadyRedeemed,
         Refusal::InFlight | Refusal::Leased => DomainError::ExchangeInFlight,
         Refusal::RequestIdReused => DomainError::RequestIdReused,
+        Refusal::TooManyAttempts => DomainError::TooManyAttempts,
         Refusal::CampaignNotFound => DomainError::CampaignNotFound,
         Refusal::BatchNotFound => DomainError::BatchNotFound,
         Refusal::ExchangeNotFound => DomainError::ExchangeNotFound,
@@ -650,7 +651,7 @@ impl Exchanger {
             Err(ProviderError::Rejected { reason }) => {
                 let done = self
                     .ledger
-                    .release(&rec.id, &reason, now)
+                    .release(&rec.id, &reason, false, now)
                     .await
                     .map_err(ledger_error)?;
                 Ok((self.view(campaign, done).await?, DriveOutcome::Failed))

@@ -60,6 +60,7 @@ impl From<Refusal> for ApiError {
             Refusal::AlreadyRedeemed => DomainError::CodeAlreadyRedeemed,
             Refusal::InFlight | Refusal::Leased => DomainError::ExchangeInFlight,
             Refusal::RequestIdReused => DomainError::RequestIdReused,
+            Refusal::TooManyAttempts => DomainError::TooManyAttempts,
             Refusal::CampaignNotFound => DomainError::CampaignNotFound,
             Refusal::CampaignExists => DomainError::CampaignAlreadyExists,
             Refusal::SeriesExhausted => DomainError::SeriesExhausted,
@@ -112,6 +113,7 @@ pub fn reason(e: &DomainError) -> &'static str {
         DomainError::CodeAlreadyRedeemed => "CODE_ALREADY_REDEEMED",
         DomainError::ExchangeInFlight => "EXCHANGE_IN_FLIGHT",
         DomainError::RequestIdReused => "REQUEST_ID_REUSED",
+        DomainError::TooManyAttempts => "TOO_MANY_ATTEMPTS",
         DomainError::CampaignAlreadyExists => "CAMPAIGN_ALREADY_EXISTS",
         DomainError::BatchAlreadyExists => "BATCH_ALREADY_EXISTS",
         DomainError::CampaignExpired => "CAMPAIGN_EXPIRED",
@@ -135,6 +137,7 @@ pub fn code(e: &DomainError) -> Code {
         | DomainError::CodeVoid
         | DomainError::CodeAlreadyRedeemed
         | DomainError::RequestIdReused
+        | DomainError::TooManyAttempts
         | DomainError::CampaignExpired => Code::FailedPrecondition,
         DomainError::ExchangeInFlight => Code::Aborted,
         DomainError::CampaignAlreadyExists | DomainError::BatchAlreadyExists => Code::AlreadyExists,
@@ -269,6 +272,7 @@ mod tests {
             Refusal::ExchangeNotFound,
             Refusal::ExchangeFinished,
             Refusal::Leased,
+            Refusal::TooManyAttempts,
         ] {
             let s = ApiError::from(r.clone()).into_status(Timestamp(0));
             assert_ne!(s.code(), Code::Internal, "{r:?}");
