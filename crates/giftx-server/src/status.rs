@@ -21,6 +21,13 @@ pub const ERROR_DOMAIN: &str = "giftx.dev";
 /// unavailable call.
 const RETRY_SOON: Duration = Duration::from_secs(1);
 
+/// How long a holder whose option is out of stock is told to wait: stock
+/// comes back when an operator loads more, and every refused try counts
+/// towards the code's limit of refused exchanges
+/// (`giftx_ledger::MAX_FAILED_EXCHANGES`), so retrying every second would
+/// use it up.
+const RETRY_STOCK: Duration = Duration::from_secs(60);
+
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -183,8 +190,12 @@ impl ApiError {
                 details.set_retry_info(Some(Duration::from_millis(ms.unsigned_abs())));
                 e.to_string()
             }
-            DomainError::ExchangeInFlight | DomainError::StockExhausted => {
+            DomainError::ExchangeInFlight => {
                 details.set_retry_info(Some(RETRY_SOON));
+                e.to_string()
+            }
+            DomainError::StockExhausted => {
+                details.set_retry_info(Some(RETRY_STOCK));
                 e.to_string()
             }
             DomainError::Unavailable(cause) => {
