@@ -530,6 +530,114 @@ async fn a_rejected_exchange_fails_and_the_code_can_choose_again_on_redis() {
     check_rejection(spawn(true).await).await;
 }
 
+/// Issue 12 item 2: a holder whose provider keeps refusing cannot make the
+/// ledger keep records without bound: the code takes 20 refused exchanges,
+/// then answers TOO_MANY_ATTEMPTS, while repeated requests still get their
+/// exchange back.
+async fn check_refusal_cap(app: TestApp) {
+    create_gifts(&app).await;
+    let codes = issue_codes(&app, CAMPAIGN, "cap", 2).await;
+    let sim_a = sim(&app, "emoney-a");
+    sim_a.set_fault(FaultMode::RejectAll);
+    let mut first = None;
+    for i in 0..20 {
+        let x = exchange(
+            &app,
+            exchange_request(&codes[0], "emoney-a", &format!("c-{i}")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(state_of(&x), pb::ExchangeState::Failed, "{x:?}");
+        first.get_or_insert(x);
+    }
+    let calls = sim_a.issue_calls();
+    let e = exchange(&app, exchange_request(&codes[0], "emoney-b", "c-20"))
+        .await
+        .unwrap_err();
+    assert_refused(&e, GrpcCode::FailedPrecondition, "TOO_MANY_ATTEMPTS");
+    assert_eq!(sim_a.issue_calls(), calls, "no provider call once capped");
+    assert_eq!(
+        exchange(&app, exchange_request(&codes[0], "emoney-a", "c-0"))
+            .await
+            .unwrap(),
+        first.unwrap()
+    );
+    assert_eq!(code_state(&app, &codes[0]).await, pb::CodeState::Active);
+    // Another code is not affected.
+    sim_a.set_fault(FaultMode::None);
+    let ok = exchange(&app, exchange_request(&codes[1], "emoney-a", "c-0"))
+        .await
+        .unwrap();
+    assert_eq!(state_of(&ok), pb::ExchangeState::Succeeded);
+}
+
+#[tokio::test]
+async fn a_code_takes_at_most_20_refused_exchanges_embedded() {
+    check_refusal_cap(spawn(false).await).await;
+}
+
+#[tokio::test]
+async fn a_code_takes_at_most_20_refused_exchanges_on_redis() {
+    check_refusal_cap(spawn(true).await).await;
+}
+
+/// Issue 12 item 3: a provider that cannot serve now (nothing issued)
+/// frees the code at once: UNAVAILABLE with RetryInfo, the exchange FAILED,
+/// another option works right away, nothing is left for the reconciler,
+/// and the same request retried later claims again.
+async fn check_retryable_refusal(app: TestApp) {
+    create_gifts(&app).await;
+    let codes = issue_codes(&app, CAMPAIGN, "retryable", 2).await;
+    let sim_a = sim(&app, "emoney-a");
+    sim_a.set_fault(FaultMode::RetryableAll);
+    let e = exchange(&app, exchange_request(&codes[0], "emoney-a", "t-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), GrpcCode::Unavailable, "{e:?}");
+    assert!(e.get_details_retry_info().is_some(), "{e:?}");
+    assert_eq!(code_state(&app, &codes[0]).await, pb::CodeState::Active);
+    let failed = get_exchange(&app, &codes[0]).await;
+    assert_eq!(state_of(&failed), pb::ExchangeState::Failed);
+    assert_eq!(failed.failure_reason, "SIMULATED_UNAVAILABLE");
+    assert!(list_pending(&app).await.is_empty());
+    // Another option at once.
+    let ok = exchange(&app, exchange_request(&codes[0], "emoney-b", "t-2"))
+        .await
+        .unwrap();
+    assert_eq!(state_of(&ok), pb::ExchangeState::Succeeded);
+    // The provider is back: the abandoned exchange stays FAILED and nothing
+    // more is issued for it.
+    sim_a.set_fault(FaultMode::None);
+    app.clock.advance(Duration::from_secs(120));
+    assert_eq!(
+        state_of(&reconcile(&app, &failed.name).await),
+        pb::ExchangeState::Failed
+    );
+    assert_eq!(sim_a.issued_count(), 0);
+    // On another code, the same request retried once the provider is back
+    // claims again and succeeds.
+    sim_a.set_fault(FaultMode::RetryableAll);
+    exchange(&app, exchange_request(&codes[1], "emoney-a", "t-3"))
+        .await
+        .unwrap_err();
+    sim_a.set_fault(FaultMode::None);
+    let done = exchange(&app, exchange_request(&codes[1], "emoney-a", "t-3"))
+        .await
+        .unwrap();
+    assert_eq!(state_of(&done), pb::ExchangeState::Succeeded);
+    assert_eq!(sim_a.issued_count(), 1);
+}
+
+#[tokio::test]
+async fn a_retryable_refusal_frees_the_code_at_once_embedded() {
+    check_retryable_refusal(spawn(false).await).await;
+}
+
+#[tokio::test]
+async fn a_retryable_refusal_frees_the_code_at_once_on_redis() {
+    check_retryable_refusal(spawn(true).await).await;
+}
+
 async fn check_unknown_outcome(app: TestApp) {
     create_gifts(&app).await;
     let codes = issue_codes(&app, CAMPAIGN, "unknown", 2).await;

@@ -1,5 +1,6 @@
 //! OperationsService end to end: stock import and status, exchanging stock
-//! until it runs out and reconciling after a restock, shipping orders
+//! until it runs out (the code is free again at once) and retrying after a
+//! restock, shipping orders
 //! listed and marked shipped, and the requests it refuses. Each behaviour
 //! runs on the embedded ledger and on a private Redis.
 
@@ -217,7 +218,9 @@ async fn check_stock_lifecycle(app: TestApp) {
         (0, 3)
     );
 
-    // The fourth finds the stock exhausted: retryable, with RetryInfo.
+    // The fourth finds the stock exhausted: retryable, with RetryInfo, and
+    // the code is free again at once (issue 12 item 3): ACTIVE, the
+    // exchange FAILED with the reason, nothing left PENDING.
     let e = exchange(&app, &codes[3], "edy").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert_eq!(reason(&e), "STOCK_EXHAUSTED");
@@ -225,48 +228,52 @@ async fn check_stock_lifecycle(app: TestApp) {
     let status = app
         .exchange
         .clone()
-        .verify_code(pb::VerifyCodeRequest {
-            code: codes[3].code.clone(),
-            login_key: codes[3].login_key.clone(),
-        })
+        .verify_code(giftx_tests::verify_request(&codes[3]))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.state, pb::CodeState::Pending as i32);
-    let pending = status.exchange.unwrap();
-    assert_eq!(pending.state, pb::ExchangeState::Pending as i32);
+    assert_eq!(status.state, pb::CodeState::Active as i32);
+    let first = status.exchange.unwrap();
+    assert_eq!(first.state, pb::ExchangeState::Failed as i32);
+    assert_eq!(first.failure_reason, "STOCK_EXHAUSTED");
+    assert!(giftx_tests::list_pending(&app).await.is_empty());
 
-    // A restock, then the pending exchange is reconciled onto the new item.
+    // The fifth holder is refused too, and chooses another option at once.
+    let e = exchange(&app, &codes[4], "edy").await.unwrap_err();
+    assert_eq!(reason(&e), "STOCK_EXHAUSTED");
+    let abandoned = giftx_tests::get_exchange(&app, &codes[4]).await;
+    assert_eq!(abandoned.state, pb::ExchangeState::Failed as i32);
+    let book = exchange(&app, &codes[4], "book").await.unwrap();
+    assert_eq!(book.state, pb::ExchangeState::Succeeded as i32, "{book:?}");
+
+    // A restock, and reconciling the abandoned exchange: it stays FAILED
+    // and takes no item (the holder got a book card instead).
     let r = import(&app, vec![chunk(STOCK, vec![item("EDY-0004", "4444")])])
         .await
         .unwrap();
     assert_eq!((r.added, r.duplicates, r.available), (1, 0, 1));
     app.clock.advance(Duration::from_secs(60));
-    let done = app
+    let after = app
         .expiry
         .clone()
         .reconcile_exchange(pb::ReconcileExchangeRequest {
-            name: pending.name.clone(),
+            name: abandoned.name.clone(),
         })
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(after.state, pb::ExchangeState::Failed as i32, "{after:?}");
+    assert_eq!(stock_status(&app).await.available, 1);
+    // Its request, retried, meets a redeemed code.
+    let e = exchange(&app, &codes[4], "edy").await.unwrap_err();
+    assert_eq!(reason(&e), "CODE_ALREADY_REDEEMED", "{e:?}");
+
+    // The fourth holder retries with the same request id: a new exchange,
+    // which gets the new item.
+    let done = exchange(&app, &codes[3], "edy").await.unwrap();
     assert_eq!(done.state, pb::ExchangeState::Succeeded as i32, "{done:?}");
-    // ReconcileExchange is an operator view: no code or pin in it.
-    let summary = done.deliverable.unwrap();
-    assert_eq!((summary.code.as_str(), summary.pin.as_str()), ("", ""));
-    let d = app
-        .exchange
-        .clone()
-        .get_exchange(pb::GetExchangeRequest {
-            code: codes[3].code.clone(),
-            login_key: codes[3].login_key.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .deliverable
-        .unwrap();
+    assert_ne!(done.name, first.name);
+    let d = done.deliverable.unwrap();
     assert_eq!((d.code.as_str(), d.pin.as_str()), ("EDY-0004", "4444"));
     assert!(handed.insert(d.code), "an item was handed out twice");
     assert_eq!(handed.len(), 4);
@@ -278,17 +285,10 @@ async fn check_stock_lifecycle(app: TestApp) {
             handed_out: 4,
         }
     );
-    // The holder sees it too.
-    let shown = app
-        .exchange
-        .clone()
-        .get_exchange(pb::GetExchangeRequest {
-            code: codes[3].code.clone(),
-            login_key: codes[3].login_key.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // A retry now answers that exchange; the holder sees it too.
+    let again = exchange(&app, &codes[3], "edy").await.unwrap();
+    assert_eq!(again.name, done.name);
+    let shown = giftx_tests::get_exchange(&app, &codes[3]).await;
     assert_eq!(shown.deliverable.unwrap().code, "EDY-0004");
 }
 

@@ -80,6 +80,9 @@ pub enum DomainError {
     /// The request id was used before with other parameters.
     #[error("request_id was already used with other parameters")]
     RequestIdReused,
+    /// The code has had too many refused exchanges and takes no new one.
+    #[error("this code has had too many refused exchanges and cannot be exchanged any more")]
+    TooManyAttempts,
     /// A campaign with this id exists with other content.
     #[error("campaign already exists with other content")]
     CampaignAlreadyExists,

@@ -1,6 +1,7 @@
 -- claim_code: check a code and its login key and open an exchange (code ACTIVE -> PENDING).
 -- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.serial4.ordinal)
--- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
+-- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record; and the
+--                      request index: code field..request digest -> seq)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
 -- KEYS[4] {bN}:l       lockout (HASH code field -> fails:until)
 -- KEYS[5] {bN}:p       PENDING exchanges (ZSET exchange id, score create time)
@@ -25,20 +26,30 @@
 -- ARGV[16] lockout duration (ms)
 -- ARGV[17] exchange id prefix (the id is prefix .. 4 hex digits of seq)
 -- ARGV[18] event trim threshold (ms, XADD MINID)
+-- ARGV[19] refused exchanges a code may have (MAX_FAILED_EXCHANGES)
 -- Returns {0, seq} CLAIMED (the record is what the caller sent: state P, attempts 1, no
 -- deliverable, batch ordinal and serial as the two extra elements {0, seq, ord, serial});
 -- {1, seq, record...} EXISTING (same request and
 -- fingerprint); {2} LOGIN_KEY_MISMATCH (also: no such code); {3, until} LOCKED;
--- {4} EXPIRED; {5} VOID; {6} ALREADY_REDEEMED; {7} IN_FLIGHT; {8} REQUEST_ID_REUSED
+-- {4} EXPIRED; {5} VOID; {6} ALREADY_REDEEMED; {7} IN_FLIGHT; {8} REQUEST_ID_REUSED;
+-- {20} TOO_MANY_ATTEMPTS (the code has ARGV[19] exchanges, all FAILED, and this request
+-- would start another)
 -- record = state, option, request, fingerprint, create, update, attempts, parked,
 -- next attempt, lease holder, lease until, contact, preferences, reason, has deliverable,
 -- deliverable, batch ordinal, serial (the last two copied from the code record; absent
--- from records written before they existed)
+-- from records written before they existed); stored records may have a 19th value, 1 when
+-- the exchange FAILED retryably (release_exchange), never part of a reply
 -- Past deadline + retention (by ARGV[1], not Redis's clock) the campaign's codes and
 -- exchanges in this bucket are gone: they are deleted here (with their PENDING entries
 -- and preference index) and the claim reads {2}.
 -- The login key prefix is compared in constant time (OR of the XORs of all 8 bytes).
 -- 64 bits are plenty: lockout allows ARGV[15] guesses per lockout duration.
+-- The request is found through the index (one HGET, whatever the code's history); records
+-- written before the index existed are not in it, so the latest record (the only one that
+-- can be other than FAILED) is also compared. A request whose exchange FAILED retryably
+-- (release_exchange ARGV[4]; record value 19 = 1) is not answered with it: it claims the
+-- code again as a new exchange, and the index then names the new one. The work of a claim
+-- is bounded by a constant: the exchanges of a code are at most ARGV[19] + 1.
 local rcall = redis.call
 local now, field = tonumber(ARGV[1]), ARGV[2]
 local function seq2(n) return string.char(math.floor(n / 256), n % 256) end
@@ -103,21 +114,27 @@ end
 if lk then rcall('HDEL', KEYS[4], field) end
 
 local seq = string.byte(rec, 10) * 256 + string.byte(rec, 11)
-for i = seq, 1, -1 do
-  local raw = rcall('HGET', KEYS[2], field .. seq2(i))
-  if raw then
-    local x = cmsgpack.unpack(raw)
-    if x[3] == ARGV[4] then
-      if x[4] == ARGV[5] then return reply(1, i, x) end
-      return {8}
-    end
-  end
+local ix = field .. ARGV[4]
+local function request_record(i)
+  local raw = i and i >= 1 and rcall('HGET', KEYS[2], field .. seq2(i))
+  if not raw then return nil end
+  local x = cmsgpack.unpack(raw)
+  if x[3] == ARGV[4] then return x end
+  return nil
+end
+local at = tonumber(rcall('HGET', KEYS[2], ix))
+local x = request_record(at)
+if not x and seq > 0 and at ~= seq then at = seq x = request_record(seq) end
+if x then
+  if x[4] ~= ARGV[5] then return {8} end
+  if not (x[1] == 'F' and x[19] == 1) then return reply(1, at, x) end
 end
 local st = string.sub(rec, 1, 1)
 if st == 'R' then return {6} end
 if st == 'P' then return {7} end
 if m[4] or string.find(ARGV[13], ',' .. ord .. ',', 1, true) then return {5} end
 if now >= dl then return {4} end
+if seq >= tonumber(ARGV[19]) then return {20} end
 if seq >= 65535 then return {7} end
 
 local nseq = seq + 1
@@ -125,11 +142,11 @@ local id = ARGV[17] .. string.format('%04x', nseq)
 local b = {string.byte(rec, 12, 15)}
 local serial = ((b[1] * 256 + b[2]) * 256 + b[3]) * 256 + b[4]
 local prefs = tonumber(ARGV[8])
-local x = {'P', ARGV[6], ARGV[4], ARGV[5], now, now, 1, 0, 0, ARGV[9], tonumber(ARGV[10]),
+x = {'P', ARGV[6], ARGV[4], ARGV[5], now, now, 1, 0, 0, ARGV[9], tonumber(ARGV[10]),
   ARGV[7], prefs, '', 0, '', tonumber(ord), serial}
 rcall('HSET', KEYS[1], field,
   'P' .. string.sub(rec, 2, 9) .. seq2(nseq) .. string.sub(rec, 12))
-rcall('HSET', KEYS[2], field .. seq2(nseq), cmsgpack.pack(x))
+rcall('HSET', KEYS[2], field .. seq2(nseq), cmsgpack.pack(x), ix, nseq)
 -- The counters, and the deadline copy when it moved, in one write. The exchanges hash
 -- gets its TTL when this bucket first holds one under this deadline ('xt'); the codes
 -- hash got its TTL when stored, and push_deadline moves both when the deadline moves.
@@ -149,7 +166,8 @@ end
 rcall('HSET', KEYS[3], unpack(mset))
 rcall('ZADD', KEYS[5], now, id)
 if prefs ~= 0 then
-  -- One entry per code: this exchange replaces an earlier one given with a preference.
+  -- One entry per code: this exchange replaces an earlier one given with a preference
+  -- (at most ARGV[19] earlier ones: bounded).
   local older = {}
   for i = 1, seq do older[i] = ARGV[17] .. string.format('%04x', i) end
   for i = 1, #older, 1000 do

@@ -7,21 +7,23 @@
 -- ARGV[1] now (ms)
 -- ARGV[2] exchange field (code field .. seq2)
 -- ARGV[3] failure reason
--- ARGV[4] exchange id
--- ARGV[5] event trim threshold (ms, XADD MINID)
--- ARGV[6] campaign deadline known to the caller (ms)
--- ARGV[7] campaign version known to the caller
--- ARGV[8] retention after the deadline (ms)
+-- ARGV[4] '1': the refusal is retryable (record value 19 = 1): the same request claims
+--         the code again later (claim_code) instead of getting this exchange back
+-- ARGV[5] exchange id
+-- ARGV[6] event trim threshold (ms, XADD MINID)
+-- ARGV[7] campaign deadline known to the caller (ms)
+-- ARGV[8] campaign version known to the caller
+-- ARGV[9] retention after the deadline (ms)
 -- Returns {0, record...} OK (also when it had already FAILED: unchanged);
 -- {17} EXCHANGE_NOT_FOUND; {18} EXCHANGE_FINISHED (it SUCCEEDED)
 -- Past deadline + retention (by ARGV[1], not Redis's clock; deadline = the newer of
--- ARGV[6]/ARGV[7] and the bucket's copy) the campaign's codes and exchanges in this
+-- ARGV[7]/ARGV[8] and the bucket's copy) the campaign's codes and exchanges in this
 -- bucket are gone: they are deleted here (with their PENDING entries) and this reads {17}.
 -- That lookup and purge, and exchange_reply, are in lib/exchange_record.lua, which the
 -- loader (src/redis/scripts.rs) puts before this file.
 local rcall = redis.call
 local function counters(r) return {'p', 'op:' .. r[2]} end
-local x, m = exchange_record(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], counters)
+local x, m = exchange_record(ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], counters)
 if not x then return {17} end
 if x[1] == 'F' then return exchange_reply(x) end
 if x[1] ~= 'P' then return {18} end
@@ -33,6 +35,10 @@ x[6] = tonumber(ARGV[1])
 x[10] = ''
 x[11] = 0
 x[14] = ARGV[3]
+-- Records written before the batch ordinal and serial end at 16: keep the array whole.
+x[17] = x[17] or 0
+x[18] = x[18] or 0
+x[19] = ARGV[4] == '1' and 1 or 0
 rcall('HSET', KEYS[2], ARGV[2], cmsgpack.pack(x))
 if rec then
   rcall('HSET', KEYS[1], cf, 'A' .. string.sub(rec, 2))
@@ -40,7 +46,7 @@ if rec then
 end
 -- m: dl, ver, then the counters named by counters(x).
 rcall('HSET', KEYS[3], 'p', tonumber(m[3] or 0) - 1, 'op:' .. x[2], tonumber(m[4] or 0) - 1)
-rcall('ZREM', KEYS[4], ARGV[4])
-rcall('XADD', KEYS[5], 'MINID', '~', ARGV[5], '*', 'k', 'exchange.failed', 't', ARGV[1],
-  'exchange', ARGV[4], 'option', x[2])
+rcall('ZREM', KEYS[4], ARGV[5])
+rcall('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'k', 'exchange.failed', 't', ARGV[1],
+  'exchange', ARGV[5], 'option', x[2])
 return exchange_reply(x)

@@ -52,6 +52,14 @@ impl Default for LedgerConfig {
     }
 }
 
+/// Refused (FAILED) exchanges a code may have: once a code has this many, a
+/// claim that would start another is refused with
+/// [`Refusal::TooManyAttempts`] (a repeated request still gets its own
+/// exchange back). Every exchange of an ACTIVE code has FAILED, so this also
+/// bounds the exchanges a code ever has, and with them the ledger's work and
+/// memory per code.
+pub const MAX_FAILED_EXCHANGES: u32 = 20;
+
 /// A code as the ledger knows it: its campaign series (public, printed in
 /// the code) and its keyed hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -294,6 +302,10 @@ pub enum Refusal {
     /// Same request id, other parameters.
     #[error("request id reused")]
     RequestIdReused,
+    /// The code already has [`MAX_FAILED_EXCHANGES`] refused exchanges; it
+    /// takes no new one.
+    #[error("too many refused exchanges of this code")]
+    TooManyAttempts,
     /// No such campaign.
     #[error("campaign not found")]
     CampaignNotFound,
@@ -460,9 +472,18 @@ pub trait Ledger: Send + Sync + 'static {
     /// voiding, state and idempotency, then moves the code to PENDING under
     /// a new exchange, all in one step.
     ///
+    /// Idempotency: the same request (id and fingerprint) answers its
+    /// exchange as `Existing`, except when that exchange was released as
+    /// *retryable* (see [`Ledger::release`]): such a request claims the code
+    /// again, as a new exchange, like a new request. The ledger's work is
+    /// bounded by a constant whatever the code's history (the request is
+    /// found through an index, not a scan of the code's exchanges).
+    ///
     /// # Errors
     /// `LoginKeyMismatch`, `Locked`, `Expired`, `Void`, `AlreadyRedeemed`,
-    /// `InFlight`, `RequestIdReused`.
+    /// `InFlight`, `RequestIdReused`, `TooManyAttempts` (the code has
+    /// [`MAX_FAILED_EXCHANGES`] refused exchanges; checked after the
+    /// idempotency and state checks).
     async fn claim(&self, req: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome, LedgerError>;
 
     /// The code's latest exchange, after checking the login key.
@@ -515,7 +536,10 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<ExchangeRecord, LedgerError>;
 
     /// PENDING → FAILED, code → ACTIVE again (the provider refused, nothing
-    /// was issued). Releasing an already FAILED exchange returns it.
+    /// was issued). Releasing an already FAILED exchange returns it
+    /// unchanged. `retryable`: the provider refused for now (stock out,
+    /// outage), not for good: the same request claims the code again
+    /// later ([`Ledger::claim`]) instead of answering this FAILED exchange.
     ///
     /// # Errors
     /// `ExchangeNotFound`, `ExchangeFinished` (it SUCCEEDED).
@@ -523,6 +547,7 @@ pub trait Ledger: Send + Sync + 'static {
         &self,
         id: &ExchangeId,
         reason: &str,
+        retryable: bool,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError>;
 

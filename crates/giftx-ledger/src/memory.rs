@@ -194,6 +194,8 @@ struct ExchangeEntry {
     campaign: usize,
     code: [u8; 32],
     lease: Option<Lease>,
+    /// FAILED by a retryable refusal: its request claims the code again.
+    retryable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -804,7 +806,11 @@ impl Ledger for MemoryLedger {
                 .exchanges
                 .get(xid)
                 .ok_or_else(|| LedgerError::Internal("request without exchange".into()))?;
-            return Ok(ClaimOutcome::Existing(x.record.clone()));
+            // A retryable refusal does not use the request up: it claims
+            // the code again, as a new exchange.
+            if !(x.record.state == ExchangeState::Failed && x.retryable) {
+                return Ok(ClaimOutcome::Existing(x.record.clone()));
+            }
         }
         match c.view_state(rec, now) {
             CodeState::Void => return Err(refused(Refusal::Void)),
@@ -812,6 +818,10 @@ impl Ledger for MemoryLedger {
             CodeState::Redeemed => return Err(refused(Refusal::AlreadyRedeemed)),
             CodeState::Pending => return Err(refused(Refusal::InFlight)),
             CodeState::Active => {}
+        }
+        // Every earlier exchange of an ACTIVE code has FAILED.
+        if rec.exchanges.len() >= crate::MAX_FAILED_EXCHANGES as usize {
+            return Err(refused(Refusal::TooManyAttempts));
         }
         let campaign = c.campaign.spec.id.to_string();
         let batch_ordinal = c.batches.get(rec.batch).map_or(0, |b| b.batch.ordinal);
@@ -857,6 +867,7 @@ impl Ledger for MemoryLedger {
                 campaign: ci,
                 code: req.code.digest.0,
                 lease: Some(req.lease.clone()),
+                retryable: false,
             },
         );
         st.pending.insert((now, id.0.clone()));
@@ -962,12 +973,18 @@ impl Ledger for MemoryLedger {
         &self,
         id: &ExchangeId,
         reason: &str,
+        retryable: bool,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
         let mut st = self.lock_purged(now)?;
-        st.settle_exchange(id, ExchangeState::Failed, Stored::Active, now, |r| {
+        let pending = st.exchange_mut(id)?.record.state == ExchangeState::Pending;
+        let record = st.settle_exchange(id, ExchangeState::Failed, Stored::Active, now, |r| {
             r.failure_reason = reason.to_owned();
-        })
+        })?;
+        if pending {
+            st.exchange_mut(id)?.retryable = retryable;
+        }
+        Ok(record)
     }
 
     async fn list_pending(

@@ -25,7 +25,8 @@ use giftx_core::model::{
 use giftx_core::{Clock, Currency, Digest, Money, Series, SystemClock, Timestamp};
 use giftx_ledger::{
     ClaimOutcome, ClaimRequest, CodeRef, ExchangeId, ExchangeRecord, Lease, Ledger, LedgerConfig,
-    LedgerError, MemoryLedger, NewCode, Page, Preferences, Refusal, StoreOutcome,
+    LedgerError, MAX_FAILED_EXCHANGES, MemoryLedger, NewCode, Page, Preferences, Refusal,
+    StoreOutcome,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -767,7 +768,7 @@ async fn void_batch_voids_unredeemed_codes_and_is_idempotent(l: &dyn Ledger) {
         CodeState::Redeemed
     );
     // ...and one the provider refused reads VOID, not ACTIVE.
-    let rel = l.release(&xf.id, "refused", ms(t, 1)).await.unwrap();
+    let rel = l.release(&xf.id, "refused", false, ms(t, 1)).await.unwrap();
     assert_eq!(rel.state, ExchangeState::Failed);
     assert_eq!(
         l.verify(f.code, f.key, ms(t, 2)).await.unwrap().state,
@@ -1283,7 +1284,10 @@ async fn released_exchange_frees_the_code_for_a_new_request(l: &dyn Ledger) {
     let until = ms(now, 30_000);
     let r1 = claim_req(&c, "gift-code", "r1", "h", until);
     let x1 = claimed(l.claim(&r1, now).await);
-    let failed = l.release(&x1.id, "out of stock", ms(now, 1)).await.unwrap();
+    let failed = l
+        .release(&x1.id, "out of stock", false, ms(now, 1))
+        .await
+        .unwrap();
     assert_eq!(failed.state, ExchangeState::Failed);
     assert_eq!(failed.failure_reason, "out of stock");
     assert_eq!(failed.update_time, ms(now, 1));
@@ -1293,7 +1297,7 @@ async fn released_exchange_frees_the_code_for_a_new_request(l: &dyn Ledger) {
     );
     // Releasing again returns it unchanged.
     assert_eq!(
-        l.release(&x1.id, "again", ms(now, 3)).await.unwrap(),
+        l.release(&x1.id, "again", false, ms(now, 3)).await.unwrap(),
         failed
     );
     // The same request sees its FAILED exchange.
@@ -1317,7 +1321,7 @@ async fn released_exchange_frees_the_code_for_a_new_request(l: &dyn Ledger) {
     );
     // A release after the deadline leaves the code EXPIRED.
     let late = ms(w.deadline, 5);
-    l.release(&x2.id, "refused", late).await.unwrap();
+    l.release(&x2.id, "refused", false, late).await.unwrap();
     assert_eq!(
         l.verify(c.code, c.key, late).await.unwrap().state,
         CodeState::Expired
@@ -1325,6 +1329,165 @@ async fn released_exchange_frees_the_code_for_a_new_request(l: &dyn Ledger) {
     assert_eq!(
         l.counts(&w.campaign.spec.id, late).await.unwrap(),
         counts(1, 0, 0, 0, 1, 0, [(0, 0); 3])
+    );
+}
+
+async fn refused_exchanges_of_a_code_are_capped(l: &dyn Ledger) {
+    let w = world(l, "cap", 2).await;
+    let c = w.codes[0];
+    let now = ms(w.start, 1000);
+    let until = ms(now, 30_000);
+    let max = i64::from(MAX_FAILED_EXCHANGES);
+    let mut first = None;
+    for i in 0..max {
+        let r = claim_req(&c, OPTIONS[(i % 3) as usize], &format!("r{i}"), "h", until);
+        let x = claimed(l.claim(&r, ms(now, 2 * i)).await);
+        // Retryable and permanent refusals both count.
+        let f = l
+            .release(&x.id, "refused", i % 2 == 1, ms(now, 2 * i + 1))
+            .await
+            .unwrap();
+        first.get_or_insert(f);
+    }
+    let first = first.unwrap();
+    let at = ms(now, 2 * max);
+    // A new request would start one more: refused, and nothing changes.
+    let fresh = claim_req(&c, "gift-code", "one-too-many", "h", until);
+    assert_eq!(refusal(l.claim(&fresh, at).await), Refusal::TooManyAttempts);
+    // So would a request whose exchange failed retryably (it claims again).
+    let retry = claim_req(&c, OPTIONS[1], "r1", "h", until);
+    assert_eq!(refusal(l.claim(&retry, at).await), Refusal::TooManyAttempts);
+    // A repeated request still gets its exchange back, and a reused id is
+    // still told so.
+    let r0 = claim_req(&c, OPTIONS[0], "r0", "h", until);
+    assert_eq!(existing(l.claim(&r0, at).await), first);
+    assert_eq!(
+        refusal(
+            l.claim(&claim_req(&c, OPTIONS[2], "r0", "h", until), at)
+                .await
+        ),
+        Refusal::RequestIdReused
+    );
+    let v = l.verify(c.code, c.key, at).await.unwrap();
+    assert_eq!(v.state, CodeState::Active);
+    assert_eq!(
+        v.latest_exchange.map(|x| x.state),
+        Some(ExchangeState::Failed)
+    );
+    // The state refusals come first: past the deadline it reads EXPIRED.
+    assert_eq!(refusal(l.claim(&fresh, w.deadline).await), Refusal::Expired);
+    // Other codes are not affected.
+    let other = claimed(
+        l.claim(
+            &claim_req(&w.codes[1], "gift-code", "one-too-many", "h", until),
+            at,
+        )
+        .await,
+    );
+    assert_eq!(other.state, ExchangeState::Pending);
+    assert_eq!(
+        l.counts(&w.campaign.spec.id, at).await.unwrap(),
+        counts(2, 1, 1, 0, 0, 0, [(0, 1), (0, 0), (0, 0)])
+    );
+    // One below the cap, a code still takes a new exchange, which may
+    // succeed; once redeemed it answers ALREADY_REDEEMED, not the cap.
+    let w2 = world(l, "cap-below", 1).await;
+    let b = w2.codes[0];
+    for i in 0..max - 1 {
+        let r = claim_req(&b, "gift-code", &format!("r{i}"), "h", until);
+        let x = claimed(l.claim(&r, ms(now, 2 * i)).await);
+        l.release(&x.id, "refused", false, ms(now, 2 * i + 1))
+            .await
+            .unwrap();
+    }
+    let last = claimed(
+        l.claim(&claim_req(&b, "donation", "last", "h", until), at)
+            .await,
+    );
+    l.complete(&last.id, None, ms(at, 1)).await.unwrap();
+    assert_eq!(
+        refusal(l.claim(&fresh_for(&b, until), ms(at, 2)).await),
+        Refusal::AlreadyRedeemed
+    );
+}
+
+fn fresh_for(c: &TestCode, until: Timestamp) -> ClaimRequest {
+    claim_req(c, "gift-code", "never-seen", "h", until)
+}
+
+async fn a_retryable_release_frees_the_code_and_its_request(l: &dyn Ledger) {
+    let w = world(l, "retryable", 1).await;
+    let c = w.codes[0];
+    let now = ms(w.start, 1000);
+    let until = ms(now, 30_000);
+    let r1 = claim_req(&c, "gift-code", "r1", "h", until);
+    let x1 = claimed(l.claim(&r1, now).await);
+    let f1 = l
+        .release(&x1.id, "STOCK_EXHAUSTED", true, ms(now, 1))
+        .await
+        .unwrap();
+    assert_eq!(f1.state, ExchangeState::Failed);
+    assert_eq!(f1.failure_reason, "STOCK_EXHAUSTED");
+    // Releasing again changes nothing (not even the retryable mark: a
+    // permanent release of it now is a no-op too).
+    assert_eq!(
+        l.release(&x1.id, "other", false, ms(now, 2)).await.unwrap(),
+        f1
+    );
+    let v = l.verify(c.code, c.key, ms(now, 2)).await.unwrap();
+    assert_eq!(v.state, CodeState::Active);
+    assert_eq!(v.latest_exchange, Some(f1.clone()));
+    // The same request claims the code again, as a new exchange.
+    let x1b = claimed(l.claim(&r1, ms(now, 3)).await);
+    assert_ne!(x1b.id, x1.id);
+    assert_eq!(x1b.create_time, ms(now, 3));
+    assert_eq!(l.get_exchange(&x1.id).await.unwrap(), Some(f1.clone()));
+    // From now on the request is that new exchange.
+    assert_eq!(existing(l.claim(&r1, ms(now, 4)).await), x1b);
+    // Its other parameters are still checked.
+    assert_eq!(
+        refusal(
+            l.claim(&claim_req(&c, "donation", "r1", "h", until), ms(now, 4))
+                .await
+        ),
+        Refusal::RequestIdReused
+    );
+    // Refused for good this time: the request answers that from now on.
+    let f1b = l
+        .release(&x1b.id, "OPTION_DISCONTINUED", false, ms(now, 5))
+        .await
+        .unwrap();
+    assert_eq!(existing(l.claim(&r1, ms(now, 6)).await), f1b);
+    // Another request failing retryably, then the holder picks another
+    // option, which succeeds: the retried request meets a redeemed code.
+    let r2 = claim_req(&c, "book-card", "r2", "h", until);
+    let x2 = claimed(l.claim(&r2, ms(now, 7)).await);
+    l.release(&x2.id, "STOCK_EXHAUSTED", true, ms(now, 8))
+        .await
+        .unwrap();
+    let x3 = claimed(
+        l.claim(&claim_req(&c, "donation", "r3", "h", until), ms(now, 9))
+            .await,
+    );
+    let done = l.complete(&x3.id, None, ms(now, 10)).await.unwrap();
+    assert_eq!(
+        refusal(l.claim(&r2, ms(now, 11)).await),
+        Refusal::AlreadyRedeemed
+    );
+    assert_eq!(
+        refusal(
+            l.claim(&claim_req(&c, "gift-code", "r2", "h", until), ms(now, 11))
+                .await
+        ),
+        Refusal::RequestIdReused
+    );
+    assert_eq!(
+        l.latest_exchange(c.code, c.key, ms(now, 12)).await.unwrap(),
+        done
+    );
+    assert_eq!(
+        l.counts(&w.campaign.spec.id, ms(now, 12)).await.unwrap(),
+        counts(1, 0, 0, 1, 0, 0, [(0, 0), (0, 0), (1, 0)])
     );
 }
 
@@ -1338,7 +1501,7 @@ async fn complete_and_release_refusals(l: &dyn Ledger) {
         Refusal::ExchangeNotFound
     );
     assert_eq!(
-        refusal(l.release(&ghost, "x", now).await),
+        refusal(l.release(&ghost, "x", false, now).await),
         Refusal::ExchangeNotFound
     );
     let lease = Lease {
@@ -1371,11 +1534,11 @@ async fn complete_and_release_refusals(l: &dyn Ledger) {
         done
     );
     assert_eq!(
-        refusal(l.release(&xa.id, "late", ms(now, 2)).await),
+        refusal(l.release(&xa.id, "late", false, ms(now, 2)).await),
         Refusal::ExchangeFinished
     );
     assert_eq!(l.get_exchange(&xa.id).await.unwrap(), Some(done.clone()));
-    let failed = l.release(&xb.id, "no", ms(now, 1)).await.unwrap();
+    let failed = l.release(&xb.id, "no", false, ms(now, 1)).await.unwrap();
     assert_eq!(
         refusal(l.complete(&xb.id, None, ms(now, 2)).await),
         Refusal::ExchangeFinished
@@ -1552,7 +1715,9 @@ async fn list_pending_pages_through_old_pending_exchanges(l: &dyn Ledger) {
     }
     // Finished ones are not pending.
     l.complete(&ids[1], None, ms(base, 60_000)).await.unwrap();
-    l.release(&ids[2], "no", ms(base, 60_000)).await.unwrap();
+    l.release(&ids[2], "no", false, ms(base, 60_000))
+        .await
+        .unwrap();
     // Created at or before base+4s: codes 0, 3, 4 (1 and 2 are finished).
     let cutoff = ms(base, 4000);
     let want: BTreeSet<ExchangeId> = [0, 3, 4].iter().map(|&i| ids[i].clone()).collect();
@@ -1734,7 +1899,7 @@ async fn list_preferences_lists_each_codes_latest_exchange_with_a_preference(l: 
     // asking: the request stands.
     let r = with_prefs(claim_req(&c[4], "gift-code", "r1", "h", until), true, false);
     let x4 = claimed(l.claim(&r, at(4)).await);
-    l.release(&x4.id, "refused", at(4)).await.unwrap();
+    l.release(&x4.id, "refused", false, at(4)).await.unwrap();
     claimed(
         l.claim(&claim_req(&c[4], "donation", "r2", "h", until), at(5))
             .await,
@@ -1743,7 +1908,7 @@ async fn list_preferences_lists_each_codes_latest_exchange_with_a_preference(l: 
     // Code 5: asked twice: only the latest is listed.
     let r = with_prefs(claim_req(&c[5], "gift-code", "r1", "h", until), true, false);
     let x5 = claimed(l.claim(&r, at(5)).await);
-    l.release(&x5.id, "refused", at(5)).await.unwrap();
+    l.release(&x5.id, "refused", false, at(5)).await.unwrap();
     let r = with_prefs(claim_req(&c[5], "donation", "r2", "h", until), false, true);
     let x5b = claimed(l.claim(&r, at(6)).await);
     want.insert(x5b.id.clone(), (5, false, true));
@@ -1830,7 +1995,9 @@ async fn list_preferences_skips_nothing_when_exchanges_change_between_pages(l: &
             if n % 2 == 0 {
                 l.complete(&x.id, None, ms(base, 60_000)).await.unwrap();
             } else {
-                l.release(&x.id, "no", ms(base, 60_000)).await.unwrap();
+                l.release(&x.id, "no", false, ms(base, 60_000))
+                    .await
+                    .unwrap();
             }
             n += 1;
         }
@@ -1969,7 +2136,7 @@ async fn sweep_marks_each_code_once(l: &dyn Ledger) {
         l.claim(&claim_req(&b, "gift-code", "r", "h", until), now)
             .await,
     );
-    l.release(&xb.id, "no", now).await.unwrap();
+    l.release(&xb.id, "no", false, now).await.unwrap();
     claimed(
         l.claim(&claim_req(&p, "book-card", "r", "h", until), now)
             .await,
@@ -2049,7 +2216,7 @@ async fn counts_are_exact_after_a_mixed_workload(l: &dyn Ledger) {
         l.claim(&claim_req(&c[5], "gift-code", "r", "h", until), now)
             .await,
     );
-    l.release(&x.id, "no", ms(now, 1)).await.unwrap();
+    l.release(&x.id, "no", false, ms(now, 1)).await.unwrap();
     claimed(
         l.claim(&claim_req(&c[5], "donation", "r2", "h", until), ms(now, 2))
             .await,
@@ -2059,7 +2226,7 @@ async fn counts_are_exact_after_a_mixed_workload(l: &dyn Ledger) {
         l.claim(&claim_req(&c[6], "book-card", "r", "h", until), now)
             .await,
     );
-    l.release(&x.id, "no", ms(now, 1)).await.unwrap();
+    l.release(&x.id, "no", false, ms(now, 1)).await.unwrap();
     // Batch 2: one redeemed, one pending, then voided.
     let x = claimed(
         l.claim(&claim_req(&extra[0], "gift-code", "r", "h", until), now)
@@ -2643,6 +2810,11 @@ async fn run_model(l: &dyn Ledger, ops: &[Op]) -> Result<(), TestCaseError> {
                     CodeState::Expired => Some(Refusal::Expired),
                     CodeState::Redeemed => Some(Refusal::AlreadyRedeemed),
                     CodeState::Pending => Some(Refusal::InFlight),
+                    CodeState::Active
+                        if m.codes[i].exchanges.len() >= MAX_FAILED_EXCHANGES as usize =>
+                    {
+                        Some(Refusal::TooManyAttempts)
+                    }
                     CodeState::Active => None,
                 };
                 if let Some(r) = want {
@@ -2686,7 +2858,7 @@ async fn run_model(l: &dyn Ledger, ops: &[Op]) -> Result<(), TestCaseError> {
                 let got = if completing {
                     l.complete(&id, None, now).await
                 } else {
-                    l.release(&id, "refused", now).await
+                    l.release(&id, "refused", false, now).await
                 };
                 let cur = m.exchanges[x].state;
                 let (done, to, stored) = if completing {
@@ -2825,6 +2997,8 @@ macro_rules! suite {
             claim_is_idempotent_for_same_request_id,
             deadline_is_exclusive_to_the_millisecond,
             released_exchange_frees_the_code_for_a_new_request,
+            refused_exchanges_of_a_code_are_capped,
+            a_retryable_release_frees_the_code_and_its_request,
             complete_and_release_refusals,
             latest_exchange_refusals,
             attempts_are_leased_counted_and_deferred,

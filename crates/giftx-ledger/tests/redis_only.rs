@@ -623,7 +623,7 @@ async fn exchange_lifecycle_returns_every_documented_outcome() {
         Refusal::ExchangeNotFound
     );
     assert_eq!(
-        refusal(l.release(&ghost, "x", T0).await),
+        refusal(l.release(&ghost, "x", false, T0).await),
         Refusal::ExchangeNotFound
     );
     assert_eq!(
@@ -666,7 +666,7 @@ async fn exchange_lifecycle_returns_every_documented_outcome() {
     assert_eq!((s.state, s.update_time), (ExchangeState::Succeeded, lapsed));
     assert_eq!(l.complete(&x.id, Some(vec![1]), T0).await.unwrap(), s);
     assert_eq!(
-        refusal(l.release(&x.id, "no", T0).await),
+        refusal(l.release(&x.id, "no", false, T0).await),
         Refusal::ExchangeFinished
     );
     assert_eq!(
@@ -690,12 +690,12 @@ async fn exchange_lifecycle_returns_every_documented_outcome() {
             .await
             .unwrap(),
     );
-    let f = l.release(&y.id, "out of stock", T0).await.unwrap();
+    let f = l.release(&y.id, "out of stock", false, T0).await.unwrap();
     assert_eq!(
         (f.state, f.failure_reason.as_str()),
         (ExchangeState::Failed, "out of stock")
     );
-    assert_eq!(l.release(&y.id, "again", T0).await.unwrap(), f);
+    assert_eq!(l.release(&y.id, "again", false, T0).await.unwrap(), f);
     assert_eq!(
         refusal(l.complete(&y.id, None, T0).await),
         Refusal::ExchangeFinished
@@ -1163,7 +1163,7 @@ async fn serial_and_batch_ordinal_round_trip_from_store_to_every_exchange_reply(
             .await
             .unwrap(),
     );
-    let y = l.release(&y.id, "no", T0).await.unwrap();
+    let y = l.release(&y.id, "no", false, T0).await.unwrap();
     assert_eq!((y.batch_ordinal, y.serial), (2, 1));
     // The code record keeps serial and ordinal through claim and complete.
     let (bucket, field) = code_slot(&fx, p);
@@ -1255,6 +1255,7 @@ async fn push_moves_ttls_of_a_bucket_whose_copy_a_claim_already_synced() {
     );
 }
 
+<<<<<<< HEAD
 /// Kills every normal client connection (the ledger's) from a separate
 /// connection, which `CLIENT KILL` skips.
 fn kill_clients(server: &RedisServer) -> u64 {
@@ -1409,5 +1410,97 @@ async fn a_tls_redis_with_an_acl_user_serves_the_ledger() {
     assert!(
         untrusted.is_err(),
         "a certificate from another CA was accepted"
+=======
+/// Redis commands run since the last `CONFIG RESETSTAT`, the scripts' own
+/// calls included (Redis counts those too), INFO and CONFIG aside.
+fn commands_run(server: &RedisServer) -> u64 {
+    let mut c = server.connection();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        .filter(|l| !l.starts_with("cmdstat_info") && !l.starts_with("cmdstat_config"))
+        .map(|l| {
+            let calls = l.split("calls=").nth(1).unwrap();
+            calls.split(',').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+/// The commands one claim costs Redis, with the campaign cache empty so
+/// every measured claim loads it the same way.
+async fn claim_cost(fx: &Fx, req: &ClaimRequest) -> (u64, Result<ClaimOutcome, LedgerError>) {
+    fx.ledger.forget_cache();
+    let mut c = fx.server.connection();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
+    let out = fx.ledger.claim(req, T0).await;
+    (commands_run(&fx.server), out)
+}
+
+/// Issue 12 item 2: every refused exchange used to add a record that the
+/// next claim of the code scanned. The work of a claim must not depend on
+/// the code's history, and the history is capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claims_redis_work_does_not_grow_with_the_codes_history() {
+    let fx = setup().await;
+    let c = fx.campaign("bounded").await;
+    let codes = fx.issue(&c, "b1", 3).await;
+    let max = giftx_ledger::MAX_FAILED_EXCHANGES;
+    // `refusals` refused exchanges of `p`, permanent and retryable in turn.
+    let refuse = |p: &Printed, refusals: u32| {
+        let fx = &fx;
+        let reqs: Vec<ClaimRequest> = (0..refusals)
+            .map(|i| fx.claim_req(p, &format!("old-{i}"), "amazon"))
+            .collect();
+        async move {
+            for (i, r) in reqs.iter().enumerate() {
+                let x = claimed(fx.ledger.claim(r, T0).await.unwrap());
+                fx.ledger
+                    .release(&x.id, "REFUSED", i % 2 == 1, T0)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let (fresh, out) = claim_cost(&fx, &fx.claim_req(&codes[0], "new", "amazon")).await;
+    claimed(out.unwrap());
+    refuse(&codes[1], 1).await;
+    let (one, out) = claim_cost(&fx, &fx.claim_req(&codes[1], "new", "amazon")).await;
+    claimed(out.unwrap());
+    refuse(&codes[2], max - 1).await;
+    let (many, out) = claim_cost(&fx, &fx.claim_req(&codes[2], "new", "amazon")).await;
+    let last = claimed(out.unwrap());
+    assert_eq!(
+        many,
+        one,
+        "a claim after {} refusals costs what one after 1 does",
+        max - 1
+    );
+    // A code with history reads its latest record once more than a fresh
+    // code (a record written before the request index is compared too).
+    assert!(one <= fresh + 1, "fresh {fresh}, with history {one}");
+    // At the cap: a new request is refused, a repeated one answered, and
+    // neither costs more than claiming a fresh code.
+    fx.ledger
+        .release(&last.id, "REFUSED", false, T0)
+        .await
+        .unwrap();
+    let (capped, out) = claim_cost(&fx, &fx.claim_req(&codes[2], "newer", "amazon")).await;
+    assert_eq!(refusal(out), Refusal::TooManyAttempts);
+    assert!(
+        capped <= fresh,
+        "fresh {fresh}, refused at the cap {capped}"
+    );
+    let (repeat, out) = claim_cost(&fx, &fx.claim_req(&codes[2], "old-0", "amazon")).await;
+    match out.unwrap() {
+        ClaimOutcome::Existing(x) => assert_eq!(x.state, ExchangeState::Failed),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    assert!(
+        repeat <= fresh,
+        "fresh {fresh}, repeated at the cap {repeat}"
+>>>>>>> h12-ledger2
     );
 }

@@ -12,8 +12,14 @@
 //! | error | meaning | giftx then |
 //! |---|---|---|
 //! | [`ProviderError::Rejected`] | permanent refusal, nothing issued | exchange FAILED, code ACTIVE again |
-//! | [`ProviderError::Retryable`] | nothing issued, try again later | exchange PENDING, retried with the same key |
+//! | [`ProviderError::Retryable`] from `issue` | nothing issued, try again later | exchange FAILED with the reason, code ACTIVE again (the holder may choose another option at once); the caller is told to retry, and the same request claims the code again as a new exchange |
 //! | [`ProviderError::Unknown`] | timeout, connection lost: maybe issued | exchange PENDING, re-driven: `lookup`, then `issue`, same key |
+//!
+//! `Retryable` must mean that nothing was issued under the key, ever: giftx
+//! gives the code back on it. On a re-drive, `issue` is called only after
+//! `lookup` found nothing, so a `Retryable` from that `issue` releases too;
+//! a `Retryable` from `lookup` itself (it cannot say now) is treated as an
+//! unknown outcome, since an earlier attempt may have issued.
 //!
 //! Adapters that must remember what they issued and have no remote API to
 //! do it for them get host-side storage: [`store::ProviderStore`].
@@ -141,7 +147,10 @@ pub enum ProviderError {
         /// Machine-readable reason, e.g. `OPTION_DISCONTINUED`.
         reason: String,
     },
-    /// Nothing was issued; try again later with the same key.
+    /// Nothing was issued (under this key, ever) and nothing can be now;
+    /// it may work later. giftx gives the code back to its holder (the
+    /// exchange FAILS with `reason`; a retry of the request starts a new
+    /// exchange, with a new key).
     #[error("provider temporarily refused: {reason}")]
     Retryable {
         /// Machine-readable reason, e.g. `STOCK_EXHAUSTED`.

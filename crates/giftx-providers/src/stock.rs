@@ -2,8 +2,9 @@
 //! into the host's store and handed out one per exchange. The store binds
 //! each item to the idempotency key that took it, atomically: the same key
 //! gets the same item forever, and no item is handed out twice. Running out
-//! is [`ProviderError::Retryable`] with reason `STOCK_EXHAUSTED` (retry
-//! after a restock), never a crash or a double hand-out.
+//! is [`ProviderError::Retryable`] with reason `STOCK_EXHAUSTED` (the code
+//! goes back to its holder, who may choose another option or retry after a
+//! restock), never a crash or a double hand-out.
 //!
 //! Import goes through [`StockInventory`] (the CLI and ops RPCs build one
 //! from the host's store and the provider id): each [`StockEntry`] comes

@@ -104,6 +104,10 @@ pub enum DriveOutcome {
     Succeeded,
     /// Provider refused; code ACTIVE again.
     Failed,
+    /// Provider refused for now (`Retryable`: stock out, outage) before it
+    /// issued anything; exchange FAILED, code ACTIVE again, and the same
+    /// request may claim the code again later.
+    Released,
     /// Still unknown; retried later.
     Deferred,
     /// Parked for an operator.
@@ -164,6 +168,7 @@ fn refusal(r: Refusal) -> DomainError {
         Refusal::AlreadyRedeemed => DomainError::CodeAlreadyRedeemed,
         Refusal::InFlight | Refusal::Leased => DomainError::ExchangeInFlight,
         Refusal::RequestIdReused => DomainError::RequestIdReused,
+        Refusal::TooManyAttempts => DomainError::TooManyAttempts,
         Refusal::CampaignNotFound => DomainError::CampaignNotFound,
         Refusal::BatchNotFound => DomainError::BatchNotFound,
         Refusal::ExchangeNotFound => DomainError::ExchangeNotFound,
@@ -331,9 +336,9 @@ impl Exchanger {
     /// # Errors
     /// Every refusal of the claim; `InvalidArgument` for an option the
     /// campaign does not have; `ExchangeInFlight` when a duplicate is still
-    /// in flight after waiting; `Unavailable`/`StockExhausted` when the
-    /// provider could not serve now (the exchange stays PENDING and is
-    /// retried).
+    /// in flight after waiting; `StockExhausted`/`Unavailable` when the
+    /// provider could not serve now: the exchange FAILED (retryably), the
+    /// code is ACTIVE again, and the same request may be retried later.
     pub async fn exchange(
         self: &Arc<Self>,
         input: ExchangeInput,
@@ -397,7 +402,7 @@ impl Exchanger {
                     .in_current_span(),
                 );
                 match task.await {
-                    Ok(result) => result.map(|(v, _)| v),
+                    Ok(result) => answer(result),
                     Err(e) => Err(DomainError::Internal(format!("exchange task failed: {e}"))),
                 }
             }
@@ -429,7 +434,7 @@ impl Exchanger {
             .begin_attempt(&rec.id, &self.lease(now), now)
             .await
         {
-            Ok(rec) => self.drive(campaign, rec, true).await.map(|(v, _)| v),
+            Ok(rec) => answer(self.drive(campaign, rec, true).await),
             Err(LedgerError::Refused(Refusal::Leased)) => Err(DomainError::ExchangeInFlight),
             Err(LedgerError::Refused(Refusal::ExchangeFinished)) => {
                 let rec = self
@@ -550,7 +555,7 @@ impl Exchanger {
         let res = self.drive_attempt(campaign, rec, redrive).await;
         let outcome = match &res {
             Ok((_, DriveOutcome::Succeeded)) => Some("succeeded"),
-            Ok((_, DriveOutcome::Failed)) => Some("failed"),
+            Ok((_, DriveOutcome::Failed | DriveOutcome::Released)) => Some("failed"),
             _ if !redrive => Some("pending"),
             _ => None,
         };
@@ -562,6 +567,15 @@ impl Exchanger {
 
     /// One provider attempt for an exchange this process holds the lease
     /// of. `redrive` looks the key up at the provider before issuing.
+    ///
+    /// What the provider answers decides: a deliverable completes the
+    /// exchange; `Rejected` releases it (FAILED, code ACTIVE); `Retryable`
+    /// from `issue` (nothing was issued, and on a re-drive the lookup found
+    /// nothing) releases it too, marked retryable, so the holder may choose
+    /// another option at once and the same request may claim again later
+    /// ([`DriveOutcome::Released`]); only an unknown outcome (`Unknown`, a
+    /// timeout, or a lookup that cannot answer) keeps it PENDING for the
+    /// reconciler.
     async fn drive_attempt(
         &self,
         campaign: &Campaign,
@@ -594,23 +608,27 @@ impl Exchanger {
             let timeout = self.settings.provider_timeout;
             let timed_out =
                 |what: &str| ProviderError::unknown(format!("provider {what} timed out"));
-            let r = async {
+            // The error, and whether `issue` gave it (then nothing was
+            // issued under the key when it is `Retryable`).
+            let r: Result<Deliverable, (ProviderError, bool)> = async {
                 if redrive {
                     let found = tokio::time::timeout(timeout, provider.lookup(&key))
                         .await
-                        .map_err(|_| timed_out("lookup"))??;
+                        .map_err(|_| (timed_out("lookup"), false))?
+                        .map_err(|e| (e, false))?;
                     if let Some(d) = found {
                         return Ok(d);
                     }
                 }
                 tokio::time::timeout(timeout, provider.issue(&req))
                     .await
-                    .map_err(|_| timed_out("issue"))?
+                    .map_err(|_| (timed_out("issue"), true))?
+                    .map_err(|e| (e, true))
             }
             .await;
             let class = match &r {
                 Ok(_) => "ok",
-                Err(e) => e.class(),
+                Err((e, _)) => e.class(),
             };
             let elapsed = started.elapsed();
             tracing::Span::current().record("outcome", class);
@@ -647,15 +665,24 @@ impl Exchanger {
                     DriveOutcome::Succeeded,
                 ))
             }
-            Err(ProviderError::Rejected { reason }) => {
+            Err((ProviderError::Rejected { reason }, _)) => {
                 let done = self
                     .ledger
-                    .release(&rec.id, &reason, now)
+                    .release(&rec.id, &reason, false, now)
                     .await
                     .map_err(ledger_error)?;
                 Ok((self.view(campaign, done).await?, DriveOutcome::Failed))
             }
-            Err(err @ (ProviderError::Retryable { .. } | ProviderError::Unknown { .. })) => {
+            Err((ProviderError::Retryable { reason, .. }, true)) => {
+                let done = self
+                    .ledger
+                    .release(&rec.id, &reason, true, now)
+                    .await
+                    .map_err(ledger_error)?;
+                warn!(exchange = %rec.id.0, attempt = rec.attempts, provider = %option.provider, reason = %reason, "provider cannot serve now; exchange released");
+                Ok((self.view(campaign, done).await?, DriveOutcome::Released))
+            }
+            Err((err @ (ProviderError::Retryable { .. } | ProviderError::Unknown { .. }), _)) => {
                 let park = rec.attempts >= self.settings.max_attempts;
                 let hint = match &err {
                     ProviderError::Retryable {
@@ -671,22 +698,14 @@ impl Exchanger {
                     .await
                     .map_err(ledger_error)?;
                 warn!(exchange = %rec.id.0, attempt = rec.attempts, park, error = %err, "provider attempt deferred");
-                match err {
-                    ProviderError::Retryable { reason, .. } if reason == "STOCK_EXHAUSTED" => {
-                        Err(DomainError::StockExhausted)
-                    }
-                    ProviderError::Retryable { reason, .. } => Err(DomainError::Unavailable(
-                        format!("provider {} cannot serve now ({reason})", option.provider),
-                    )),
-                    _ => Ok((
-                        self.view(campaign, deferred.clone()).await?,
-                        if park {
-                            DriveOutcome::Parked
-                        } else {
-                            DriveOutcome::Deferred
-                        },
-                    )),
-                }
+                Ok((
+                    self.view(campaign, deferred).await?,
+                    if park {
+                        DriveOutcome::Parked
+                    } else {
+                        DriveOutcome::Deferred
+                    },
+                ))
             }
         }
     }
@@ -749,6 +768,25 @@ impl Exchanger {
             campaign: campaign.spec.id.clone(),
             deliverable,
         })
+    }
+}
+
+/// What an Exchange call answers for a drive: the exchange, or, when the
+/// provider could not serve now and the exchange was released
+/// ([`DriveOutcome::Released`]), the error that tells the caller to retry
+/// (with the same request id) or choose another option.
+fn answer(
+    res: Result<(ExchangeView, DriveOutcome), DomainError>,
+) -> Result<ExchangeView, DomainError> {
+    match res? {
+        (v, DriveOutcome::Released) if v.record.failure_reason == "STOCK_EXHAUSTED" => {
+            Err(DomainError::StockExhausted)
+        }
+        (v, DriveOutcome::Released) => Err(DomainError::Unavailable(format!(
+            "provider cannot serve option {} now ({})",
+            v.record.option, v.record.failure_reason
+        ))),
+        (v, _) => Ok(v),
     }
 }
 

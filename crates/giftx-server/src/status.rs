@@ -21,6 +21,13 @@ pub const ERROR_DOMAIN: &str = "giftx.dev";
 /// unavailable call.
 const RETRY_SOON: Duration = Duration::from_secs(1);
 
+/// How long a holder whose option is out of stock is told to wait: stock
+/// comes back when an operator loads more, and every refused try counts
+/// towards the code's limit of refused exchanges
+/// (`giftx_ledger::MAX_FAILED_EXCHANGES`), so retrying every second would
+/// use it up.
+const RETRY_STOCK: Duration = Duration::from_secs(60);
+
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -60,6 +67,7 @@ impl From<Refusal> for ApiError {
             Refusal::AlreadyRedeemed => DomainError::CodeAlreadyRedeemed,
             Refusal::InFlight | Refusal::Leased => DomainError::ExchangeInFlight,
             Refusal::RequestIdReused => DomainError::RequestIdReused,
+            Refusal::TooManyAttempts => DomainError::TooManyAttempts,
             Refusal::CampaignNotFound => DomainError::CampaignNotFound,
             Refusal::CampaignExists => DomainError::CampaignAlreadyExists,
             Refusal::SeriesExhausted => DomainError::SeriesExhausted,
@@ -112,6 +120,7 @@ pub fn reason(e: &DomainError) -> &'static str {
         DomainError::CodeAlreadyRedeemed => "CODE_ALREADY_REDEEMED",
         DomainError::ExchangeInFlight => "EXCHANGE_IN_FLIGHT",
         DomainError::RequestIdReused => "REQUEST_ID_REUSED",
+        DomainError::TooManyAttempts => "TOO_MANY_ATTEMPTS",
         DomainError::CampaignAlreadyExists => "CAMPAIGN_ALREADY_EXISTS",
         DomainError::BatchAlreadyExists => "BATCH_ALREADY_EXISTS",
         DomainError::CampaignExpired => "CAMPAIGN_EXPIRED",
@@ -135,6 +144,7 @@ pub fn code(e: &DomainError) -> Code {
         | DomainError::CodeVoid
         | DomainError::CodeAlreadyRedeemed
         | DomainError::RequestIdReused
+        | DomainError::TooManyAttempts
         | DomainError::CampaignExpired => Code::FailedPrecondition,
         DomainError::ExchangeInFlight => Code::Aborted,
         DomainError::CampaignAlreadyExists | DomainError::BatchAlreadyExists => Code::AlreadyExists,
@@ -180,8 +190,12 @@ impl ApiError {
                 details.set_retry_info(Some(Duration::from_millis(ms.unsigned_abs())));
                 e.to_string()
             }
-            DomainError::ExchangeInFlight | DomainError::StockExhausted => {
+            DomainError::ExchangeInFlight => {
                 details.set_retry_info(Some(RETRY_SOON));
+                e.to_string()
+            }
+            DomainError::StockExhausted => {
+                details.set_retry_info(Some(RETRY_STOCK));
                 e.to_string()
             }
             DomainError::Unavailable(cause) => {
@@ -269,6 +283,7 @@ mod tests {
             Refusal::ExchangeNotFound,
             Refusal::ExchangeFinished,
             Refusal::Leased,
+            Refusal::TooManyAttempts,
         ] {
             let s = ApiError::from(r.clone()).into_status(Timestamp(0));
             assert_ne!(s.code(), Code::Internal, "{r:?}");

@@ -245,6 +245,7 @@ pub fn outcome_name(o: DriveOutcome) -> &'static str {
     match o {
         DriveOutcome::Succeeded => "succeeded",
         DriveOutcome::Failed => "failed",
+        DriveOutcome::Released => "released",
         DriveOutcome::Deferred => "deferred",
         DriveOutcome::Parked => "parked",
         DriveOutcome::Busy => "busy",

@@ -1454,7 +1454,8 @@ impl Ledger for RedisLedger {
                         .arg(self.config.lockout_threshold)
                         .arg(ms(self.config.lockout_duration))
                         .arg(&prefix)
-                        .arg(trim);
+                        .arg(trim)
+                        .arg(crate::MAX_FAILED_EXCHANGES);
                 },
             )
             .await?;
@@ -1556,10 +1557,11 @@ impl Ledger for RedisLedger {
         &self,
         id: &ExchangeId,
         reason: &str,
+        retryable: bool,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
         self.run_exchange_script(&SCRIPTS.release_exchange, id, now, |i| {
-            i.arg(reason);
+            i.arg(reason).arg(if retryable { "1" } else { "0" });
         })
         .await
     }

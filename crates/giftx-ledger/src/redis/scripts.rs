@@ -193,6 +193,7 @@ pub(crate) enum Rc {
     ExchangeNotFound = 17,
     ExchangeFinished = 18,
     Leased = 19,
+    TooManyAttempts = 20,
 }
 
 impl Rc {
@@ -219,6 +220,7 @@ impl Rc {
             17 => ExchangeNotFound,
             18 => ExchangeFinished,
             19 => Leased,
+            20 => TooManyAttempts,
             n => {
                 return Err(LedgerError::Internal(format!(
                     "unknown script return code {n}"
@@ -250,6 +252,7 @@ impl Rc {
             ExchangeNotFound => Refusal::ExchangeNotFound,
             ExchangeFinished => Refusal::ExchangeFinished,
             Leased => Refusal::Leased,
+            TooManyAttempts => Refusal::TooManyAttempts,
         })
     }
 }
