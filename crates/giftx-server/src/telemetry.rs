@@ -302,6 +302,25 @@ fn code_name(code: i32) -> &'static str {
     }
 }
 
+/// Services built with tonic-prost's own codec (health, reflection)
+/// answer a request that does not parse INTERNAL; giftx's own use
+/// `giftx_proto::codec`. Either way it is the caller's mistake: rewritten
+/// to INVALID_ARGUMENT (trailers-only answers, which unary calls give).
+fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap, code: i32) -> i32 {
+    let undecodable = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| {
+            m.starts_with("failed to decode Protobuf message")
+                || m.starts_with("failed%20to%20decode%20Protobuf%20message")
+        });
+    if code != 13 || !undecodable {
+        return code;
+    }
+    headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    3
+}
+
 /// `("<service>", "<method>")` of a gRPC path `/<service>/<method>`.
 fn split_path(path: &str) -> (&str, &str) {
     path.trim_start_matches('/')
@@ -317,6 +336,9 @@ struct Finish {
     start: Instant,
     quiet: bool,
     done: bool,
+    /// Set by [`crate::transport::GrpcGuard`] when the request broke the
+    /// protocol: counted as the client's protocol error, not as an RPC.
+    fault: Option<crate::transport::ProtocolFault>,
 }
 
 impl Finish {
@@ -328,6 +350,14 @@ impl Finish {
         let name = code_name(code);
         self.span.record("rpc.grpc.status_code", code);
         let elapsed = self.start.elapsed();
+        if let Some(reason) = self.fault.as_ref().and_then(|f| f.reason()) {
+            // The specification answers it INTERNAL, but the mistake is
+            // the caller's: never a server fault, in metrics or traces.
+            crate::metrics::global().protocol_error(reason);
+            let _g = self.span.enter();
+            tracing::info!(grpc.status = name, reason, "rpc refused: client protocol error");
+            return;
+        }
         if code == 12 {
             // Paths nobody serves (scanners, typos): one series for all.
             crate::metrics::global().rpc_finished("other", "other", name, elapsed);
@@ -410,6 +440,10 @@ where
             start: Instant::now(),
             quiet,
             done: false,
+            fault: req
+                .extensions()
+                .get::<crate::transport::ProtocolFault>()
+                .cloned(),
         };
         // Standard tower idiom: use the clone that was driven ready.
         let clone = self.inner.clone();
@@ -420,8 +454,9 @@ where
         };
         Box::pin(async move {
             let res = tracing::Instrument::instrument(fut, span).await?;
-            let (parts, body) = res.into_parts();
+            let (mut parts, body) = res.into_parts();
             if let Some(code) = grpc_status_of(&parts.headers) {
+                let code = undecodable_is_invalid_argument(&mut parts.headers, code);
                 // Trailers-only response: the call ended here.
                 finish.finish(code);
                 return Ok(http::Response::from_parts(parts, body));
