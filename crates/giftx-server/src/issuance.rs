@@ -186,11 +186,14 @@ impl IssuanceApi {
 
     async fn void_batch_impl(&self, req: pb::VoidBatchRequest) -> Result<pb::Batch, ApiError> {
         let (c, b) = convert::parse_batch_name("name", &req.name)?;
+        let bulk = crate::telemetry::bulk_span("void_batch");
         let batch = self
             .state
             .ledger
             .void_batch(&c, &b, self.state.now())
+            .instrument(bulk.clone())
             .await?;
+        bulk.record("giftx.codes", batch.issued);
         tracing::info!(campaign = %c, batch = %b, issued = batch.issued, "batch voided");
         Ok(batch_to_proto(&batch))
     }
