@@ -687,12 +687,10 @@ impl Config {
         }
         let t = &self.transport;
         if t.max_connections == 0 || t.max_streams_per_connection == 0 {
-            return bad(
-                "transport.max_connections (GIFTX_MAX_CONNECTIONS) and \
+            return bad("transport.max_connections (GIFTX_MAX_CONNECTIONS) and \
                  transport.max_streams_per_connection (GIFTX_MAX_STREAMS_PER_CONNECTION) \
                  must be at least 1"
-                    .into(),
-            );
+                .into());
         }
         if t.keepalive_interval_seconds > 0 && t.keepalive_timeout_seconds == 0 {
             return bad(

@@ -7,8 +7,8 @@ use std::time::Duration;
 use giftx_core::FieldViolation;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::expiry_service_server::ExpiryService;
-use tracing::Instrument as _;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::convert::{self, campaign_name, campaign_to_proto, money_to_proto, timestamp_to_proto};
 use crate::exchange::exchange_to_proto;

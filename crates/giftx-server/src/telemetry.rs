@@ -565,7 +565,11 @@ impl Finish {
             // the caller's: never a server fault, in metrics or traces.
             crate::metrics::global().protocol_error(reason);
             let _g = self.span.enter();
-            tracing::info!(grpc.status = name, reason, "rpc refused: client protocol error");
+            tracing::info!(
+                grpc.status = name,
+                reason,
+                "rpc refused: client protocol error"
+            );
             return;
         }
         if code == 12 {

@@ -373,8 +373,10 @@ fn is_grpc_proto(content_type: Option<&http::HeaderValue>) -> bool {
 
 impl<S> tower::Service<http::Request<tonic::body::Body>> for GrpcGuard<S>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
-        + Clone
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -447,7 +449,12 @@ where
                 return Ok(res);
             };
             // The request is in flight until its response body ends.
-            Ok(res.map(|body| tonic::body::Body::new(HoldBody { body, _in_flight: in_flight })))
+            Ok(res.map(|body| {
+                tonic::body::Body::new(HoldBody {
+                    body,
+                    _in_flight: in_flight,
+                })
+            }))
         })
     }
 }
@@ -647,12 +654,21 @@ mod tests {
     fn a_short_message_an_empty_request_and_bad_flags_are_invalid_argument() {
         let mut b = body();
         b.scan(&[0, 0, 0, 0, 9, 1]).unwrap();
-        assert_eq!(b.check_end().unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(body().check_end().unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            b.check_end().unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            body().check_end().unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         let e = body().scan(&[7, 0, 0, 0, 0]).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         let mut b = body();
-        assert_eq!(b.scan(&[1, 0, 0, 0, 0]).unwrap_err().code(), tonic::Code::Internal);
+        assert_eq!(
+            b.scan(&[1, 0, 0, 0, 0]).unwrap_err().code(),
+            tonic::Code::Internal
+        );
         assert_eq!(b.fault.reason(), Some("compressed_flag_without_encoding"));
     }
 

@@ -73,7 +73,11 @@ impl Giftxd {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let ct = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type: ")
+                    .map(str::to_owned)
+            })
             .unwrap_or_default();
         (ct, body.to_owned())
     }
@@ -98,7 +102,9 @@ fn start(redis: Option<&RedisServer>, env: &[(&str, &str)], nofile: Option<u32>)
     let mut c = match nofile {
         Some(n) => {
             let mut c = Command::new("sh");
-            c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\"")).arg(bin);
+            c.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\""))
+                .arg(bin);
             c
         }
         None => Command::new(bin),
@@ -193,7 +199,10 @@ async fn raw(
         return (status, code, msg);
     }
     let collected = resp.into_body().collect().await.unwrap();
-    let (code, msg) = collected.trailers().map(grpc).unwrap_or((None, String::new()));
+    let (code, msg) = collected
+        .trailers()
+        .map(grpc)
+        .unwrap_or((None, String::new()));
     (status, code, msg)
 }
 
@@ -210,7 +219,9 @@ const VERIFY: &str = "/giftx.v1.ExchangeService/VerifyCode";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_garbage_is_the_clients_mistake_and_never_counts_as_internal() {
-    let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
     let g = start(Some(&redis), &[], None);
     let addr = g.addr();
 
@@ -286,7 +297,10 @@ async fn client_garbage_is_the_clients_mistake_and_never_counts_as_internal() {
         .lines()
         .filter(|l| l.starts_with("giftx_rpc_requests_total") && l.contains("INTERNAL"))
         .collect();
-    assert!(internal.is_empty(), "counted as server faults: {internal:?}");
+    assert!(
+        internal.is_empty(),
+        "counted as server faults: {internal:?}"
+    );
     for reason in ["method", "content_type", "compressed_flag_without_encoding"] {
         let line = format!(r#"giftx_rpc_protocol_errors_total{{reason="{reason}"}} 1"#);
         assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
@@ -321,7 +335,9 @@ async fn issued(c: &mut IssuanceServiceClient<Channel>, batch: &str) -> (i64, i3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_streams_are_capped_and_an_unread_stream_stores_one_window_ahead() {
     const CHUNK: i64 = 20_000;
-    let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
     let g = start(
         Some(&redis),
         &[
@@ -403,7 +419,9 @@ async fn issue_streams_are_capped_and_an_unread_stream_stores_one_window_ahead()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_excess_connections_are_closed_while_capped_ones_work() {
-    let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
     let g = start(
         Some(&redis),
         &[
@@ -485,7 +503,10 @@ async fn at_the_descriptor_limit_the_accept_loop_backs_off_and_recovers() {
     std::thread::sleep(Duration::from_secs(2));
     let used = g.cpu_ticks() - before;
     // A spinning accept loop burns ~200 ticks (a whole core) here.
-    assert!(used < 50, "giftxd used {used} ticks of CPU in 2 s at EMFILE");
+    assert!(
+        used < 50,
+        "giftxd used {used} ticks of CPU in 2 s at EMFILE"
+    );
     let (_, text) = g.metrics(None);
     assert!(
         text.lines()
