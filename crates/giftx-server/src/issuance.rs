@@ -402,6 +402,9 @@ fn generate_chunk(
     Ok(Chunk { items, hashes })
 }
 
+/// A chunk being generated and stored: its codes and window slot.
+type ChunkTask = JoinHandle<Result<(Vec<Printed>, OwnedSemaphorePermit), Stop>>;
+
 /// Why the producer stopped early.
 enum Stop {
     /// The response stream was dropped: the client went away.
@@ -479,12 +482,7 @@ impl Job {
     /// Generates and stores one chunk (serials `first_serial..`), on its
     /// own task so several chunks are in flight at once; hands back the
     /// codes to send (their hashes are dropped once stored).
-    fn spawn_chunk(
-        &self,
-        first_serial: u64,
-        n: usize,
-        slot: OwnedSemaphorePermit,
-    ) -> JoinHandle<Result<(Vec<Printed>, OwnedSemaphorePermit), Stop>> {
+    fn spawn_chunk(&self, first_serial: u64, n: usize, slot: OwnedSemaphorePermit) -> ChunkTask {
         let job = self.clone();
         tokio::spawn(
             async move {
@@ -518,7 +516,7 @@ impl Job {
     async fn pipeline(
         &self,
         tx: &mpsc::Sender<Msg>,
-        inflight: &mut VecDeque<JoinHandle<Result<(Vec<Printed>, OwnedSemaphorePermit), Stop>>>,
+        inflight: &mut VecDeque<ChunkTask>,
     ) -> Result<(), Stop> {
         // `queued`: codes handed to chunk tasks so far (serials 1..=queued).
         let mut queued: u64 = 0;
