@@ -21,6 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Reflection serves this set; protox hands it to us already parsed, so it
     // is written here rather than by tonic-prost-build.
     std::fs::write(out.join("giftx_v1_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // A request that does not parse is the caller's mistake:
+    // INVALID_ARGUMENT, not tonic-prost's INTERNAL (src/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::GiftxCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -548,7 +548,7 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
                 .unwrap_or_else(|_| panic!("bad timestamp: {line}"));
         }
         assert!(fields.next().is_none(), "trailing fields: {line}");
-        let family = ["_total", "_bucket", "_sum", "_count", "_created"]
+        let family = ["_total", "_bucket", "_sum", "_count", "_created", "_info"]
             .iter()
             .find_map(|suf| name.strip_suffix(suf).filter(|f| types.contains_key(*f)))
             .unwrap_or(name);
@@ -565,12 +565,15 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
     out
 }
 
-/// GETs `/metrics` with a bare HTTP/1.1 client and parses the body.
+/// GETs `/metrics` with a bare HTTP/1.1 client, asking for OpenMetrics
+/// as Prometheus does, and parses the body.
 async fn scrape(addr: SocketAddr) -> Vec<Sample> {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: giftxd\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: giftxd\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
     let raw = String::from_utf8(raw).expect("UTF-8");
@@ -698,5 +701,60 @@ fn metrics_endpoint_parses_and_counts_move_with_exchanges() {
         app.shutdown().await.expect("clean shutdown");
         // The endpoint stops with the server.
         assert!(tokio::net::TcpStream::connect(metrics_addr).await.is_err());
+    });
+}
+
+#[test]
+fn bulk_rpcs_export_one_bulk_span_not_a_span_per_bucket() {
+    let env = env();
+    let _turn = serial();
+    RT.block_on(async {
+        let app = TestApp::spawn(
+            TestAppOptions::new()
+                .redis()
+                .chunk_size(1_000)
+                .configure(|c| c.expiry.workers = false),
+        )
+        .await;
+        let codes = campaign_and_codes(&app, "bulk-traced", "gift-b", "emoney-a", 3).await;
+        assert_eq!(codes.len(), 3);
+        let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+        let caller_span = "10f067aa0ba902b8";
+        app.issuance
+            .clone()
+            .void_batch(with_traceparent(
+                pb::VoidBatchRequest {
+                    name: "campaigns/bulk-traced/batches/b-1".into(),
+                },
+                &traceparent(trace_id, caller_span),
+            ))
+            .await
+            .expect("VoidBatch");
+        const VOID_SPAN: &str = "giftx.v1.IssuanceService/VoidBatch";
+        let tid = unhex(trace_id);
+        let spans = spans_until(&tid, |spans| {
+            spans.iter().any(|s| s.name == VOID_SPAN)
+                && spans.iter().any(|s| s.name == "ledger.bulk")
+        })
+        .await;
+        let rpc = spans.iter().find(|s| s.name == VOID_SPAN).unwrap();
+        assert_eq!(hex(&rpc.parent_span_id), caller_span);
+        let bulk = spans.iter().find(|s| s.name == "ledger.bulk").unwrap();
+        assert_eq!(bulk.parent_span_id, rpc.span_id);
+        assert_eq!(
+            attr_str(bulk, "giftx.operation").as_deref(),
+            Some("void_batch")
+        );
+        assert_eq!(attr_str(bulk, "giftx.codes").as_deref(), Some("3"));
+        // One script per bucket (4,096) ran; none of them is exported.
+        let scripts = spans.iter().filter(|s| s.name == "ledger.script").count();
+        assert!(
+            scripts < 16,
+            "{scripts} ledger.script spans exported for one VoidBatch"
+        );
+        assert!(
+            !env.logs.text().contains("spans dropped"),
+            "spans were dropped"
+        );
     });
 }

@@ -211,12 +211,56 @@ pub struct IssuanceTunables {
     /// quarter of Redis's work, while a chunk waits in memory at about 100
     /// bytes per code.
     pub chunk_size: usize,
+    /// IssueCodes streams served at once (`GIFTX_MAX_ISSUE_STREAMS`,
+    /// default 4); one more is refused RESOURCE_EXHAUSTED with RetryInfo.
+    pub max_streams: usize,
+    /// Chunks a stream may have generated and stored ahead of what its
+    /// client has taken (`GIFTX_ISSUE_WINDOW_CHUNKS`, 1..=8, default 3):
+    /// a stream holds at most this many chunks in memory, and stores at
+    /// most this many chunks beyond what was handed to the transport,
+    /// however slowly its client reads.
+    pub window_chunks: usize,
 }
 
 impl Default for IssuanceTunables {
     fn default() -> Self {
         IssuanceTunables {
             chunk_size: 262_144,
+            max_streams: 4,
+            window_chunks: 3,
+        }
+    }
+}
+
+/// gRPC connection limits (`[transport]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportTunables {
+    /// Client connections open at once (`GIFTX_MAX_CONNECTIONS`, default
+    /// 4096); more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Concurrent calls per HTTP/2 connection
+    /// (`GIFTX_MAX_STREAMS_PER_CONNECTION`, default 100).
+    pub max_streams_per_connection: u32,
+    /// Seconds a connection with no call in flight stays open
+    /// (`GIFTX_IDLE_TIMEOUT_SECONDS`, default 300; 0: forever).
+    pub idle_timeout_seconds: u64,
+    /// Seconds between HTTP/2 keepalive pings on a connection
+    /// (`GIFTX_KEEPALIVE_INTERVAL_SECONDS`, default 60; 0: no pings).
+    pub keepalive_interval_seconds: u64,
+    /// Seconds to wait for a ping's answer before closing the connection
+    /// (`GIFTX_KEEPALIVE_TIMEOUT_SECONDS`, default 20).
+    pub keepalive_timeout_seconds: u64,
+}
+
+impl Default for TransportTunables {
+    fn default() -> Self {
+        TransportTunables {
+            max_connections: 4096,
+            max_streams_per_connection: 100,
+            idle_timeout_seconds: 300,
+            keepalive_interval_seconds: 60,
+            keepalive_timeout_seconds: 20,
         }
     }
 }
@@ -404,6 +448,8 @@ pub struct Config {
     pub exchange: ExchangeTunables,
     /// Expiry workers' schedule.
     pub expiry: ExpiryTunables,
+    /// gRPC connection limits.
+    pub transport: TransportTunables,
     /// Seed the demo campaigns (`GIFTX_SEED_DEMO`); default: only on the
     /// embedded ledger.
     pub seed_demo: Option<bool>,
@@ -433,6 +479,7 @@ impl Default for Config {
             issuance: IssuanceTunables::default(),
             exchange: ExchangeTunables::default(),
             expiry: ExpiryTunables::default(),
+            transport: TransportTunables::default(),
             seed_demo: None,
             shutdown_drain_seconds: 0,
             shutdown_grace_seconds: 30,
@@ -606,6 +653,28 @@ impl Config {
         if let Some(v) = get("GIFTX_SHUTDOWN_GRACE_SECONDS") {
             self.shutdown_grace_seconds = env_parse("GIFTX_SHUTDOWN_GRACE_SECONDS", &v)?;
         }
+        if let Some(v) = get("GIFTX_MAX_ISSUE_STREAMS") {
+            self.issuance.max_streams = env_parse("GIFTX_MAX_ISSUE_STREAMS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_ISSUE_WINDOW_CHUNKS") {
+            self.issuance.window_chunks = env_parse("GIFTX_ISSUE_WINDOW_CHUNKS", &v)?;
+        }
+        let t = &mut self.transport;
+        if let Some(v) = get("GIFTX_MAX_CONNECTIONS") {
+            t.max_connections = env_parse("GIFTX_MAX_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_MAX_STREAMS_PER_CONNECTION") {
+            t.max_streams_per_connection = env_parse("GIFTX_MAX_STREAMS_PER_CONNECTION", &v)?;
+        }
+        if let Some(v) = get("GIFTX_IDLE_TIMEOUT_SECONDS") {
+            t.idle_timeout_seconds = env_parse("GIFTX_IDLE_TIMEOUT_SECONDS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_KEEPALIVE_INTERVAL_SECONDS") {
+            t.keepalive_interval_seconds = env_parse("GIFTX_KEEPALIVE_INTERVAL_SECONDS", &v)?;
+        }
+        if let Some(v) = get("GIFTX_KEEPALIVE_TIMEOUT_SECONDS") {
+            t.keepalive_timeout_seconds = env_parse("GIFTX_KEEPALIVE_TIMEOUT_SECONDS", &v)?;
+        }
         Ok(())
     }
 
@@ -623,6 +692,29 @@ impl Config {
                 "issuance.chunk_size {} is outside 1000..=1000000",
                 self.issuance.chunk_size
             ));
+        }
+        if self.issuance.max_streams == 0 {
+            return bad("issuance.max_streams (GIFTX_MAX_ISSUE_STREAMS) must be at least 1".into());
+        }
+        if !(1..=8).contains(&self.issuance.window_chunks) {
+            return bad(format!(
+                "issuance.window_chunks (GIFTX_ISSUE_WINDOW_CHUNKS) {} is outside 1..=8",
+                self.issuance.window_chunks
+            ));
+        }
+        let t = &self.transport;
+        if t.max_connections == 0 || t.max_streams_per_connection == 0 {
+            return bad("transport.max_connections (GIFTX_MAX_CONNECTIONS) and \
+                 transport.max_streams_per_connection (GIFTX_MAX_STREAMS_PER_CONNECTION) \
+                 must be at least 1"
+                .into());
+        }
+        if t.keepalive_interval_seconds > 0 && t.keepalive_timeout_seconds == 0 {
+            return bad(
+                "transport.keepalive_timeout_seconds (GIFTX_KEEPALIVE_TIMEOUT_SECONDS) must be \
+                 at least 1 when keepalive pings are on"
+                    .into(),
+            );
         }
         if self.ledger.lockout_threshold == 0 {
             return bad("ledger.lockout_threshold must be at least 1".into());

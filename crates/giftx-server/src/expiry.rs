@@ -8,6 +8,7 @@ use giftx_core::FieldViolation;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::expiry_service_server::ExpiryService;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::convert::{self, campaign_name, campaign_to_proto, money_to_proto, timestamp_to_proto};
 use crate::exchange::{Audience, exchange_to_proto};
@@ -54,10 +55,12 @@ impl ExpiryApi {
             return Err(v.into());
         };
         let now = self.state.now();
+        let bulk = crate::telemetry::bulk_span("extend_campaign");
         let c = self
             .state
             .ledger
             .extend_campaign(&id, t, req.force, now)
+            .instrument(bulk)
             .await?;
         self.state.invalidate_campaign(&id);
         tracing::info!(campaign = %id, expire_time = t.millis(), force = req.force, "deadline moved");
@@ -68,7 +71,15 @@ impl ExpiryApi {
         let id = convert::parse_campaign_name("campaign", &req.campaign)?;
         let campaign = self.state.campaign(&id).await?;
         let now = self.state.now();
-        let out = self.state.ledger.sweep(&id, now).await?;
+        let bulk = crate::telemetry::bulk_span("sweep");
+        let out = self
+            .state
+            .ledger
+            .sweep(&id, now)
+            .instrument(bulk.clone())
+            .await?;
+        bulk.record("giftx.buckets", out.buckets);
+        bulk.record("giftx.codes", out.expired);
         Ok(pb::SweepReport {
             campaign: campaign_name(&id),
             expired_count: out.expired,

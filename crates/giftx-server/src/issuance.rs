@@ -17,6 +17,16 @@
 //! because each bucket's store script has a fixed cost in Redis; while a
 //! chunk waits, its codes are kept as printed bytes (28 per code) and
 //! become protobuf messages only as they are streamed.
+//!
+//! Memory and ledger growth are bounded whatever the client does:
+//! at most `max_streams` (`GIFTX_MAX_ISSUE_STREAMS`) streams run at once
+//! (one more is refused RESOURCE_EXHAUSTED with RetryInfo), and a stream
+//! holds a *window* of `window_chunks` slots (`GIFTX_ISSUE_WINDOW_CHUNKS`):
+//! a chunk takes a slot before it is generated and gives it back only
+//! once its last code was handed to the transport. A client that reads
+//! nothing therefore stops the stream after `window_chunks` chunks beyond
+//! what the transport buffers (HTTP/2 flow control), both in giftxd's
+//! memory and in the ledger.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -30,7 +40,7 @@ use giftx_ledger::NewCode;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::issuance_service_server::IssuanceService;
 use giftx_provider::ProviderError;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
@@ -51,19 +61,55 @@ const COLLISION_ROUNDS: usize = 8;
 /// Chunks generated and stored concurrently ahead of the stream: while one
 /// is stored, the next is generated (on the blocking pool, beside Redis).
 /// Two keep Redis busy with the default chunk of 262,144 codes; a third
-/// only costs memory.
+/// only costs memory. The window (`window_chunks`) bounds them further.
 const PIPELINE_DEPTH: usize = 2;
+/// What a caller refused for too many streams is told to wait.
+const STREAMS_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The IssuanceService implementation.
 #[derive(Debug, Clone)]
 pub struct IssuanceApi {
     state: Arc<AppState>,
+    /// One permit per IssueCodes stream that may run.
+    streams: Arc<Semaphore>,
 }
 
 impl IssuanceApi {
     /// The service over shared state.
     pub fn new(state: Arc<AppState>) -> Self {
-        IssuanceApi { state }
+        let streams = Arc::new(Semaphore::new(state.config.issuance.max_streams));
+        IssuanceApi { state, streams }
+    }
+
+    /// A stream slot, or RESOURCE_EXHAUSTED (reason
+    /// `ISSUE_STREAMS_EXHAUSTED`) with RetryInfo when all are taken.
+    fn stream_slot(&self) -> Result<StreamSlot, Status> {
+        match self.streams.clone().try_acquire_owned() {
+            Ok(permit) => {
+                crate::metrics::global().issue_streams_add(1);
+                Ok(StreamSlot { _permit: permit })
+            }
+            Err(_) => {
+                crate::metrics::global().issue_stream_refused();
+                let max = self.state.config.issuance.max_streams;
+                tracing::info!(max, "IssueCodes refused: every stream slot is taken");
+                let mut d = tonic_types::ErrorDetails::new();
+                d.set_error_info(
+                    "ISSUE_STREAMS_EXHAUSTED",
+                    crate::status::ERROR_DOMAIN,
+                    std::collections::HashMap::from([("max_streams".to_owned(), max.to_string())]),
+                );
+                d.set_retry_info(Some(STREAMS_RETRY));
+                Err(<Status as tonic_types::StatusExt>::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    format!(
+                        "{max} IssueCodes streams are already running \
+                         (GIFTX_MAX_ISSUE_STREAMS); retry when one has finished"
+                    ),
+                    d,
+                ))
+            }
+        }
     }
 
     fn reply<T>(&self, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
@@ -173,11 +219,14 @@ impl IssuanceApi {
 
     async fn void_batch_impl(&self, req: pb::VoidBatchRequest) -> Result<pb::Batch, ApiError> {
         let (c, b) = convert::parse_batch_name("name", &req.name)?;
+        let bulk = crate::telemetry::bulk_span("void_batch");
         let batch = self
             .state
             .ledger
             .void_batch(&c, &b, self.state.now())
+            .instrument(bulk.clone())
             .await?;
+        bulk.record("giftx.codes", batch.issued);
         tracing::info!(campaign = %c, batch = %b, issued = batch.issued, "batch voided");
         Ok(batch_to_proto(&batch))
     }
@@ -233,7 +282,11 @@ impl IssuanceApi {
         })
     }
 
-    async fn issue_codes_impl(&self, req: pb::IssueCodesRequest) -> Result<IssueStream, ApiError> {
+    async fn issue_codes_impl(
+        &self,
+        req: pb::IssueCodesRequest,
+        slot: StreamSlot,
+    ) -> Result<IssueStream, ApiError> {
         let mut v: Vec<FieldViolation> = Vec::new();
         let campaign_id = convert::parse_campaign_name("campaign", &req.campaign)
             .map_err(|e| v.push(e))
@@ -268,12 +321,15 @@ impl IssuanceApi {
             batch,
             count,
             chunk_size: self.state.config.issuance.chunk_size,
+            window: Arc::new(Semaphore::new(self.state.config.issuance.window_chunks)),
         };
         tokio::spawn(job.run(tx, completed.clone()).in_current_span());
 
         let reader = Reader {
             rx,
             buf: Vec::new().into_iter(),
+            chunk_slot: None,
+            _slot: slot,
             done: false,
             state: self.state.clone(),
             campaign: campaign_id,
@@ -287,10 +343,24 @@ impl IssuanceApi {
 /// The IssueCodes response stream.
 pub type IssueStream = Pin<Box<dyn Stream<Item = Result<pb::IssuedCode, Status>> + Send>>;
 
+/// An IssueCodes stream's place among `max_streams`: held by the
+/// response stream, so it is given back when the stream ends or its
+/// client goes away.
+struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        crate::metrics::global().issue_streams_add(-1);
+    }
+}
+
 /// What the producer hands the response stream.
 enum Msg {
-    /// Stored codes, ready to send.
-    Codes(Vec<Printed>),
+    /// Stored codes, ready to send, with their window slot (given back
+    /// once the last of them was handed to the transport).
+    Codes(Vec<Printed>, OwnedSemaphorePermit),
     /// Issuing failed; the batch is already closed INCOMPLETE.
     Failed(Status),
     /// Every code was stored and queued.
@@ -365,6 +435,9 @@ fn generate_chunk(
     Ok(Chunk { items, hashes })
 }
 
+/// A chunk being generated and stored: its codes and window slot.
+type ChunkTask = JoinHandle<Result<(Vec<Printed>, OwnedSemaphorePermit), Stop>>;
+
 /// Why the producer stopped early.
 enum Stop {
     /// The response stream was dropped: the client went away.
@@ -393,6 +466,8 @@ struct Job {
     batch: Batch,
     count: u64,
     chunk_size: usize,
+    /// Window slots: chunks generated but not yet handed to the transport.
+    window: Arc<Semaphore>,
 }
 
 impl Job {
@@ -440,7 +515,7 @@ impl Job {
     /// Generates and stores one chunk (serials `first_serial..`), on its
     /// own task so several chunks are in flight at once; hands back the
     /// codes to send (their hashes are dropped once stored).
-    fn spawn_chunk(&self, first_serial: u64, n: usize) -> JoinHandle<Result<Vec<Printed>, Stop>> {
+    fn spawn_chunk(&self, first_serial: u64, n: usize, slot: OwnedSemaphorePermit) -> ChunkTask {
         let job = self.clone();
         tokio::spawn(
             async move {
@@ -452,7 +527,7 @@ impl Job {
                 .await
                 .map_err(|e| ApiError::internal(format!("code generation task: {e}")))??;
                 job.store(&mut chunk).await?;
-                Ok(chunk.items)
+                Ok((chunk.items, slot))
             }
             .in_current_span(),
         )
@@ -474,25 +549,40 @@ impl Job {
     async fn pipeline(
         &self,
         tx: &mpsc::Sender<Msg>,
-        inflight: &mut VecDeque<JoinHandle<Result<Vec<Printed>, Stop>>>,
+        inflight: &mut VecDeque<ChunkTask>,
     ) -> Result<(), Stop> {
         // `queued`: codes handed to chunk tasks so far (serials 1..=queued).
         let mut queued: u64 = 0;
         loop {
             while inflight.len() < PIPELINE_DEPTH && queued < self.count {
+                // A window slot first: with nothing in flight, wait for the
+                // reader to give one back (or go away); otherwise take one
+                // only if free, and send what is ready meanwhile.
+                let slot = if inflight.is_empty() {
+                    tokio::select! {
+                        s = self.window.clone().acquire_owned() => s
+                            .map_err(|_| ApiError::internal("issuing window closed"))?,
+                        () = tx.closed() => return Err(Stop::ClientGone),
+                    }
+                } else {
+                    match self.window.clone().try_acquire_owned() {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    }
+                };
                 let n = usize::try_from((self.count - queued).min(self.chunk_size as u64))
                     .unwrap_or(self.chunk_size);
-                inflight.push_back(self.spawn_chunk(queued + 1, n));
+                inflight.push_back(self.spawn_chunk(queued + 1, n, slot));
                 queued += n as u64;
             }
             let Some(handle) = inflight.pop_front() else {
                 break;
             };
-            let items = handle
+            let (items, slot) = handle
                 .await
                 .map_err(|e| ApiError::internal(format!("code storing task: {e}")))??;
             // Chunks are sent in order, each only once stored.
-            tx.send(Msg::Codes(items))
+            tx.send(Msg::Codes(items, slot))
                 .await
                 .map_err(|_| Stop::ClientGone)?;
             if tx.is_closed() {
@@ -553,6 +643,9 @@ impl Job {
 struct Reader {
     rx: mpsc::Receiver<Msg>,
     buf: std::vec::IntoIter<Printed>,
+    /// The window slot of the chunk in `buf`.
+    chunk_slot: Option<OwnedSemaphorePermit>,
+    _slot: StreamSlot,
     done: bool,
     state: Arc<AppState>,
     campaign: CampaignId,
@@ -566,11 +659,17 @@ impl Reader {
             if let Some(item) = self.buf.next() {
                 return Some((Ok(item.to_proto()), self));
             }
+            // Every code of the chunk went to the transport: its window
+            // slot lets the producer store the next one.
+            self.chunk_slot = None;
             if self.done {
                 return None;
             }
             match self.rx.recv().await {
-                Some(Msg::Codes(v)) => self.buf = v.into_iter(),
+                Some(Msg::Codes(v, slot)) => {
+                    self.buf = v.into_iter();
+                    self.chunk_slot = Some(slot);
+                }
                 Some(Msg::Failed(status)) => {
                     self.done = true;
                     return Some((Err(status), self));
@@ -636,7 +735,8 @@ impl IssuanceService for IssuanceApi {
         &self,
         request: Request<pb::IssueCodesRequest>,
     ) -> Result<Response<Self::IssueCodesStream>, Status> {
-        self.reply(self.issue_codes_impl(request.into_inner()).await)
+        let slot = self.stream_slot()?;
+        self.reply(self.issue_codes_impl(request.into_inner(), slot).await)
     }
 
     async fn get_batch(

@@ -26,6 +26,7 @@ pub mod sealer;
 pub mod state;
 pub mod status;
 pub mod telemetry;
+pub mod transport;
 pub mod workers;
 
 use std::future::Future;
@@ -363,7 +364,18 @@ pub async fn serve(
     let expiry = serves(ServiceKind::Expiry)
         .then(|| ExpiryServiceServer::new(expiry::ExpiryApi::new(state.clone())));
 
+    let t = &state.config.transport;
+    let keepalive = (t.keepalive_interval_seconds > 0)
+        .then(|| Duration::from_secs(t.keepalive_interval_seconds));
     let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(
+            keepalive.map(|_| Duration::from_secs(t.keepalive_timeout_seconds)),
+        )
+        .max_concurrent_streams(Some(t.max_streams_per_connection))
+        // Outermost: non-gRPC requests and broken framing are answered
+        // before the per-RPC span and metrics (transport.rs).
+        .layer(transport::GrpcGuardLayer)
         .layer(telemetry::RpcTraceLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -374,7 +386,8 @@ pub async fn serve(
         .add_optional_service(expiry);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Connection cap, idle timeout, back-off on EMFILE (transport.rs).
+    let incoming = transport::incoming(listener, &state.config.transport);
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));

@@ -17,8 +17,13 @@
 //! process-wide because a process is one giftxd; tests that spawn several
 //! apps in one process share it.
 //!
-//! The endpoint answers in the OpenMetrics text format (which Prometheus
-//! negotiates and parses natively).
+//! The endpoint negotiates its format by the `Accept` header: OpenMetrics
+//! text (`application/openmetrics-text`, what Prometheus asks for) when
+//! the client accepts it, otherwise the classic Prometheus text format
+//! 0.0.4 (`text/plain; version=0.0.4`), which older scrapers, the classic
+//! parser and `promtool check metrics` read. Besides giftx's own metrics it
+//! serves the standard `process_*` metrics (read from `/proc/self` when
+//! scraped) and `giftx_build_info{version}`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -49,8 +54,10 @@ use crate::workers::{LEASE_NAME, WorkerStats};
 /// A label set: (name, value) pairs.
 type Labels = Vec<(&'static str, String)>;
 
-/// The OpenMetrics content type the endpoint answers with.
+/// The OpenMetrics content type (when the client accepts it).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic Prometheus text format's content type (otherwise).
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Seconds; from 1ms to 2 minutes (IssueCodes streams are long).
 const RPC_BUCKETS: [f64; 15] = [
@@ -97,6 +104,14 @@ pub struct Metrics {
     lease_held: Family<Labels, Gauge>,
     script_duration: Family<Labels, Histogram, fn() -> Histogram>,
     script_errors: Family<Labels, Counter>,
+    protocol_errors: Family<Labels, Counter>,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    connections_idle_closed: Counter,
+    accept_backoffs: Counter,
+    issue_streams: Gauge,
+    issue_streams_refused: Counter,
+    spans_dropped: Counter,
     handles: Handles,
 }
 
@@ -175,6 +190,14 @@ impl Metrics {
             lease_held: Family::default(),
             script_duration: Family::new_with_constructor(script_histogram),
             script_errors: Family::default(),
+            protocol_errors: Family::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_idle_closed: Counter::default(),
+            accept_backoffs: Counter::default(),
+            issue_streams: Gauge::default(),
+            issue_streams_refused: Counter::default(),
+            spans_dropped: Counter::default(),
             registry: Registry::default(),
             handles: Handles::default(),
         };
@@ -254,15 +277,122 @@ impl Metrics {
             "Scripts that failed with a Redis error (not a business refusal)",
             m.script_errors.clone(),
         );
+        registry.register(
+            "giftx_rpc_protocol_errors",
+            "Requests refused for breaking the gRPC protocol (method, content_type, \
+             compressed_flag_without_encoding): the client's mistake, not counted as RPCs",
+            m.protocol_errors.clone(),
+        );
+        registry.register(
+            "giftx_connections_open",
+            "Client connections open on the gRPC listener",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "giftx_connections_refused",
+            "Connections closed at once because GIFTX_MAX_CONNECTIONS were open",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "giftx_connections_idle_closed",
+            "Connections closed after GIFTX_IDLE_TIMEOUT_SECONDS without a request",
+            m.connections_idle_closed.clone(),
+        );
+        registry.register(
+            "giftx_accept_backoffs",
+            "Pauses of the accept loop because accept failed for lack of file descriptors or memory",
+            m.accept_backoffs.clone(),
+        );
+        registry.register(
+            "giftx_issue_streams",
+            "IssueCodes streams running",
+            m.issue_streams.clone(),
+        );
+        registry.register(
+            "giftx_issue_streams_refused",
+            "IssueCodes calls refused because GIFTX_MAX_ISSUE_STREAMS were running",
+            m.issue_streams_refused.clone(),
+        );
+        registry.register(
+            "giftx_trace_spans_dropped",
+            "Spans the trace exporter dropped (its queue was full)",
+            m.spans_dropped.clone(),
+        );
+        registry.register(
+            "giftx_build",
+            "The running giftxd",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]),
+        );
         Metrics { registry, ..m }
     }
 
-    /// The registry in the OpenMetrics text format.
+    /// A request broke the gRPC protocol (`reason`: method, content_type,
+    /// compressed_flag_without_encoding).
+    pub fn protocol_error(&self, reason: &'static str) {
+        self.protocol_errors
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    /// A connection closed.
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    /// A connection was closed at once: too many were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// An idle connection was closed.
+    pub fn connection_idle_closed(&self) {
+        self.connections_idle_closed.inc();
+    }
+
+    /// The accept loop paused: no descriptors or memory.
+    pub fn accept_backoff(&self) {
+        self.accept_backoffs.inc();
+    }
+
+    /// An IssueCodes stream started (`+1`) or ended (`-1`).
+    pub fn issue_streams_add(&self, n: i64) {
+        self.issue_streams.inc_by(n);
+    }
+
+    /// An IssueCodes call was refused: the stream limit was reached.
+    pub fn issue_stream_refused(&self) {
+        self.issue_streams_refused.inc();
+    }
+
+    /// The trace exporter dropped `n` spans.
+    pub fn spans_dropped(&self, n: u64) {
+        self.spans_dropped.inc_by(n);
+    }
+
+    /// The registry and the process metrics in the OpenMetrics text
+    /// format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
+        let body_end = out.rfind("# EOF").unwrap_or(out.len());
+        out.truncate(body_end);
+        process_metrics(&mut out);
+        out.push_str("# EOF\n");
         out
+    }
+
+    /// As [`Metrics::render`], in the classic Prometheus text format 0.0.4.
+    pub fn render_classic(&self) -> String {
+        to_classic(&self.render())
     }
 
     /// One RPC ended with `code` (a gRPC code name such as `OK`).
@@ -504,10 +634,172 @@ pub async fn serve_http(listener: TcpListener, shutdown: impl Future<Output = ()
 }
 
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(respond(req.method(), req.uri().path()))
+    let openmetrics = wants_openmetrics(req.headers().get(http::header::ACCEPT));
+    Ok(respond(req.method(), req.uri().path(), openmetrics))
 }
 
-fn respond(method: &Method, path: &str) -> Response<Full<Bytes>> {
+/// True when the `Accept` header names `application/openmetrics-text`
+/// with a non-zero quality (Prometheus sends it first).
+fn wants_openmetrics(accept: Option<&http::HeaderValue>) -> bool {
+    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        let refused = parts.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f64>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+    })
+}
+
+/// OpenMetrics text (as `prometheus_client` and [`process_metrics`] write
+/// it) → classic Prometheus text 0.0.4: no `# EOF` or `# UNIT`, counters
+/// typed under their `_total` name, info metrics as gauges named `_info`.
+fn to_classic(open: &str) -> String {
+    let mut out = String::with_capacity(open.len());
+    // A family's HELP comes before its TYPE, which decides its name.
+    let mut help: Option<(&str, &str)> = None;
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (name_out, kind_out) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "gaugehistogram" => (name.to_owned(), "histogram"),
+                "stateset" => (name.to_owned(), "gauge"),
+                "unknown" => (name.to_owned(), "untyped"),
+                k => (name.to_owned(), k),
+            };
+            if let Some((_, text)) = help.take().filter(|(n, _)| *n == name) {
+                // Classic HELP escapes backslash and newline, not quotes.
+                let text = text.replace("\\\"", "\"");
+                out.push_str(&format!("# HELP {name_out} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name_out} {kind_out}\n"));
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        // A sample; exemplars (after " # ") are OpenMetrics only.
+        out.push_str(line.split(" # ").next().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times: USER_HZ, which
+/// Linux fixes at 100 for user space on every architecture it supports.
+const USER_HZ: f64 = 100.0;
+
+/// Appends the standard `process_*` metrics (OpenMetrics text), read from
+/// `/proc/self`; on a system without procfs nothing is appended.
+fn process_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name, which is parenthesised and may hold
+    // spaces: state is field 3, utime 14, stime 15, starttime 22, vsize 23.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    let mut gauge = |name: &str, help: &str, kind: &str, v: f64| {
+        let sample = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_owned()
+        };
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{sample} {v}\n"
+        );
+    };
+    if let (Some(u), Some(s)) = (field(14), field(15)) {
+        gauge(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            "counter",
+            (u + s) / USER_HZ,
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|v| v * 1024.0)
+    };
+    if let Some(rss) = kb("VmRSS:") {
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            "gauge",
+            rss,
+        );
+    }
+    if let Some(vsize) = field(23) {
+        gauge(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            "gauge",
+            vsize,
+        );
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        // The directory handle itself is one of the entries.
+        let n = dir.count().saturating_sub(1);
+        gauge(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            "gauge",
+            n as f64,
+        );
+    }
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<f64>().ok())
+        });
+    if let Some(n) = max_fds {
+        gauge(
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            "gauge",
+            n,
+        );
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    if let (Some(boot), Some(start)) = (boot, field(22)) {
+        gauge(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            "gauge",
+            boot + start / USER_HZ,
+        );
+    }
+}
+
+fn respond(method: &Method, path: &str, openmetrics: bool) -> Response<Full<Bytes>> {
     let plain = |status: StatusCode, text: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *r.status_mut() = status;
@@ -533,14 +825,22 @@ fn respond(method: &Method, path: &str) -> Response<Full<Bytes>> {
     }
     let body = if method == Method::HEAD {
         Bytes::new()
-    } else {
+    } else if openmetrics {
         Bytes::from(global().render())
+    } else {
+        Bytes::from(global().render_classic())
     };
     let mut r = Response::new(Full::new(body));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(CONTENT_TYPE),
+        http::HeaderValue::from_static(if openmetrics {
+            CONTENT_TYPE
+        } else {
+            CLASSIC_CONTENT_TYPE
+        }),
     );
+    r.headers_mut()
+        .insert(http::header::VARY, http::HeaderValue::from_static("Accept"));
     r
 }
 
@@ -706,13 +1006,79 @@ mod tests {
 
     #[test]
     fn only_get_and_head_of_metrics_are_served() {
-        assert_eq!(respond(&Method::GET, "/metrics").status(), StatusCode::OK);
-        assert_eq!(respond(&Method::HEAD, "/metrics").status(), StatusCode::OK);
         assert_eq!(
-            respond(&Method::POST, "/metrics").status(),
+            respond(&Method::GET, "/metrics", true).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(&Method::HEAD, "/metrics", false).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(&Method::POST, "/metrics", true).status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
-        assert_eq!(respond(&Method::GET, "/").status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            respond(&Method::GET, "/", true).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        let h = |s: &'static str| http::HeaderValue::from_static(s);
+        let prometheus = h(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        );
+        assert!(wants_openmetrics(Some(&prometheus)));
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some(&h("text/plain"))));
+        assert!(!wants_openmetrics(Some(&h("*/*"))));
+        assert!(!wants_openmetrics(Some(&h(
+            "application/openmetrics-text;q=0"
+        ))));
+        let ct = |b: bool| {
+            respond(&Method::GET, "/metrics", b).headers()[http::header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(ct(true).starts_with("application/openmetrics-text"));
+        assert!(ct(false).starts_with("text/plain; version=0.0.4"));
+    }
+
+    #[test]
+    fn the_classic_format_types_counters_under_their_total_name() {
+        let m = Metrics::new();
+        m.rpc_finished("s", "m", "OK", Duration::from_millis(1));
+        let open = m.render();
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        assert!(open.contains("# TYPE giftx_rpc_requests counter"));
+        assert!(open.contains("# TYPE process_cpu_seconds counter"));
+        assert!(open.contains("process_resident_memory_bytes "));
+        assert!(open.contains("process_open_fds "));
+        assert!(open.contains("process_start_time_seconds "));
+        assert!(open.contains(r#"giftx_build_info{version=""#));
+        let classic = m.render_classic();
+        assert!(!classic.contains("# EOF"), "{classic}");
+        assert!(classic.contains("# TYPE giftx_rpc_requests_total counter"));
+        assert!(classic.contains("# HELP giftx_rpc_requests_total "));
+        assert!(classic.contains("# TYPE process_cpu_seconds_total counter"));
+        assert!(classic.contains("# TYPE giftx_build_info gauge"));
+        // Every sample belongs to the family typed just before it.
+        let mut family = String::new();
+        for l in classic.lines() {
+            if let Some(r) = l.strip_prefix("# TYPE ") {
+                family = r.split(' ').next().unwrap().to_owned();
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(name == family || base == family, "{l} outside {family}");
+            }
+        }
     }
 
     #[test]

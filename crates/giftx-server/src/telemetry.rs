@@ -15,20 +15,34 @@
 //!   counts the call in [`crate::metrics`]. Handlers add `giftx.campaign`
 //!   and `giftx.option` with `Span::current().record(..)`; never a code,
 //!   login key, email or deliverable.
+//! - [`bulk_span`]: bulk ledger operations (VoidBatch, ExtendCampaign,
+//!   SweepExpired, the sweeper) run one script per bucket (4,096); they
+//!   run under one `ledger.bulk` span with counts as attributes, and the
+//!   per-bucket `ledger.script` spans under it are not exported, so one
+//!   RPC cannot fill the exporter's queue and push root spans out.
+//! - The exporter's queue is guarded: a span that would not fit is dropped
+//!   here, counted in `giftx_trace_spans_dropped_total` and logged (a
+//!   warning every 10 s at most), instead of vanishing in the SDK.
 
 use std::io::IsTerminal as _;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http_body::{Body, Frame, SizeHint};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
+};
 use tracing::{Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::DynFilterFn;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -128,6 +142,13 @@ where
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("giftxd"))
             .with_level(true)
+            .with_filter(DynFilterFn::new(|meta, cx| {
+                // Spans under a bulk span are not exported (see bulk_span).
+                !meta.is_span()
+                    || cx
+                        .lookup_current()
+                        .is_none_or(|s| !s.scope().any(|a| a.name() == BULK_SPAN))
+            }))
     });
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let dispatch = Arc::new(OnceLock::new());
@@ -186,10 +207,199 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
     if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
         resource = resource.with_service_name("giftxd");
     }
+    // The SDK's queue size (2,048 unless OTEL_BSP_MAX_QUEUE_SIZE says
+    // otherwise), set explicitly so the guard knows it.
+    let max_queue = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2_048);
+    let queue = Arc::new(ExportQueue {
+        queued: AtomicUsize::new(0),
+        max: max_queue,
+        dropped: AtomicU64::new(0),
+    });
+    let batch = BatchSpanProcessor::builder(CountingExporter {
+        inner: exporter,
+        queue: queue.clone(),
+    })
+    .with_batch_config(
+        BatchConfigBuilder::default()
+            .with_max_queue_size(max_queue)
+            .build(),
+    )
+    .build();
+    report_drops(Arc::downgrade(&queue));
     Ok(SdkTracerProvider::builder()
         .with_resource(resource.build())
-        .with_batch_exporter(exporter)
+        .with_span_processor(GuardedProcessor {
+            inner: batch,
+            queue,
+        })
         .build())
+}
+
+/// The name of [`bulk_span`]'s span.
+pub const BULK_SPAN: &str = "ledger.bulk";
+
+/// The one span of a bulk ledger operation (`op`: `void_batch`,
+/// `extend_campaign`, `sweep`): instrument the ledger call with it and
+/// record `giftx.buckets` / `giftx.codes` on it. The per-bucket script
+/// spans under it are kept out of the export.
+pub fn bulk_span(op: &'static str) -> Span {
+    tracing::info_span!(
+        "ledger.bulk",
+        giftx.operation = op,
+        giftx.buckets = tracing::field::Empty,
+        giftx.codes = tracing::field::Empty,
+    )
+}
+
+/// Spans handed to the batch processor and not yet taken by its exporter.
+#[derive(Debug)]
+struct ExportQueue {
+    queued: AtomicUsize,
+    max: usize,
+    dropped: AtomicU64,
+}
+
+impl ExportQueue {
+    /// Takes a place in the queue; false (and counted) when it is full.
+    fn admit(&self) -> bool {
+        let admitted = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().spans_dropped(1);
+        }
+        admitted
+    }
+
+    fn taken(&self, n: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+}
+
+/// Logs dropped spans every 10 s at most, for as long as the queue lives
+/// (a span cannot be logged from inside the tracing pipeline that ends it).
+fn report_drops(queue: Weak<ExportQueue>) {
+    let _ = std::thread::Builder::new()
+        .name("giftx-span-drops".into())
+        .spawn(move || {
+            let mut reported = 0;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                let Some(q) = queue.upgrade() else {
+                    return;
+                };
+                let n = q.dropped.load(Ordering::Relaxed);
+                if n > reported {
+                    tracing::warn!(
+                        dropped = n - reported,
+                        total = n,
+                        queue = q.max,
+                        "trace export queue full: spans dropped \
+                         (giftx_trace_spans_dropped_total; OTEL_BSP_MAX_QUEUE_SIZE)"
+                    );
+                    reported = n;
+                }
+            }
+        });
+}
+
+/// The batch processor behind a queue guard (see [`ExportQueue`]).
+#[derive(Debug)]
+struct GuardedProcessor {
+    inner: BatchSpanProcessor,
+    queue: Arc<ExportQueue>,
+}
+
+impl SpanProcessor for GuardedProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.queue.admit() {
+            self.inner.on_end(span);
+        }
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, giving queue places back as it takes batches.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    queue: Arc<ExportQueue>,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        self.queue.taken(batch.len());
+        self.inner.export(batch)
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_export_queue_drops_and_counts() {
+        let q = ExportQueue {
+            queued: AtomicUsize::new(0),
+            max: 2,
+            dropped: AtomicU64::new(0),
+        };
+        assert!(q.admit());
+        assert!(q.admit());
+        assert!(!q.admit());
+        assert_eq!(q.dropped.load(Ordering::Relaxed), 1);
+        q.taken(2);
+        assert!(q.admit());
+        assert_eq!(q.dropped.load(Ordering::Relaxed), 1);
+    }
 }
 
 /// A JSON event format that adds `trace_id` and `span_id` (of the event's
@@ -302,6 +512,25 @@ fn code_name(code: i32) -> &'static str {
     }
 }
 
+/// Services built with tonic-prost's own codec (health, reflection)
+/// answer a request that does not parse INTERNAL; giftx's own use
+/// `giftx_proto::codec`. Either way it is the caller's mistake: rewritten
+/// to INVALID_ARGUMENT (trailers-only answers, which unary calls give).
+fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap, code: i32) -> i32 {
+    let undecodable = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| {
+            m.starts_with("failed to decode Protobuf message")
+                || m.starts_with("failed%20to%20decode%20Protobuf%20message")
+        });
+    if code != 13 || !undecodable {
+        return code;
+    }
+    headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    3
+}
+
 /// `("<service>", "<method>")` of a gRPC path `/<service>/<method>`.
 fn split_path(path: &str) -> (&str, &str) {
     path.trim_start_matches('/')
@@ -317,6 +546,9 @@ struct Finish {
     start: Instant,
     quiet: bool,
     done: bool,
+    /// Set by [`crate::transport::GrpcGuard`] when the request broke the
+    /// protocol: counted as the client's protocol error, not as an RPC.
+    fault: Option<crate::transport::ProtocolFault>,
 }
 
 impl Finish {
@@ -328,6 +560,18 @@ impl Finish {
         let name = code_name(code);
         self.span.record("rpc.grpc.status_code", code);
         let elapsed = self.start.elapsed();
+        if let Some(reason) = self.fault.as_ref().and_then(|f| f.reason()) {
+            // The specification answers it INTERNAL, but the mistake is
+            // the caller's: never a server fault, in metrics or traces.
+            crate::metrics::global().protocol_error(reason);
+            let _g = self.span.enter();
+            tracing::info!(
+                grpc.status = name,
+                reason,
+                "rpc refused: client protocol error"
+            );
+            return;
+        }
         if code == 12 {
             // Paths nobody serves (scanners, typos): one series for all.
             crate::metrics::global().rpc_finished("other", "other", name, elapsed);
@@ -410,6 +654,10 @@ where
             start: Instant::now(),
             quiet,
             done: false,
+            fault: req
+                .extensions()
+                .get::<crate::transport::ProtocolFault>()
+                .cloned(),
         };
         // Standard tower idiom: use the clone that was driven ready.
         let clone = self.inner.clone();
@@ -420,8 +668,9 @@ where
         };
         Box::pin(async move {
             let res = tracing::Instrument::instrument(fut, span).await?;
-            let (parts, body) = res.into_parts();
+            let (mut parts, body) = res.into_parts();
             if let Some(code) = grpc_status_of(&parts.headers) {
+                let code = undecodable_is_invalid_argument(&mut parts.headers, code);
                 // Trailers-only response: the call ended here.
                 finish.finish(code);
                 return Ok(http::Response::from_parts(parts, body));

@@ -183,7 +183,14 @@ impl Workers {
                 if !self.still_holding(valid_until).await {
                     return Ok(());
                 }
-                let out = self.ledger.sweep(&c.spec.id, now).await?;
+                let bulk = crate::telemetry::bulk_span("sweep");
+                let out = tracing::Instrument::instrument(
+                    self.ledger.sweep(&c.spec.id, now),
+                    bulk.clone(),
+                )
+                .await?;
+                bulk.record("giftx.buckets", out.buckets);
+                bulk.record("giftx.codes", out.expired);
                 self.swept.insert(c.spec.id.clone(), c.version);
                 if out.expired > 0 {
                     info!(campaign = %c.spec.id, expired = out.expired, "swept expired codes");
