@@ -14,6 +14,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
+# openssl: the TLS Redis tests make a throwaway CA and server certificate.
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "test.sh: installing openssl" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "test.sh: cargo is missing; install Rust from https://rustup.rs (stable)" >&2
   exit 1
