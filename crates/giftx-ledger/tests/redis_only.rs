@@ -1255,7 +1255,6 @@ async fn push_moves_ttls_of_a_bucket_whose_copy_a_claim_already_synced() {
     );
 }
 
-<<<<<<< HEAD
 /// Kills every normal client connection (the ledger's) from a separate
 /// connection, which `CLIENT KILL` skips.
 fn kill_clients(server: &RedisServer) -> u64 {
@@ -1410,7 +1409,9 @@ async fn a_tls_redis_with_an_acl_user_serves_the_ledger() {
     assert!(
         untrusted.is_err(),
         "a certificate from another CA was accepted"
-=======
+    );
+}
+
 /// Redis commands run since the last `CONFIG RESETSTAT`, the scripts' own
 /// calls included (Redis counts those too), INFO and CONFIG aside.
 fn commands_run(server: &RedisServer) -> u64 {
@@ -1501,6 +1502,5 @@ async fn a_claims_redis_work_does_not_grow_with_the_codes_history() {
     assert!(
         repeat <= fresh,
         "fresh {fresh}, repeated at the cap {repeat}"
->>>>>>> h12-ledger2
     );
 }
