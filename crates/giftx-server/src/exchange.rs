@@ -4,9 +4,12 @@
 use std::sync::Arc;
 
 use giftx_core::FieldViolation;
+use giftx_core::model::{DeliverableKind, PostalAddress};
 use giftx_ledger::Preferences;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::exchange_service_server::ExchangeService;
+use giftx_providers::ProviderConfig;
+use giftx_providers::shipment::ShipmentOrders;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{
@@ -49,6 +52,8 @@ pub fn exchange_to_proto(v: &ExchangeView) -> pb::Exchange {
             expire_time: d.expire_time.map(timestamp_to_proto),
             redeem_url: d.redeem_url.clone(),
             reference: d.reference.clone(),
+            ship_time: None,
+            tracking: String::new(),
         }),
         create_time: Some(timestamp_to_proto(r.create_time)),
         update_time: Some(timestamp_to_proto(r.update_time)),
@@ -73,6 +78,55 @@ fn credentials(
 }
 
 impl ExchangeApi {
+    /// The exchange as protobuf; a SHIPMENT deliverable also says whether
+    /// (and when) it was mailed, read from the shipping order. When the
+    /// order cannot be read now, those fields stay unset (logged).
+    async fn with_shipping(&self, view: &ExchangeView) -> pb::Exchange {
+        let mut x = exchange_to_proto(view);
+        let Some(d) = view
+            .deliverable
+            .as_ref()
+            .filter(|d| d.kind == DeliverableKind::Shipment)
+        else {
+            return x;
+        };
+        let Some(provider) = self
+            .state
+            .campaign(&view.campaign)
+            .await
+            .ok()
+            .and_then(|c| {
+                c.option(view.record.option.as_str())
+                    .map(|o| o.provider.clone())
+            })
+        else {
+            return x;
+        };
+        let Some(ProviderConfig::Shipment(config)) = self.state.provider_set.configs.get(&provider)
+        else {
+            return x;
+        };
+        let orders = ShipmentOrders::new(
+            provider.clone(),
+            self.state.provider_set.store.clone(),
+            self.state.clock.clone(),
+        )
+        .with_address_retention(config.address_retention());
+        match orders.get(&d.reference).await {
+            Ok(Some(o)) => {
+                if let Some(pd) = x.deliverable.as_mut() {
+                    pd.ship_time = o.ship_time().map(timestamp_to_proto);
+                    pd.tracking = o.tracking.unwrap_or_default();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(reference = %d.reference, error = %e, "shipping order unreadable");
+            }
+        }
+        x
+    }
+
     async fn verify_impl(&self, req: pb::VerifyCodeRequest) -> Result<pb::CodeStatus, ApiError> {
         let (code, key) = credentials(&req.code, &req.login_key)?;
         let s = self.state.exchanger.verify(&code, &key).await?;
@@ -93,7 +147,10 @@ impl ExchangeApi {
                     provider: o.provider.to_string(),
                 })
                 .collect(),
-            exchange: s.exchange.as_ref().map(exchange_to_proto),
+            exchange: match &s.exchange {
+                Some(x) => Some(self.with_shipping(x).await),
+                None => None,
+            },
         })
     }
 
@@ -114,6 +171,13 @@ impl ExchangeApi {
             .map_err(|e| v.push(e))
             .ok()
             .flatten();
+        let address = if req.shipping_address.trim().is_empty() {
+            None
+        } else {
+            PostalAddress::parse("shipping_address", &req.shipping_address)
+                .map_err(|e| v.push(e))
+                .ok()
+        };
         let Some((code, login_key)) = creds.filter(|_| v.is_empty()) else {
             return Err(v.into());
         };
@@ -130,9 +194,10 @@ impl ExchangeApi {
                     delete_personal_data: req.delete_personal_data,
                     stop_mail: req.stop_mail,
                 },
+                shipping_address: address,
             })
             .await?;
-        Ok(exchange_to_proto(&view))
+        Ok(self.with_shipping(&view).await)
     }
 
     async fn get_exchange_impl(
@@ -141,7 +206,7 @@ impl ExchangeApi {
     ) -> Result<pb::Exchange, ApiError> {
         let (code, key) = credentials(&req.code, &req.login_key)?;
         let view = self.state.exchanger.latest(&code, &key).await?;
-        Ok(exchange_to_proto(&view))
+        Ok(self.with_shipping(&view).await)
     }
 }
 
