@@ -90,11 +90,13 @@ async fn campaign_with_codes(app: &TestApp, count: i64) -> Vec<pb::IssuedCode> {
             option_id: "edy".into(),
             display_name: "Edy gift ID".into(),
             provider: STOCK.into(),
+            requires_shipping_address: false,
         },
         pb::RedemptionOption {
             option_id: "book".into(),
             display_name: "Book card".into(),
             provider: SHIPMENT.into(),
+            requires_shipping_address: false,
         },
     ];
     app.issuance.clone().create_campaign(req).await.unwrap();
@@ -470,6 +472,26 @@ async fn check_address_rules(app: TestApp) {
         let mut x = app.exchange.clone();
         async move { x.exchange(r).await }
     };
+    // VerifyCode tells which option needs one.
+    let status = app
+        .exchange
+        .clone()
+        .verify_code(pb::VerifyCodeRequest {
+            code: codes[0].code.clone(),
+            login_key: codes[0].login_key.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let needs: Vec<(String, bool)> = status
+        .options
+        .iter()
+        .map(|o| (o.option_id.clone(), o.requires_shipping_address))
+        .collect();
+    assert_eq!(
+        needs,
+        [("edy".to_owned(), false), ("book".to_owned(), true)]
+    );
     // Required for the mailed option; blank counts as missing.
     for blank in ["", "  \n "] {
         let e = call(req("book", blank)).await.unwrap_err();

@@ -145,6 +145,7 @@ impl ExchangeApi {
                     option_id: o.id.to_string(),
                     display_name: o.display_name.clone(),
                     provider: o.provider.to_string(),
+                    requires_shipping_address: self.state.exchanger.ships_goods(&o.provider),
                 })
                 .collect(),
             exchange: match &s.exchange {

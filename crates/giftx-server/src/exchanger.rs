@@ -200,6 +200,14 @@ impl Exchanger {
         }
     }
 
+    /// Does `provider` mail goods (deferred fulfilment), so an exchange
+    /// for it needs a shipping address?
+    pub fn ships_goods(&self, provider: &ProviderId) -> bool {
+        self.providers
+            .get(provider)
+            .is_some_and(|p| p.capabilities().fulfilment == Fulfilment::Deferred)
+    }
+
     /// The engine's settings.
     pub fn settings(&self) -> &ExchangeSettings {
         &self.settings
@@ -368,8 +376,7 @@ impl Exchanger {
         record_campaign(&campaign, Some(option.as_str()));
         let ships = campaign
             .option(option.as_str())
-            .and_then(|o| self.providers.get(&o.provider))
-            .is_some_and(|p| p.capabilities().fulfilment == Fulfilment::Deferred);
+            .is_some_and(|o| self.ships_goods(&o.provider));
         let address_error = match (ships, &input.shipping_address) {
             (true, None) => Some("is required: this option mails goods to the holder"),
             (false, Some(_)) => Some("must be empty: this option mails nothing"),
