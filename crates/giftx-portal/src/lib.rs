@@ -96,6 +96,7 @@ pub const LANG_COOKIE: &str = "giftx_lang";
 pub const END_USER_METADATA: &str = "x-giftx-end-user";
 
 const CSS: &str = include_str!("../assets/portal.css");
+const FAVICON: &str = include_str!("../assets/favicon.svg");
 const CSP: &str = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
                    form-action 'self'; object-src 'none'";
 
@@ -134,6 +135,7 @@ impl Portal {
             .route("/exchange", post(exchange))
             .route("/lang/{code}", get(set_lang))
             .route("/static/portal.css", get(css))
+            .route("/static/favicon.svg", get(favicon))
             .route("/healthz", get(|| async { "ok" }))
             .fallback(not_found)
             .layer(middleware::from_fn(headers_and_log))
@@ -191,6 +193,11 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+// Pages that explain a refusal (wrong key, locked, expired, a field to
+// fix) answer 200: they are the portal working as meant, and browsers log
+// 4xx documents as console errors. Failures of the portal or giftxd keep
+// their 5xx/429 status; a refused CSRF token answers 403.
 
 /// How a page may be cached.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -454,13 +461,7 @@ async fn verify(
             &errors,
             None,
         );
-        return page(
-            &p,
-            &ctx,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Caching::NoStore,
-            m,
-        );
+        return page(&p, &ctx, StatusCode::OK, Caching::NoStore, m);
     }
     let carried = Carried {
         code: f.code.trim().to_owned(),
@@ -516,7 +517,7 @@ async fn route_by_status(
             let code = if e.code == tonic::Code::Unavailable {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
-                StatusCode::UNPROCESSABLE_ENTITY
+                StatusCode::OK
             };
             return page(p, ctx, code, Caching::NoStore, m);
         }
@@ -537,13 +538,7 @@ async fn route_by_status(
                 }
             };
             let m = pages::problem(ctx.lang, &csrf, &pr, None);
-            page(
-                p,
-                ctx,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Caching::NoStore,
-                m,
-            )
+            page(p, ctx, StatusCode::OK, Caching::NoStore, m)
         }
         pb::CodeState::Redeemed | pb::CodeState::Pending => {
             let sealed = match p.keys.seal(
@@ -583,13 +578,8 @@ async fn route_by_status(
                 prefill: prefill.as_ref(),
                 problem: None,
             };
-            let code = if errors.is_empty() {
-                StatusCode::OK
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
             let m = pages::options(ctx.lang, &csrf, &v, &errors);
-            page(p, ctx, code, Caching::Private, m)
+            page(p, ctx, StatusCode::OK, Caching::Private, m)
         }
     }
 }
@@ -738,7 +728,7 @@ fn problem_page(p: &Portal, ctx: &Ctx, e: &RpcError, retry: Option<(&str, &str)>
         tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         tonic::Code::Internal | tonic::Code::Unknown => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::OK,
     };
     page(p, ctx, code, Caching::NoStore, m)
 }
@@ -863,6 +853,17 @@ async fn css() -> Response {
         .into_response()
 }
 
+async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        FAVICON,
+    )
+        .into_response()
+}
+
 async fn not_found(
     State(p): State<Arc<Portal>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -887,8 +888,17 @@ async fn headers_and_log(req: Request, next: Next) -> Response {
     // Only known paths are logged: an unknown one could be anything a
     // person pasted into the address bar.
     let path = match req.uri().path() {
-        p @ ("/" | "/select" | "/verify" | "/resume" | "/choose" | "/exchange"
-        | "/static/portal.css" | "/healthz" | "/lang/ja" | "/lang/en") => p.to_owned(),
+        p @ ("/"
+        | "/select"
+        | "/verify"
+        | "/resume"
+        | "/choose"
+        | "/exchange"
+        | "/static/portal.css"
+        | "/static/favicon.svg"
+        | "/healthz"
+        | "/lang/ja"
+        | "/lang/en") => p.to_owned(),
         _ => "(other)".to_owned(),
     };
     let started = std::time::Instant::now();

@@ -39,6 +39,7 @@ pub fn layout(lang: Lang, title: &str, body: Markup) -> Markup {
                 meta name="referrer" content="no-referrer";
                 title { (title) " | " (t.site) }
                 link rel="stylesheet" href="/static/portal.css";
+                link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
             }
             body {
                 header.site {
