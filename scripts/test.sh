@@ -2,7 +2,8 @@
 # Runs the whole giftx test suite on a fresh Debian machine.
 #
 # Installs what is missing (redis-server, used by the tests' private Redis
-# instances on free ports), then builds and runs every test of the
+# instances on free ports; chromium for the portal's browser tests; the
+# Python venv with grpcio and Playwright), then builds and runs every test of the
 # workspace. Never touches a Redis on the default port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,13 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# The portal's browser tests drive Debian's chromium (never a downloaded
+# browser: Playwright is pointed at /usr/bin/chromium).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "test.sh: installing chromium" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   echo "test.sh: installing python3-venv" >&2
   as_root apt-get update -qq
@@ -35,7 +43,7 @@ export RUST_BACKTRACE=1
 
 # The API from an independent client: Python grpcio stubs generated from
 # proto/ at test time, against a real giftxd process.
-cargo build --locked --bin giftxd
+cargo build --locked --bin giftxd --bin giftctl --bin giftx-portal
 venv=target/pyenv
 if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/python/requirements.txt "$venv/requirements.txt"; then
   rm -rf "$venv"
@@ -44,6 +52,10 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/python/requirements.txt "$venv/
   cp tests/python/requirements.txt "$venv/requirements.txt"
 fi
 GIFTXD=target/debug/giftxd "$venv/bin/python" tests/python/test_story.py
+
+# The apology portal in headless Chromium, against real giftxd and
+# giftx-portal processes.
+CHROMIUM=/usr/bin/chromium "$venv/bin/python" tests/browser/test_portal.py
 
 # Every Rust test. Each test binary runs its own redis-server.
 cargo test --workspace --locked -- --test-threads="${GIFTX_TEST_THREADS:-4}"

@@ -29,11 +29,13 @@ pub fn campaign_request(id: &str, now: Timestamp) -> pb::CreateCampaignRequest {
                     option_id: "book-card".to_owned(),
                     display_name: "Book card".to_owned(),
                     provider: "book-card".to_owned(),
+                    requires_shipping_address: false,
                 },
                 pb::RedemptionOption {
                     option_id: "donation".to_owned(),
                     display_name: "Donation".to_owned(),
                     provider: "donation".to_owned(),
+                    requires_shipping_address: false,
                 },
             ],
             ..Default::default()
@@ -94,6 +96,7 @@ pub fn campaign_with_options(
             option_id: (*option_id).to_owned(),
             display_name: format!("Option {option_id}"),
             provider: (*provider).to_owned(),
+            requires_shipping_address: false,
         })
         .collect();
     req

@@ -91,15 +91,22 @@ async fn campaign_with_codes(app: &TestApp, count: i64) -> Vec<pb::IssuedCode> {
             option_id: "edy".into(),
             display_name: "Edy gift ID".into(),
             provider: STOCK.into(),
+            requires_shipping_address: false,
         },
         pb::RedemptionOption {
             option_id: "book".into(),
             display_name: "Book card".into(),
             provider: SHIPMENT.into(),
+            requires_shipping_address: false,
         },
     ];
     app.issuance.clone().create_campaign(req).await.unwrap();
     issue_codes(app, CAMPAIGN, "b1", count).await
+}
+
+/// The postal address the tests give for code `serial` (three lines).
+fn address(serial: i64) -> String {
+    format!("〒100-0001\n東京都千代田区千代田1-{serial}\n山田 太郎 様")
 }
 
 async fn exchange(
@@ -114,6 +121,11 @@ async fn exchange(
             login_key: code.login_key.clone(),
             option_id: option.to_owned(),
             request_id: format!("req-{}-{option}", code.serial),
+            shipping_address: if option == "book" {
+                address(code.serial)
+            } else {
+                String::new()
+            },
             ..Default::default()
         })
         .await
@@ -314,8 +326,11 @@ async fn check_shipment_lifecycle(app: TestApp) {
         let d = x.deliverable.unwrap();
         assert_eq!(d.kind, pb::DeliverableKind::Shipment as i32);
         assert!(!d.reference.is_empty());
+        // Not mailed yet: the holder sees no ship time.
+        assert_eq!((d.ship_time, d.tracking.as_str()), (None, ""));
         refs.push(d.reference);
     }
+    let exchanged = refs.clone();
     refs.sort();
 
     // All orders, in reference order, one page at a time.
@@ -334,6 +349,21 @@ async fn check_shipment_lifecycle(app: TestApp) {
         seen.iter().map(|s| s.reference.clone()).collect::<Vec<_>>(),
         refs
     );
+    // Each row tells the mailing house whom to mail: campaign, batch and
+    // serial of the letter, and the address the holder typed.
+    let serial_of: BTreeMap<String, i64> = codes
+        .iter()
+        .zip(&exchanged)
+        .map(|(c, r)| (r.clone(), c.serial))
+        .collect();
+    for s in &seen {
+        let serial = serial_of[&s.reference];
+        assert_eq!(s.campaign, format!("campaigns/{CAMPAIGN}"));
+        assert_eq!(s.batch, format!("campaigns/{CAMPAIGN}/batches/b1"));
+        assert_eq!(s.serial, serial);
+        assert_eq!(s.option_id, "book");
+        assert_eq!(s.shipping_address, address(serial));
+    }
     for s in &seen {
         assert_eq!(s.state, pb::ShipmentState::Ordered as i32);
         assert_eq!(
@@ -391,18 +421,43 @@ async fn check_shipment_lifecycle(app: TestApp) {
     assert!(open.shipments.is_empty());
     assert!(open.next_page_token.is_empty());
 
-    // The exchange still shows its shipment reference.
-    let shown = app
-        .exchange
-        .clone()
-        .get_exchange(pb::GetExchangeRequest {
-            code: codes[1].code.clone(),
-            login_key: codes[1].login_key.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(refs.contains(&shown.deliverable.unwrap().reference));
+    // The exchange still shows its shipment reference, and now that it
+    // was mailed (when, and the tracking number).
+    let show = |i: usize| {
+        let mut x = app.exchange.clone();
+        let req = pb::GetExchangeRequest {
+            code: codes[i].code.clone(),
+            login_key: codes[i].login_key.clone(),
+        };
+        async move { x.get_exchange(req).await.unwrap().into_inner() }
+    };
+    let d = show(1).await.deliverable.unwrap();
+    assert_eq!(d.reference, exchanged[1]);
+    assert!(d.ship_time.is_some());
+    let now = list_shipments(&app, pb::ShipmentState::Unspecified, 0, "").await;
+    let row = now
+        .shipments
+        .iter()
+        .find(|s| s.reference == exchanged[1])
+        .unwrap();
+    assert_eq!(
+        (d.ship_time, d.tracking.as_str()),
+        (row.ship_time, row.tracking.as_str())
+    );
+
+    // Addresses are erased 30 days (the default) after shipping.
+    app.clock.advance(Duration::from_secs(29 * 86_400));
+    let all = list_shipments(&app, pb::ShipmentState::Unspecified, 0, "").await;
+    assert!(all.shipments.iter().all(|s| !s.shipping_address.is_empty()));
+    app.clock.advance(Duration::from_secs(86_400));
+    let all = list_shipments(&app, pb::ShipmentState::Unspecified, 0, "").await;
+    assert_eq!(all.shipments.len(), 3);
+    for s in &all.shipments {
+        assert_eq!(s.shipping_address, "", "{s:?}");
+        // The rest of the row stays.
+        assert_eq!(s.batch, format!("campaigns/{CAMPAIGN}/batches/b1"));
+    }
+    assert!(show(1).await.deliverable.unwrap().ship_time.is_some());
 }
 
 #[tokio::test]
@@ -413,6 +468,87 @@ async fn shipments_are_listed_and_marked_shipped_embedded() {
 #[tokio::test]
 async fn shipments_are_listed_and_marked_shipped_redis() {
     check_shipment_lifecycle(redis().await).await;
+}
+
+// ---- postal addresses ----------------------------------------------------
+
+async fn check_address_rules(app: TestApp) {
+    let codes = campaign_with_codes(&app, 2).await;
+    let req = |option: &str, address: &str| pb::ExchangeRequest {
+        code: codes[0].code.clone(),
+        login_key: codes[0].login_key.clone(),
+        option_id: option.to_owned(),
+        request_id: format!("addr-{option}-{}", address.len()),
+        shipping_address: address.to_owned(),
+        ..Default::default()
+    };
+    let call = |r: pb::ExchangeRequest| {
+        let mut x = app.exchange.clone();
+        async move { x.exchange(r).await }
+    };
+    // VerifyCode tells which option needs one.
+    let status = app
+        .exchange
+        .clone()
+        .verify_code(pb::VerifyCodeRequest {
+            code: codes[0].code.clone(),
+            login_key: codes[0].login_key.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let needs: Vec<(String, bool)> = status
+        .options
+        .iter()
+        .map(|o| (o.option_id.clone(), o.requires_shipping_address))
+        .collect();
+    assert_eq!(
+        needs,
+        [("edy".to_owned(), false), ("book".to_owned(), true)]
+    );
+    // Required for the mailed option; blank counts as missing.
+    for blank in ["", "  \n "] {
+        let e = call(req("book", blank)).await.unwrap_err();
+        assert_invalid_field(&e, "shipping_address");
+        assert!(e.message().contains("required"), "{e:?}");
+    }
+    // Bounds: 4-400 characters, 8 lines, no control characters.
+    for bad in [
+        "abc".to_owned(),
+        "あ".repeat(401),
+        "a\n".repeat(9),
+        "Tokyo\u{0}1-1".to_owned(),
+    ] {
+        let e = call(req("book", &bad)).await.unwrap_err();
+        assert_invalid_field(&e, "shipping_address");
+    }
+    // Not allowed for an option that mails nothing.
+    let e = call(req("edy", &address(1))).await.unwrap_err();
+    assert_invalid_field(&e, "shipping_address");
+    assert!(e.message().contains("mails nothing"), "{e:?}");
+    // A wrong login key is told as such, whatever the address.
+    let mut wrong = req("book", "");
+    wrong.login_key = codes[1].login_key.clone();
+    let e = call(wrong).await.unwrap_err();
+    assert_eq!(reason(&e), "LOGIN_KEY_MISMATCH", "{e:?}");
+    // None of it touched the code: it exchanges with an address, and a
+    // retry with another address is another request.
+    let ok = call(req("book", &address(1))).await.unwrap().into_inner();
+    assert_eq!(ok.state, pb::ExchangeState::Succeeded as i32);
+    let mut other = req("book", &address(1));
+    other.shipping_address = address(2);
+    let e = call(other).await.unwrap_err();
+    assert_eq!(reason(&e), "REQUEST_ID_REUSED", "{e:?}");
+}
+
+#[tokio::test]
+async fn shipping_addresses_are_required_bounded_and_only_for_mailed_options_embedded() {
+    check_address_rules(embedded().await).await;
+}
+
+#[tokio::test]
+async fn shipping_addresses_are_required_bounded_and_only_for_mailed_options_redis() {
+    check_address_rules(redis().await).await;
 }
 
 // ---- refusals --------------------------------------------------------------
@@ -596,6 +732,7 @@ async fn check_preferences(app: TestApp) {
                 contact_email: "holder@example.com".into(),
                 delete_personal_data: delete,
                 stop_mail: stop,
+                shipping_address: address(code.serial),
             })
             .await
             .unwrap()
@@ -781,13 +918,29 @@ async fn giftctl_imports_stock_exports_and_marks_shipments() {
     .unwrap();
     let text = std::fs::read_to_string(&out).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "reference,state,create_time,ship_time,tracking");
-    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(
+        lines[0],
+        "reference,state,create_time,ship_time,tracking,campaign,batch,serial,option_id,\
+         shipping_address"
+    );
+    // Two orders of three-line addresses (quoted, so one record each).
+    assert_eq!(lines.len(), 1 + 2 * 3, "{text}");
+    assert_eq!(text.matches(",ORDERED,").count(), 2, "{text}");
     assert!(
         lines[1].starts_with(&format!("{},ORDERED,2014-", refs[0])),
         "{text}"
     );
-    assert!(lines[1].ends_with(",,"), "{text}");
+    let serial = codes
+        .iter()
+        .find(|c| text.contains(&format!("b1,{},book,\"{}\"", c.serial, address(c.serial))))
+        .map(|c| c.serial);
+    assert!(serial.is_some(), "{text}");
+    assert!(
+        lines[1].contains(&format!(
+            ",,campaigns/{CAMPAIGN},campaigns/{CAMPAIGN}/batches/b1,"
+        )),
+        "{text}"
+    );
     let e = giftctl(
         &app,
         &["shipments", "export", "--provider", SHIPMENT, "--out", &out],

@@ -282,6 +282,7 @@ async fn malformed_requests_answer_invalid_argument_naming_the_field() {
                         option_id: format!("o{i}"),
                         display_name: String::new(),
                         provider: "donation".into(),
+                        requires_shipping_address: false,
                     })
                     .collect();
             }),

@@ -145,6 +145,7 @@ impl Env {
                         option_id: crate::procs::SIM_PROVIDER.to_owned(),
                         display_name: "Simulated gift code".to_owned(),
                         provider: crate::procs::SIM_PROVIDER.to_owned(),
+                        requires_shipping_address: false,
                     }],
                     ..Default::default()
                 }),

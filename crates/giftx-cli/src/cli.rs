@@ -313,6 +313,10 @@ pub struct ExchangeArgs {
     /// The holder asks to receive no more mail.
     #[arg(long)]
     pub stop_mail: bool,
+    /// Where to mail the goods (required for an option that mails them;
+    /// `\n` in the text separates lines).
+    #[arg(long)]
+    pub address: Option<String>,
 }
 
 /// One `--option` of `campaign create`.

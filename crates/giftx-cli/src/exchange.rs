@@ -87,6 +87,10 @@ pub async fn exchange(clients: &mut Clients, out: Output, args: ExchangeArgs) ->
             contact_email: args.email.unwrap_or_default(),
             delete_personal_data: args.delete_personal_data,
             stop_mail: args.stop_mail,
+            shipping_address: args
+                .address
+                .map(|a| a.replace("\\n", "\n"))
+                .unwrap_or_default(),
         })
         .await
         .map_err(Error::rpc("Exchange"))?

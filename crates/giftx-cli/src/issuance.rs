@@ -86,6 +86,7 @@ async fn create(clients: &mut Clients, out: Output, args: CreateCampaignArgs) ->
                 option_id: o.option_id,
                 display_name: o.display_name,
                 provider: o.provider,
+                requires_shipping_address: false,
             })
             .collect(),
         ..Default::default()

@@ -40,7 +40,9 @@ pub const MARK_CHUNK: usize = 10_000;
 /// Orders or preferences asked for per page.
 const EXPORT_PAGE: i32 = 5_000;
 /// Header of `shipments export`.
-pub const SHIPMENTS_HEADER: &[u8] = b"reference,state,create_time,ship_time,tracking\n";
+/// (`reference` first: `mark-shipped --file` reads the export back; the
+/// address may span lines inside its quoted field.)
+pub const SHIPMENTS_HEADER: &[u8] = b"reference,state,create_time,ship_time,tracking,campaign,batch,serial,option_id,shipping_address\n";
 /// Header of `preferences export`.
 pub const PREFERENCES_HEADER: &[u8] =
     b"exchange,batch,serial,delete_personal_data,stop_mail,create_time\n";
@@ -336,6 +338,15 @@ async fn export_shipments(
                 &csv_time(s.create_time.as_ref()),
                 &csv_time(s.ship_time.as_ref()),
                 s.tracking.as_str(),
+                s.campaign.as_str(),
+                s.batch.as_str(),
+                &if s.batch.is_empty() {
+                    String::new()
+                } else {
+                    s.serial.to_string()
+                },
+                s.option_id.as_str(),
+                s.shipping_address.as_str(),
             ];
             if let Err(e) = file.write_record(&row) {
                 let cause = format!("cannot write {}: {e}", file.partial().display());
@@ -371,9 +382,11 @@ async fn export_shipments(
 
 /// The references in a file: one per line; blank lines and `#` comments
 /// are skipped; of a CSV line only the first field counts, and a
-/// `reference` header is skipped (so `shipments export` output works).
+/// `reference` header is skipped (so `shipments export` output works,
+/// including its quoted multi-line address fields).
 pub fn parse_references(text: &str) -> Vec<String> {
-    text.lines()
+    csv_records(text)
+        .into_iter()
         .map(|l| l.trim_start_matches('\u{feff}'))
         .map(|l| l.split(',').next().unwrap_or_default().trim())
         .map(|l| l.trim_matches('"'))
@@ -381,6 +394,28 @@ pub fn parse_references(text: &str) -> Vec<String> {
         .filter(|l| !l.eq_ignore_ascii_case("reference"))
         .map(str::to_owned)
         .collect()
+}
+
+/// The lines of `text`, except that a line break inside a double-quoted
+/// CSV field continues the record (the continuation is not a line of its
+/// own).
+fn csv_records(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, ch) in text.char_indices() {
+        match ch {
+            '"' => quoted = !quoted,
+            '\n' if !quoted => {
+                out.push(text[start..i].trim_end_matches('\r'));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
 }
 
 fn read_references(path: &PathBuf) -> Result<Vec<String>> {
@@ -548,6 +583,13 @@ mod tests {
                    SHP-1,ORDERED,2014-07-09T00:00:00Z,,\n\
                    \"SHP-2\",ORDERED,2014-07-09T00:00:00Z,,\n";
         assert_eq!(parse_references(csv), ["SHP-1", "SHP-2"]);
+        // An export's quoted address may span lines (and hold commas).
+        let export = "reference,state,create_time,ship_time,tracking,campaign,batch,serial,\
+                      option_id,shipping_address\n\
+                      SHP-1,ORDERED,t,,,campaigns/c,campaigns/c/batches/b,7,book,\
+                      \"〒100-0001\nSHP-FAKE, Tokyo\n\"\"Yamada\"\"\"\n\
+                      SHP-2,ORDERED,t,,,campaigns/c,,,book,\n";
+        assert_eq!(parse_references(export), ["SHP-1", "SHP-2"]);
     }
 
     #[test]

@@ -236,6 +236,70 @@ impl fmt::Debug for Deliverable {
     }
 }
 
+/// A holder's postal address for mailed goods: personal data, so its
+/// `Debug` never shows it. 4-400 characters (trimmed), at most 8 lines, no
+/// control characters other than line breaks.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct PostalAddress(String);
+
+impl PostalAddress {
+    /// Fewest characters of an address.
+    pub const MIN_CHARS: usize = 4;
+    /// Most characters of an address.
+    pub const MAX_CHARS: usize = 400;
+    /// Most lines of an address.
+    pub const MAX_LINES: usize = 8;
+
+    /// Checks `s` as an address; line breaks are normalised to `\n` and
+    /// blank space at either end is trimmed.
+    ///
+    /// # Errors
+    /// A violation of `field` saying what is wrong (never quoting it).
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldViolation> {
+        let norm = s.replace("\r\n", "\n").replace('\r', "\n");
+        let t = norm.trim();
+        let n = t.chars().count();
+        if n < Self::MIN_CHARS {
+            return Err(FieldViolation::new(
+                field,
+                format!("must be at least {} characters", Self::MIN_CHARS),
+            ));
+        }
+        if n > Self::MAX_CHARS {
+            return Err(FieldViolation::new(
+                field,
+                format!("must be at most {} characters", Self::MAX_CHARS),
+            ));
+        }
+        if t.lines().count() > Self::MAX_LINES {
+            return Err(FieldViolation::new(
+                field,
+                format!("must be at most {} lines", Self::MAX_LINES),
+            ));
+        }
+        if t.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(FieldViolation::new(
+                field,
+                "must not contain control characters other than line breaks",
+            ));
+        }
+        Ok(PostalAddress(t.to_owned()))
+    }
+
+    /// The address text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PostalAddress {
+    // Personal data: never in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PostalAddress(<redacted>)")
+    }
+}
+
 /// Counts of a campaign's codes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CampaignCounts {
@@ -268,5 +332,17 @@ mod tests {
             let e = CampaignId::parse("campaign_id", bad).unwrap_err();
             assert_eq!(e.field, "campaign_id");
         }
+    }
+
+    #[test]
+    fn postal_addresses_are_bounded_and_never_debug_printed() {
+        let a = PostalAddress::parse("a", "  〒100-0001\r\n東京都千代田区1-1\n山田 太郎 ").unwrap();
+        assert_eq!(a.as_str(), "〒100-0001\n東京都千代田区1-1\n山田 太郎");
+        assert!(!format!("{a:?}").contains("東京"));
+        assert_eq!(PostalAddress::parse("a", " ab ").unwrap_err().field, "a");
+        assert!(PostalAddress::parse("a", &"あ".repeat(400)).is_ok());
+        assert!(PostalAddress::parse("a", &"あ".repeat(401)).is_err());
+        assert!(PostalAddress::parse("a", &"line\n".repeat(9)).is_err());
+        assert!(PostalAddress::parse("a", "Tokyo\u{7}1-1").is_err());
     }
 }

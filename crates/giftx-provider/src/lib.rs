@@ -78,6 +78,7 @@
 //!     option: OptionId::parse("o", "voucher").unwrap(),
 //!     face_value: Money::new(Currency::from_code("JPY").unwrap(), 500),
 //!     attempt: 1,
+//!     shipping_address: None,
 //! };
 //! let first = shop.issue(&req).await.unwrap();
 //! let again = shop.issue(&req).await.unwrap();
@@ -97,7 +98,7 @@ pub use store::{
 
 use async_trait::async_trait;
 use giftx_core::Money;
-use giftx_core::model::{CampaignId, Deliverable, OptionId};
+use giftx_core::model::{CampaignId, Deliverable, OptionId, PostalAddress};
 
 /// When a provider fulfils.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +136,15 @@ pub struct IssueRequest {
     pub face_value: Money,
     /// 1 for the first call, then 2, 3, … on re-drives.
     pub attempt: u32,
+    /// Where to mail the goods: given to adapters with
+    /// [`Fulfilment::Deferred`] on the holder's own request only (and on a
+    /// retry of it). A re-drive by the reconciler does not have it: an
+    /// adapter that needs it and did not record it at the first call must
+    /// then answer [`ProviderError::Retryable`] (never issue without it),
+    /// so the exchange stays PENDING until a lookup finds the order or an
+    /// operator resolves it. Personal data: keep it only sealed (the host's
+    /// [`SealedStore`]) and never log it.
+    pub shipping_address: Option<PostalAddress>,
 }
 
 /// Why a provider call did not produce a deliverable.

@@ -141,6 +141,10 @@ pub(crate) mod testing {
             option: OptionId::parse("option", option).unwrap(),
             face_value: jpy(500),
             attempt: 1,
+            shipping_address: Some(
+                giftx_core::model::PostalAddress::parse("shipping_address", "1-1 Chiyoda, Tokyo")
+                    .unwrap(),
+            ),
         }
     }
 

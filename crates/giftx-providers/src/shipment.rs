@@ -6,15 +6,23 @@
 //! [`ShipmentOrders`] (the CLI and ops RPCs build one from the host's
 //! store and the provider id; no adapter instance needed).
 //!
+//! Each order keeps the holder's postal address (from the
+//! [`IssueRequest`]; the host's sealed store encrypts the whole record) until
+//! `address_retention_days` after it was marked shipped; the first read of
+//! the order after that (an export, a re-display, a mark) erases it from the
+//! store. An issue without an address (a reconciler's re-drive) creates no
+//! order: it finds the one the first call made, or answers `Retryable`.
+//!
 //! Store layout (namespace = provider id): `order/<reference>` →
 //! [`ShipmentOrder`] as JSON. The reference is derived from the provider
 //! id and the idempotency key (`<prefix>-` + 16 symbols), so `lookup` finds
 //! the order without an index.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use giftx_core::model::{Deliverable, DeliverableKind, ProviderId};
+use giftx_core::model::{Deliverable, DeliverableKind, PostalAddress, ProviderId};
 use giftx_core::{Clock, Timestamp};
 use giftx_provider::{
     Capabilities, Fulfilment, IssueRequest, ProviderAdapter, ProviderError, ProviderStore,
@@ -30,12 +38,19 @@ use crate::reference;
 pub struct ShipmentConfig {
     /// Order references start with this and a hyphen (1-8 of `A-Z0-9`).
     pub reference_prefix: String,
+    /// Days an order keeps the postal address after it was marked shipped
+    /// (then it is erased; default 30).
+    pub address_retention_days: u64,
 }
+
+/// Default of [`ShipmentConfig::address_retention_days`].
+pub const DEFAULT_ADDRESS_RETENTION_DAYS: u64 = 30;
 
 impl Default for ShipmentConfig {
     fn default() -> Self {
         ShipmentConfig {
             reference_prefix: "SHP".to_owned(),
+            address_retention_days: DEFAULT_ADDRESS_RETENTION_DAYS,
         }
     }
 }
@@ -49,7 +64,15 @@ impl ShipmentConfig {
         if !reference::valid_prefix(&self.reference_prefix) {
             return Err(("reference_prefix", "must be 1-8 of A-Z and 0-9".to_owned()));
         }
+        if self.address_retention_days > 3650 {
+            return Err(("address_retention_days", "must be at most 3650".to_owned()));
+        }
         Ok(())
+    }
+
+    /// How long a shipped order keeps its address.
+    pub fn address_retention(&self) -> Duration {
+        Duration::from_secs(self.address_retention_days.saturating_mul(86_400))
     }
 }
 
@@ -86,6 +109,9 @@ pub struct ShipmentOrder {
     pub ship_time_ms: Option<i64>,
     /// The vendor's tracking number, if given when marked shipped.
     pub tracking: Option<String>,
+    /// Where to mail it; erased `address_retention_days` after shipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<PostalAddress>,
 }
 
 impl ShipmentOrder {
@@ -126,6 +152,7 @@ pub struct ShipmentOrders {
     id: ProviderId,
     store: Arc<dyn ProviderStore>,
     clock: Arc<dyn Clock>,
+    address_retention: Duration,
 }
 
 impl std::fmt::Debug for ShipmentOrders {
@@ -141,7 +168,19 @@ const ORDER_PREFIX: &str = "order/";
 impl ShipmentOrders {
     /// The orders of shipment provider `id` in `store`.
     pub fn new(id: ProviderId, store: Arc<dyn ProviderStore>, clock: Arc<dyn Clock>) -> Self {
-        ShipmentOrders { id, store, clock }
+        ShipmentOrders {
+            id,
+            store,
+            clock,
+            address_retention: Duration::from_secs(DEFAULT_ADDRESS_RETENTION_DAYS * 86_400),
+        }
+    }
+
+    /// The same orders, keeping addresses `retention` after shipping.
+    #[must_use]
+    pub fn with_address_retention(mut self, retention: Duration) -> Self {
+        self.address_retention = retention;
+        self
     }
 
     /// The order with `reference`, if any.
@@ -153,7 +192,27 @@ impl ShipmentOrders {
             .store
             .get(&self.id, &format!("{ORDER_PREFIX}{reference}"))
             .await?;
-        v.map(|v| record::decode(&v)).transpose()
+        match v {
+            Some(v) => Ok(Some(self.erase_if_due(record::decode(&v)?).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Erases the address of an order shipped longer ago than the
+    /// retention, in the store and in the returned copy.
+    async fn erase_if_due(&self, mut o: ShipmentOrder) -> Result<ShipmentOrder, ProviderError> {
+        let due = o.address.is_some()
+            && o.ship_time().is_some_and(|t| {
+                t.plus(self.address_retention).millis() <= self.clock.now().millis()
+            });
+        if due {
+            o.address = None;
+            let key = format!("{ORDER_PREFIX}{}", o.reference);
+            self.store
+                .update(&self.id, &key, &record::encode(&o)?)
+                .await?;
+        }
+        Ok(o)
     }
 
     /// Up to `limit` orders after cursor `after`, in reference order; with
@@ -175,7 +234,7 @@ impl ShipmentOrders {
             .await?;
         let mut orders = Vec::with_capacity(page.items.len());
         for (_, v) in &page.items {
-            let o: ShipmentOrder = record::decode(v)?;
+            let o = self.erase_if_due(record::decode(v)?).await?;
             if state.is_none_or(|s| s == o.state) {
                 orders.push(o);
             }
@@ -235,9 +294,10 @@ impl ShipmentProvider {
         store: Arc<dyn ProviderStore>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let retention = config.address_retention();
         ShipmentProvider {
             config,
-            orders: ShipmentOrders::new(id, store, clock),
+            orders: ShipmentOrders::new(id, store, clock).with_address_retention(retention),
         }
     }
 
@@ -284,6 +344,14 @@ impl ProviderAdapter for ShipmentProvider {
 
     async fn issue(&self, req: &IssueRequest) -> Result<Deliverable, ProviderError> {
         let reference = self.reference(&req.idempotency_key);
+        let Some(address) = req.shipping_address.clone() else {
+            // A re-drive without the holder's address: only the order the
+            // first call made will do; never an order nobody can mail.
+            return match self.orders.get(&reference).await? {
+                Some(o) => deliverable(&o),
+                None => Err(ProviderError::retryable("SHIPPING_ADDRESS_MISSING")),
+            };
+        };
         let fresh = ShipmentOrder {
             reference: reference.clone(),
             idempotency_key: req.idempotency_key.clone(),
@@ -295,6 +363,7 @@ impl ProviderAdapter for ShipmentProvider {
             create_time_ms: self.orders.clock.now().millis(),
             ship_time_ms: None,
             tracking: None,
+            address: Some(address),
         };
         let key = format!("{ORDER_PREFIX}{reference}");
         let stored = self
@@ -414,6 +483,63 @@ mod tests {
             s.orders().get(&o.reference).await.unwrap().unwrap().state,
             OrderState::Shipped
         );
+    }
+
+    #[tokio::test]
+    async fn orders_keep_the_address_until_the_retention_after_shipping() {
+        let clock = ManualClock::new(Timestamp(0));
+        let s = shipment(Arc::new(MemoryProviderStore::new()), &clock);
+        let req = request("k1", "book-card");
+        let d = s.issue(&req).await.unwrap();
+        let o = s.orders().get(&d.reference).await.unwrap().unwrap();
+        assert_eq!(o.address, req.shipping_address);
+        // Ordered orders keep it however long they wait.
+        clock.advance(std::time::Duration::from_secs(90 * 86_400));
+        assert!(
+            s.orders()
+                .get(&d.reference)
+                .await
+                .unwrap()
+                .unwrap()
+                .address
+                .is_some()
+        );
+        s.orders().mark_shipped(&d.reference, None).await.unwrap();
+        clock.advance(std::time::Duration::from_secs(29 * 86_400));
+        let listed = s.orders().list(None, None, 10).await.unwrap().orders;
+        assert!(listed[0].address.is_some());
+        clock.advance(std::time::Duration::from_secs(86_400));
+        let listed = s.orders().list(None, None, 10).await.unwrap().orders;
+        assert_eq!(listed[0].address, None);
+        // Erased in the store, not only in the copy read.
+        let raw = s
+            .orders
+            .store
+            .get(&s.orders.id, &format!("order/{}", d.reference))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("Chiyoda"));
+    }
+
+    #[tokio::test]
+    async fn an_issue_without_an_address_only_finds_an_existing_order() {
+        let clock = ManualClock::new(Timestamp(0));
+        let s = shipment(Arc::new(MemoryProviderStore::new()), &clock);
+        let mut bare = request("k1", "book-card");
+        bare.shipping_address = None;
+        let e = s.issue(&bare).await.unwrap_err();
+        assert_eq!(e.class(), "retryable");
+        assert!(
+            s.orders()
+                .list(None, None, 10)
+                .await
+                .unwrap()
+                .orders
+                .is_empty()
+        );
+        let d = s.issue(&request("k1", "book-card")).await.unwrap();
+        assert_eq!(s.issue(&bare).await.unwrap(), d);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

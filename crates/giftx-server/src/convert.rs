@@ -190,6 +190,7 @@ pub fn campaign_to_proto(c: &Campaign) -> pb::Campaign {
                 option_id: o.id.to_string(),
                 display_name: o.display_name.clone(),
                 provider: o.provider.to_string(),
+                requires_shipping_address: false,
             })
             .collect(),
         create_time: Some(timestamp_to_proto(c.create_time)),

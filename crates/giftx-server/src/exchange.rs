@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use giftx_core::model::ExchangeState;
+use giftx_core::model::{DeliverableKind, ExchangeState, PostalAddress};
 use giftx_core::{DomainError, FieldViolation};
 use giftx_ledger::Preferences;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::exchange_service_server::ExchangeService;
+use giftx_providers::ProviderConfig;
+use giftx_providers::shipment::ShipmentOrders;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{
@@ -102,6 +104,55 @@ fn credentials(
 }
 
 impl ExchangeApi {
+    /// The exchange as protobuf; a SHIPMENT deliverable also says whether
+    /// (and when) it was mailed, read from the shipping order. When the
+    /// order cannot be read now, those fields stay unset (logged).
+    async fn with_shipping(&self, view: &ExchangeView, audience: Audience) -> pb::Exchange {
+        let mut x = exchange_to_proto(view, audience);
+        let Some(d) = view
+            .deliverable
+            .as_ref()
+            .filter(|d| d.kind == DeliverableKind::Shipment)
+        else {
+            return x;
+        };
+        let Some(provider) = self
+            .state
+            .campaign(&view.campaign)
+            .await
+            .ok()
+            .and_then(|c| {
+                c.option(view.record.option.as_str())
+                    .map(|o| o.provider.clone())
+            })
+        else {
+            return x;
+        };
+        let Some(ProviderConfig::Shipment(config)) = self.state.provider_set.configs.get(&provider)
+        else {
+            return x;
+        };
+        let orders = ShipmentOrders::new(
+            provider.clone(),
+            self.state.provider_set.store.clone(),
+            self.state.clock.clone(),
+        )
+        .with_address_retention(config.address_retention());
+        match orders.get(&d.reference).await {
+            Ok(Some(o)) => {
+                if let Some(pd) = x.deliverable.as_mut() {
+                    pd.ship_time = o.ship_time().map(timestamp_to_proto);
+                    pd.tracking = o.tracking.unwrap_or_default();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(reference = %d.reference, error = %e, "shipping order unreadable");
+            }
+        }
+        x
+    }
+
     async fn verify_impl(&self, req: pb::VerifyCodeRequest) -> Result<pb::CodeStatus, ApiError> {
         let (code, key) = credentials(&req.code, &req.login_key)?;
         let s = self.state.exchanger.verify(&code, &key).await?;
@@ -120,13 +171,14 @@ impl ExchangeApi {
                     option_id: o.id.to_string(),
                     display_name: o.display_name.clone(),
                     provider: o.provider.to_string(),
+                    requires_shipping_address: self.state.exchanger.ships_goods(&o.provider),
                 })
                 .collect(),
             // A summary: the deliverable is shown again only by GetExchange.
-            exchange: s
-                .exchange
-                .as_ref()
-                .map(|e| exchange_to_proto(e, Audience::Summary)),
+            exchange: match &s.exchange {
+                Some(x) => Some(self.with_shipping(x, Audience::Summary).await),
+                None => None,
+            },
         })
     }
 
@@ -147,6 +199,13 @@ impl ExchangeApi {
             .map_err(|e| v.push(e))
             .ok()
             .flatten();
+        let address = if req.shipping_address.trim().is_empty() {
+            None
+        } else {
+            PostalAddress::parse("shipping_address", &req.shipping_address)
+                .map_err(|e| v.push(e))
+                .ok()
+        };
         let Some((code, login_key)) = creds.filter(|_| v.is_empty()) else {
             return Err(v.into());
         };
@@ -163,6 +222,7 @@ impl ExchangeApi {
                     delete_personal_data: req.delete_personal_data,
                     stop_mail: req.stop_mail,
                 },
+                shipping_address: address,
             })
             .await;
         let view = match result {
@@ -171,7 +231,7 @@ impl ExchangeApi {
             }
             r => r?,
         };
-        Ok(exchange_to_proto(&view, Audience::Holder))
+        Ok(self.with_shipping(&view, Audience::Holder).await)
     }
 
     /// Why another exchange of the code is in the way: a parked one waits
@@ -199,7 +259,7 @@ impl ExchangeApi {
     ) -> Result<pb::Exchange, ApiError> {
         let (code, key) = credentials(&req.code, &req.login_key)?;
         let view = self.state.exchanger.latest(&code, &key).await?;
-        Ok(exchange_to_proto(&view, Audience::Holder))
+        Ok(self.with_shipping(&view, Audience::Holder).await)
     }
 }
 

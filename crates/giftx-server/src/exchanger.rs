@@ -12,13 +12,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use giftx_core::model::{Campaign, CampaignId, CodeState, Deliverable, ExchangeState, ProviderId};
+use giftx_core::model::{
+    Campaign, CampaignId, CodeState, Deliverable, ExchangeState, PostalAddress, ProviderId,
+};
 use giftx_core::{Clock, Code, DomainError, Hasher, LoginKey, Series, Timestamp};
 use giftx_ledger::{
     ClaimOutcome, ClaimRequest, CodeRef, ExchangeId, ExchangeRecord, Lease, Ledger, LedgerError,
     Preferences, Refusal,
 };
-use giftx_provider::{IssueRequest, ProviderAdapter, ProviderError};
+use giftx_provider::{Fulfilment, IssueRequest, ProviderAdapter, ProviderError};
 use tokio::sync::Notify;
 use tracing::{Instrument, info_span, warn};
 
@@ -95,6 +97,9 @@ pub struct ExchangeInput {
     pub contact_email: Option<String>,
     /// Preferences.
     pub preferences: Preferences,
+    /// Where to mail the goods: required for (and only for) an option whose
+    /// provider ships goods (deferred fulfilment).
+    pub shipping_address: Option<PostalAddress>,
 }
 
 /// How a re-drive ended, for the reconciler's bookkeeping.
@@ -198,6 +203,14 @@ impl Exchanger {
             inflight: Mutex::new(HashMap::new()),
             campaigns: Mutex::new(CampaignCache::default()),
         }
+    }
+
+    /// Does `provider` mail goods (deferred fulfilment), so an exchange
+    /// for it needs a shipping address?
+    pub fn ships_goods(&self, provider: &ProviderId) -> bool {
+        self.providers
+            .get(provider)
+            .is_some_and(|p| p.capabilities().fulfilment == Fulfilment::Deferred)
     }
 
     /// The engine's settings.
@@ -366,16 +379,39 @@ impl Exchanger {
             ));
         };
         record_campaign(&campaign, Some(option.as_str()));
+        let ships = campaign
+            .option(option.as_str())
+            .is_some_and(|o| self.ships_goods(&o.provider));
+        let address_error = match (ships, &input.shipping_address) {
+            (true, None) => Some("is required: this option mails goods to the holder"),
+            (false, Some(_)) => Some("must be empty: this option mails nothing"),
+            _ => None,
+        };
+        if let Some(why) = address_error {
+            // Credentials first, as for an unknown option.
+            self.ledger
+                .verify(code_ref, login, now)
+                .await
+                .map_err(ledger_error)?;
+            return Err(DomainError::invalid("shipping_address", why));
+        }
         let contact = input.contact_email.as_deref().map(|e| self.hasher.email(e));
         let prefs = input.preferences;
-        let fingerprint = self.hasher.fingerprint(&[
+        let mut parts: Vec<&[u8]> = vec![
             input.option_id.as_bytes(),
             contact.as_ref().map_or(&[][..], |d| &d.0[..]),
-            &[
-                u8::from(prefs.delete_personal_data),
-                u8::from(prefs.stop_mail),
-            ],
-        ]);
+        ];
+        let flags = [
+            u8::from(prefs.delete_personal_data),
+            u8::from(prefs.stop_mail),
+        ];
+        parts.push(&flags);
+        // Only when given, so fingerprints of requests without an address
+        // stay what they were.
+        if let Some(a) = &input.shipping_address {
+            parts.push(a.as_str().as_bytes());
+        }
+        let fingerprint = self.hasher.fingerprint(&parts);
         let req = ClaimRequest {
             code: code_ref,
             login_key: login,
@@ -393,10 +429,11 @@ impl Exchanger {
                 // the exchange to the reconciler for no reason).
                 let me = Arc::clone(self);
                 let guard = InflightGuard::register(Arc::clone(self), rec.id.clone());
+                let address = input.shipping_address;
                 let task = tokio::spawn(
                     async move {
                         let _guard = guard;
-                        me.drive(&campaign, rec, false).await
+                        me.drive(&campaign, rec, false, address.as_ref()).await
                     }
                     // The RPC's span stays the parent of the provider call.
                     .in_current_span(),
@@ -406,16 +443,22 @@ impl Exchanger {
                     Err(e) => Err(DomainError::Internal(format!("exchange task failed: {e}"))),
                 }
             }
-            ClaimOutcome::Existing(rec) => self.existing(&campaign, rec).await,
+            ClaimOutcome::Existing(rec) => {
+                self.existing(&campaign, rec, input.shipping_address.as_ref())
+                    .await
+            }
         }
     }
 
     /// A repeated request: wait for an in-flight exchange, take over one
     /// whose driver has gone, or return the settled result.
+    /// `address` is the repeated request's (its fingerprint matched, so it
+    /// is the original request's address).
     async fn existing(
         &self,
         campaign: &Campaign,
         rec: ExchangeRecord,
+        address: Option<&PostalAddress>,
     ) -> Result<ExchangeView, DomainError> {
         if rec.state != ExchangeState::Pending {
             return self.view(campaign, rec).await;
@@ -434,7 +477,7 @@ impl Exchanger {
             .begin_attempt(&rec.id, &self.lease(now), now)
             .await
         {
-            Ok(rec) => answer(self.drive(campaign, rec, true).await),
+            Ok(rec) => answer(self.drive(campaign, rec, true, address).await),
             Err(LedgerError::Refused(Refusal::Leased)) => Err(DomainError::ExchangeInFlight),
             Err(LedgerError::Refused(Refusal::ExchangeFinished)) => {
                 let rec = self
@@ -521,7 +564,9 @@ impl Exchanger {
             }
             Err(e) => return Err(ledger_error(e)),
         };
-        match self.drive(&campaign, rec, true).await {
+        // The reconciler has no address: a shipping adapter finds the order
+        // the first call made, or defers.
+        match self.drive(&campaign, rec, true, None).await {
             Ok(v) => Ok(v),
             // The reconciler treats "provider can't serve now" as deferred.
             Err(DomainError::StockExhausted | DomainError::Unavailable(_)) => {
@@ -550,9 +595,10 @@ impl Exchanger {
         campaign: &Campaign,
         rec: ExchangeRecord,
         redrive: bool,
+        address: Option<&PostalAddress>,
     ) -> Result<(ExchangeView, DriveOutcome), DomainError> {
         let option = rec.option.clone();
-        let res = self.drive_attempt(campaign, rec, redrive).await;
+        let res = self.drive_attempt(campaign, rec, redrive, address).await;
         let outcome = match &res {
             Ok((_, DriveOutcome::Succeeded)) => Some("succeeded"),
             Ok((_, DriveOutcome::Failed | DriveOutcome::Released)) => Some("failed"),
@@ -581,6 +627,7 @@ impl Exchanger {
         campaign: &Campaign,
         rec: ExchangeRecord,
         redrive: bool,
+        address: Option<&PostalAddress>,
     ) -> Result<(ExchangeView, DriveOutcome), DomainError> {
         let option = campaign
             .option(rec.option.as_str())
@@ -602,6 +649,7 @@ impl Exchanger {
                 option: rec.option.clone(),
                 face_value: campaign.spec.face_value,
                 attempt: rec.attempts,
+                shipping_address: address.cloned(),
             };
             // Each provider call gets the whole timeout: a re-drive is a
             // lookup and maybe an issue, two round trips to the provider.

@@ -17,8 +17,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt as _;
-use giftx_core::model::ProviderId;
+use giftx_core::model::{CampaignId, ProviderId};
 use giftx_core::{DomainError, FieldViolation};
+use giftx_ledger::ExchangeId;
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::operations_service_server::{OperationsService, OperationsServiceServer};
 use giftx_provider::ProviderError;
@@ -197,11 +198,63 @@ impl OperationsApi {
     }
 
     fn orders(&self, id: ProviderId) -> ShipmentOrders {
-        ShipmentOrders::new(
-            id,
+        let orders = ShipmentOrders::new(
+            id.clone(),
             self.state.provider_set.store.clone(),
             self.state.clock.clone(),
-        )
+        );
+        match self.state.provider_set.configs.get(&id) {
+            Some(ProviderConfig::Shipment(c)) => {
+                orders.with_address_retention(c.address_retention())
+            }
+            _ => orders,
+        }
+    }
+
+    /// An order as protobuf, with the batch and serial of its exchange's
+    /// code from the ledger (`batches` caches batch names by campaign and
+    /// ordinal across a page).
+    async fn shipment(
+        &self,
+        o: &ShipmentOrder,
+        batches: &mut HashMap<(String, u32), String>,
+    ) -> Result<pb::Shipment, ApiError> {
+        let mut s = shipment_to_proto(o);
+        let Ok(campaign) = CampaignId::parse("campaign", &o.campaign) else {
+            return Ok(s);
+        };
+        s.campaign = convert::campaign_name(&campaign);
+        let Some(id) = o.idempotency_key.strip_prefix("giftx-") else {
+            return Ok(s);
+        };
+        let Some(rec) = self
+            .state
+            .ledger
+            .get_exchange(&ExchangeId(id.to_owned()))
+            .await?
+        else {
+            return Ok(s);
+        };
+        let k = (o.campaign.clone(), rec.batch_ordinal);
+        let batch = match batches.get(&k) {
+            Some(b) => b.clone(),
+            None => {
+                let b = self
+                    .state
+                    .ledger
+                    .batch_by_ordinal(&campaign, rec.batch_ordinal)
+                    .await?
+                    .map(|b| convert::batch_name(&b.campaign, &b.id))
+                    .unwrap_or_default();
+                batches.insert(k, b.clone());
+                b
+            }
+        };
+        if !batch.is_empty() {
+            s.batch = batch;
+            s.serial = i64::from(rec.serial);
+        }
+        Ok(s)
     }
 
     /// Validates one ImportStock message's items into import items.
@@ -382,6 +435,7 @@ impl OperationsApi {
         });
         let orders = self.orders(id);
         let mut shipments = Vec::new();
+        let mut batches = HashMap::new();
         // With a filter a page of orders may hold few matches: read on
         // (boundedly) so callers rarely see short pages.
         for _ in 0..MAX_FILTER_SCANS {
@@ -390,7 +444,9 @@ impl OperationsApi {
                 .list(state, cursor.as_deref(), want)
                 .await
                 .map_err(store_error)?;
-            shipments.extend(page.orders.iter().map(shipment_to_proto));
+            for o in &page.orders {
+                shipments.push(self.shipment(o, &mut batches).await?);
+            }
             cursor = page.next;
             if cursor.is_none() || shipments.len() >= size {
                 break;
@@ -552,6 +608,15 @@ pub fn shipment_to_proto(o: &ShipmentOrder) -> pb::Shipment {
         create_time: Some(timestamp_to_proto(o.create_time())),
         ship_time: o.ship_time().map(timestamp_to_proto),
         tracking: o.tracking.clone().unwrap_or_default(),
+        campaign: String::new(),
+        batch: String::new(),
+        serial: 0,
+        option_id: o.option.clone(),
+        shipping_address: o
+            .address
+            .as_ref()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default(),
     }
 }
 

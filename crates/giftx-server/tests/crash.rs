@@ -140,6 +140,7 @@ async fn sigkill_between_claim_and_completion_ends_with_one_deliverable() {
                     option_id: "gift".into(),
                     display_name: "Gift code".into(),
                     provider: "slow-sim".into(),
+                    requires_shipping_address: false,
                 }],
                 ..Default::default()
             }),

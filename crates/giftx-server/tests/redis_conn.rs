@@ -128,6 +128,7 @@ async fn codes(ch: Channel, n: i64) -> Vec<pb::IssuedCode> {
                     option_id: "gift".into(),
                     display_name: "Gift code".into(),
                     provider: "sim".into(),
+                    ..Default::default()
                 }],
                 ..Default::default()
             }),

@@ -155,6 +155,7 @@ async fn codes(w: &World, id: &str, options: &[(&str, &str)], count: i64) -> Vec
                         option_id: (*o).into(),
                         display_name: (*o).into(),
                         provider: (*p).into(),
+                        ..Default::default()
                     })
                     .collect(),
                 ..Default::default()
