@@ -43,6 +43,9 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use crate::config::TransportTunables;
 use crate::metrics;
 
+/// The giftx methods whose request is a stream (which may be empty).
+const CLIENT_STREAMS: [&str; 1] = ["/giftx.v1.OperationsService/ImportStock"];
+
 /// First pause after an accept failed for lack of resources.
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between accept attempts while resources lack.
@@ -422,9 +425,11 @@ where
             .headers()
             .get("grpc-encoding")
             .is_some_and(|v| v.as_bytes() != b"identity");
-        // Only reflection is a client stream; every other method takes
-        // exactly one request message.
-        let needs_message = !req.uri().path().starts_with("/grpc.reflection.");
+        // Client streams may send no message; every other method takes
+        // exactly one.
+        let path = req.uri().path();
+        let needs_message =
+            !path.starts_with("/grpc.reflection.") && !CLIENT_STREAMS.contains(&path);
         req.extensions_mut().insert(fault.clone());
         let req = req.map(|inner| {
             tonic::body::Body::new(FramedBody {
@@ -670,6 +675,32 @@ mod tests {
             tonic::Code::Internal
         );
         assert_eq!(b.fault.reason(), Some("compressed_flag_without_encoding"));
+    }
+
+    #[test]
+    fn every_client_streaming_method_is_listed() {
+        // A new `rpc X(stream Y)` in proto/ must be added to CLIENT_STREAMS.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto/giftx/v1");
+        let mut found = Vec::new();
+        for f in std::fs::read_dir(dir).unwrap() {
+            let path = f.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let service = text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("service "))
+                .map(|l| l.trim_end_matches(" {").to_owned())
+                .collect::<Vec<_>>();
+            for l in text.lines().map(str::trim) {
+                if let Some(rest) = l.strip_prefix("rpc ")
+                    && rest.split(" returns ").next().unwrap().contains("(stream ")
+                {
+                    let method = rest.split('(').next().unwrap();
+                    assert_eq!(service.len(), 1, "{}", path.display());
+                    found.push(format!("/giftx.v1.{}/{method}", service[0]));
+                }
+            }
+        }
+        assert_eq!(found, CLIENT_STREAMS.map(String::from).to_vec());
     }
 
     #[test]
