@@ -144,7 +144,9 @@ scripts! {
     release_exchange => "release_exchange-5.lua" after "lib/exchange_record.lua",
     push_deadline => "push_deadline-4.lua",
     void_bucket => "void_bucket-2.lua",
-    sweep_expired => "sweep_expired-6.lua",
+    sweep_expired => "sweep_expired-2.lua",
+    purge_campaign => "purge_campaign-2.lua",
+    purge_bucket => "purge_bucket-6.lua",
 }
 
 /// What a script answered: the first element of every reply. The scripts'
@@ -171,6 +173,8 @@ pub(crate) enum Rc {
     ExchangeNotFound = 17,
     ExchangeFinished = 18,
     Leased = 19,
+    DeadlineInPast = 30,
+    CampaignPurged = 31,
 }
 
 impl Rc {
@@ -197,6 +201,8 @@ impl Rc {
             17 => ExchangeNotFound,
             18 => ExchangeFinished,
             19 => Leased,
+            30 => DeadlineInPast,
+            31 => CampaignPurged,
             n => {
                 return Err(LedgerError::Internal(format!(
                     "unknown script return code {n}"
@@ -228,6 +234,8 @@ impl Rc {
             ExchangeNotFound => Refusal::ExchangeNotFound,
             ExchangeFinished => Refusal::ExchangeFinished,
             Leased => Refusal::Leased,
+            DeadlineInPast => Refusal::DeadlineInPast,
+            CampaignPurged => Refusal::CampaignPurged,
         })
     }
 }
