@@ -2,8 +2,8 @@
 -- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.serial4.ordinal)
 -- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
--- KEYS[4] {bN}:l:<f>   lockout of this code (STRING fails:until:expires, PX to expires;
---                      f = the code field in hex)
+-- KEYS[4] {bN}:l:<s>:<f> lockout of this code (STRING fails:until:expires, PX to expires;
+--                      s = series index, f = the code field in hex)
 -- KEYS[5] {bN}:p       PENDING exchanges (ZSET exchange id, score create time)
 -- KEYS[6] {bN}:e       outbox stream
 -- KEYS[7] {bN}:f:<s>   exchanges given with a preference (ZSET exchange id, score create
@@ -92,7 +92,8 @@ if not rec or not matched then
     event('code.locked', 'until', string.format('%d', untl))
     return {3, untl}
   end
-  rcall('SET', KEYS[4], fails .. ':0:' .. string.format('%d', now + dur), 'PX', math.max(dur, 1))
+  rcall('SET', KEYS[4], fails .. ':0:' .. string.format('%d', now + dur),
+    'PX', math.max(dur, 1))
   return {2}
 end
 if lk then rcall('DEL', KEYS[4]) end

@@ -2,8 +2,8 @@
 -- KEYS[1] {bN}:c:<s>   code records (HASH code field -> state.login8.seq2.serial4.ordinal)
 -- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
--- KEYS[4] {bN}:l:<f>   lockout of this code (STRING fails:until:expires, PX to expires;
---                      f = the code field in hex)
+-- KEYS[4] {bN}:l:<s>:<f> lockout of this code (STRING fails:until:expires, PX to expires;
+--                      s = series index, f = the code field in hex)
 -- KEYS[5] {bN}:e       outbox stream
 -- ARGV[1] now (ms)
 -- ARGV[2] code field (10 bytes)
@@ -61,7 +61,8 @@ if not rec or not matched then
       'until', string.format('%d', untl))
     return {3, untl}
   end
-  rcall('SET', KEYS[4], fails .. ':0:' .. string.format('%d', now + dur), 'PX', math.max(dur, 1))
+  rcall('SET', KEYS[4], fails .. ':0:' .. string.format('%d', now + dur),
+    'PX', math.max(dur, 1))
   return {2}
 end
 

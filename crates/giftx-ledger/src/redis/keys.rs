@@ -86,10 +86,10 @@ impl BucketKeys {
 }
 
 /// A code's lockout entry (a string `fails:until:expires` with a PX
-/// ending at `expires`; see `claim_code`), one key per code field, so
-/// entries of codes that do not exist expire on their own.
-pub(crate) fn lockout(bucket: u16, field: &[u8]) -> String {
-    format!("{{b{bucket}}}:l:{}", hex::encode(field))
+/// ending at `expires`; see `claim_code`), one key per series and code
+/// field, so entries of codes that do not exist expire on their own.
+pub(crate) fn lockout(bucket: u16, series: Series, field: &[u8]) -> String {
+    format!("{{b{bucket}}}:l:{}:{}", series.index(), hex::encode(field))
 }
 pub(crate) fn pending(bucket: u16) -> String {
     format!("{{b{bucket}}}:p")

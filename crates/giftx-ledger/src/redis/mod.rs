@@ -980,7 +980,7 @@ impl RedisLedger {
     ) -> Result<(Rc, Vec<Value>), LedgerError> {
         let slot = Slot::of(&code.digest);
         let k = BucketKeys::new(slot.bucket, code.series);
-        let lk = keys::lockout(slot.bucket, &slot.field);
+        let lk = keys::lockout(slot.bucket, code.series, &slot.field);
         let (ck, xk, mk, ek) = (k.codes(), k.exchanges(), k.meta(), k.events());
         let (dl, ver, voided) = match info {
             Some(i) => (
@@ -1497,7 +1497,7 @@ impl Ledger for RedisLedger {
         };
         let slot = Slot::of(&req.code.digest);
         let k = BucketKeys::new(slot.bucket, series);
-        let lk = keys::lockout(slot.bucket, &slot.field);
+        let lk = keys::lockout(slot.bucket, series, &slot.field);
         let (ck, xk, mk, pk, ek, fk) = (
             k.codes(),
             k.exchanges(),
