@@ -357,11 +357,7 @@ impl State {
                 Some((ci, ct_eq(&rec.login_key, &login_key.0)))
             });
         let key = (code.series.index(), code.digest.0);
-        let entry = self
-            .lockouts
-            .get(&key)
-            .copied()
-            .filter(|e| e.expires > now);
+        let entry = self.lockouts.get(&key).copied().filter(|e| e.expires > now);
         let (fails, until) = entry.map_or((0, Timestamp(0)), |e| (e.fails, e.until));
         if until > now {
             return Err(refused(Refusal::Locked { until }));

@@ -2492,7 +2492,10 @@ async fn purge_only_by_the_sweep_after_retention_then_no_extend(l: &dyn Ledger) 
         Some(ms(end, 7))
     );
     // A repeat answers the first purge; the deadline stays put.
-    assert_eq!(l.sweep(id, ms(end, 9)).await.unwrap().purged, Some(ms(end, 7)));
+    assert_eq!(
+        l.sweep(id, ms(end, 9)).await.unwrap().purged,
+        Some(ms(end, 7))
+    );
     assert_eq!(
         refusal(l.extend_campaign(id, later, true, ms(end, 10)).await),
         Refusal::CampaignPurged

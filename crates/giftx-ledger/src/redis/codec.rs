@@ -198,7 +198,10 @@ pub(crate) fn campaign(h: &HashMap<String, Vec<u8>>) -> Result<CampaignInfo, Led
             .get("push")
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
         purged: match (h.get("pg"), h.get("pv")) {
-            (Some(_), Some(_)) => Some((Timestamp(n("pg")?), u64::try_from(n("pv")?).map_err(internal)?)),
+            (Some(_), Some(_)) => Some((
+                Timestamp(n("pg")?),
+                u64::try_from(n("pv")?).map_err(internal)?,
+            )),
             _ => None,
         },
     })

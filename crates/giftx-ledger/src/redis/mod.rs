@@ -1455,7 +1455,9 @@ impl Ledger for RedisLedger {
         now: Timestamp,
     ) -> Result<CodeView, LedgerError> {
         let info = self.info_by_series(code.series).await?;
-        let (rc, v) = self.run_verify(code, login_key, info.as_deref(), now).await?;
+        let (rc, v) = self
+            .run_verify(code, login_key, info.as_deref(), now)
+            .await?;
         if rc != Rc::Ok {
             return Err(refused(rc, &v));
         }
