@@ -11,9 +11,12 @@
 //!   once there is one) and a meta hash (`m`: deadline copy + version,
 //!   voided batch flags, swept flag, counters, `tv`: the version the TTLs
 //!   were last moved for, `xt`: the deadline `x` got its TTL under); per
-//!   bucket a lockout hash (`l`), a ZSET of PENDING exchanges (`p`) and an
-//!   outbox stream (`e`). `c`, `x` and `f` expire together at deadline +
-//!   retention. Any script that meets a newer campaign version may sync
+//!   bucket a ZSET of PENDING exchanges (`p`) and an outbox stream (`e`),
+//!   and per code met with a wrong login key (existing or not) a lockout
+//!   key (`l:<series>:<field hex>`, expiring with the lockout). `c`, `x`
+//!   and `f` expire together at deadline + retention (a backstop: the
+//!   sweep's purge, `purge_campaign` then `purge_bucket`, is what deletes;
+//!   nothing else does, and past retention codes read as absent). Any script that meets a newer campaign version may sync
 //!   the deadline copy, but only `push_deadline` moves the TTLs (and
 //!   writes `tv`), so a bucket synced early still gets them moved.
 //!
