@@ -207,9 +207,13 @@ async fn check_deadline_edges(app: TestApp) {
     assert_invalid_field(&e, "expire_time");
     let c = extend(&app, "edge", earlier, true).await.unwrap();
     assert_eq!(c.expire_time, Some(ts(earlier)));
-    // Forced into the past: the remaining codes are expired again.
+    // Forced into the past: refused, a deadline change never deletes
+    // (issue 12 item 1) ...
     let past = app.clock.now().minus(MS);
-    extend(&app, "edge", past, true).await.unwrap();
+    let e = extend(&app, "edge", past, true).await.unwrap_err();
+    assert_invalid_field(&e, "expire_time");
+    // ... but forced to now: the remaining codes are expired again.
+    extend(&app, "edge", app.clock.now(), true).await.unwrap();
     let e = exchange(&app, exchange_request(&codes[3], "emoney-a", "e-3"))
         .await
         .unwrap_err();

@@ -317,6 +317,10 @@ pub struct CampaignCounts {
     pub void: i64,
     /// Per option: (redeemed, pending), in the campaign's option order.
     pub by_option: Vec<(OptionId, i64, i64)>,
+    /// Set once the campaign was purged (past deadline + retention): its
+    /// codes and exchanges are deleted, and the counts above are history,
+    /// what it held when purged; no code of it can be read any more.
+    pub purge_time: Option<Timestamp>,
 }
 
 #[cfg(test)]

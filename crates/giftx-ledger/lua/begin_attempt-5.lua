@@ -1,8 +1,8 @@
 -- begin_attempt: take (or renew) a PENDING exchange's lease and count one more attempt.
--- KEYS[1] {bN}:c:<s>   code records (only deleted here, past retention)
+-- KEYS[1] {bN}:c:<s>   code records (not used here)
 -- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy)
--- KEYS[4] {bN}:p       PENDING exchanges (ZSET; only cleaned here, past retention)
+-- KEYS[4] {bN}:p       PENDING exchanges (ZSET; not used here)
 -- KEYS[5] {bN}:e       outbox stream
 -- ARGV[1] now (ms)
 -- ARGV[2] exchange field (code field .. seq2)
@@ -16,8 +16,8 @@
 -- Returns {0, record...} OK; {17} EXCHANGE_NOT_FOUND; {18} EXCHANGE_FINISHED; {19} LEASED
 -- Past deadline + retention (by ARGV[1], not Redis's clock; deadline = the newer of
 -- ARGV[7]/ARGV[8] and the bucket's copy) the campaign's codes and exchanges in this
--- bucket are gone: they are deleted here (with their PENDING entries) and this reads {17}.
--- That lookup and purge, and exchange_reply, are in lib/exchange_record.lua, which the
+-- bucket read as gone: this reads {17} and changes nothing (purge_bucket deletes).
+-- That lookup, and exchange_reply, are in lib/exchange_record.lua, which the
 -- loader (src/redis/scripts.rs) puts before this file.
 local rcall = redis.call
 local now = tonumber(ARGV[1])

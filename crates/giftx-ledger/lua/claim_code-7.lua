@@ -3,7 +3,8 @@
 -- KEYS[2] {bN}:x:<s>   exchanges (HASH code field..seq2 -> cmsgpack record; and the
 --                      request index: code field..request digest -> seq)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
--- KEYS[4] {bN}:l       lockout (HASH code field -> fails:until)
+-- KEYS[4] {bN}:l:<s>:<f> lockout of this code (STRING fails:until:expires, PX to expires;
+--                      s = series index, f = the code field in hex)
 -- KEYS[5] {bN}:p       PENDING exchanges (ZSET exchange id, score create time)
 -- KEYS[6] {bN}:e       outbox stream
 -- KEYS[7] {bN}:f:<s>   exchanges given with a preference (ZSET exchange id, score create
@@ -39,9 +40,14 @@
 -- deliverable, batch ordinal, serial (the last two copied from the code record; absent
 -- from records written before they existed); stored records may have a 19th value, 1 when
 -- the exchange FAILED retryably (release_exchange), never part of a reply
--- Past deadline + retention (by ARGV[1], not Redis's clock) the campaign's codes and
--- exchanges in this bucket are gone: they are deleted here (with their PENDING entries
--- and preference index) and the claim reads {2}.
+-- Past deadline + retention (by ARGV[1], not Redis's clock) the code reads as one that
+-- does not exist; nothing is deleted here (that is purge_bucket's, after purge_campaign).
+-- A code that does not exist (never stored, or past retention) takes the same path as a
+-- wrong login key: the same reads, the same lockout count and write, the same answers
+-- ({2}, then {3, until} at the ARGV[15]-th), so neither the answer, the lockout nor the
+-- work tells the two apart. A lockout entry lives until its 'expires' (the lock's end,
+-- or ARGV[16] after the last wrong key), by ARGV[1]; its PX lets Redis drop it then, so
+-- guesses at codes that do not exist leave nothing behind for long.
 -- The login key prefix is compared in constant time (OR of the XORs of all 8 bytes).
 -- 64 bits are plenty: lockout allows ARGV[15] guesses per lockout duration.
 -- The request is found through the index (one HGET, whatever the code's history); records
@@ -72,46 +78,36 @@ local function same_key(rec, key)
 end
 
 local rec = rcall('HGET', KEYS[1], field)
-if not rec then return {2} end
-local ord = string.sub(rec, 16)
+local ord = rec and string.sub(rec, 16) or ''
 local dl, ver = tonumber(ARGV[11]), tonumber(ARGV[12])
 local opf = 'op:' .. ARGV[6]
 local m = rcall('HMGET', KEYS[3], 'dl', 'ver', 'sw', 'v:' .. ord, 'xt', 'bl:' .. ord, 'p', opf)
 local sync = true
 if m[2] and tonumber(m[2]) >= ver then dl = tonumber(m[1]) sync = false end
-local lk = rcall('HGET', KEYS[4], field)
-if now >= dl + tonumber(ARGV[14]) then
-  local series = string.sub(ARGV[17], 1, 4)
-  local stale = {}
-  for _, id in ipairs(rcall('ZRANGE', KEYS[5], 0, -1)) do
-    if string.sub(id, 1, 4) == series then stale[#stale + 1] = id end
-  end
-  rcall('DEL', KEYS[1], KEYS[2], KEYS[7])
-  if lk then rcall('HDEL', KEYS[4], field) end
-  for i = 1, #stale, 1000 do
-    rcall('ZREM', KEYS[5], unpack(stale, i, math.min(i + 999, #stale)))
-  end
-  event('campaign.purged', 'series', string.match(KEYS[1], ':c:(%d+)$'))
-  return {2}
-end
+if now >= dl + tonumber(ARGV[14]) then rec = nil end
+local lk = rcall('GET', KEYS[4])
 local fails, locked = 0, 0
 if lk then
-  local a, b = string.match(lk, '^(%d+):(%d+)$')
-  fails, locked = tonumber(a), tonumber(b)
+  local a, b, c = string.match(lk, '^(%d+):(%d+):(%d+)$')
+  if c and tonumber(c) > now then fails, locked = tonumber(a), tonumber(b) end
 end
 if locked > now then return {3, locked} end
-if not same_key(rec, ARGV[3]) then
+local matched = same_key(rec or '\0\0\0\0\0\0\0\0\0', ARGV[3])
+if not rec or not matched then
   fails = fails + 1
+  local dur = tonumber(ARGV[16])
   if fails >= tonumber(ARGV[15]) then
-    local untl = now + tonumber(ARGV[16])
-    rcall('HSET', KEYS[4], field, '0:' .. string.format('%d', untl))
+    local untl = now + dur
+    rcall('SET', KEYS[4], '0:' .. string.format('%d', untl) .. ':' .. string.format('%d', untl),
+      'PX', math.max(dur, 1))
     event('code.locked', 'until', string.format('%d', untl))
     return {3, untl}
   end
-  rcall('HSET', KEYS[4], field, fails .. ':0')
+  rcall('SET', KEYS[4], fails .. ':0:' .. string.format('%d', now + dur),
+    'PX', math.max(dur, 1))
   return {2}
 end
-if lk then rcall('HDEL', KEYS[4], field) end
+if lk then rcall('DEL', KEYS[4]) end
 
 local seq = string.byte(rec, 10) * 256 + string.byte(rec, 11)
 local ix = field .. ARGV[4]

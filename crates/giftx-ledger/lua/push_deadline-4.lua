@@ -1,9 +1,8 @@
 -- push_deadline: give this bucket a campaign's new deadline if it is newer than its copy.
--- KEYS[1] {bN}:c:<s>   code records (TTL follows the deadline; deleted past retention)
--- KEYS[2] {bN}:x:<s>   exchanges (TTL follows the deadline; deleted past retention)
+-- KEYS[1] {bN}:c:<s>   code records (TTL follows the deadline)
+-- KEYS[2] {bN}:x:<s>   exchanges (TTL follows the deadline)
 -- KEYS[3] {bN}:m:<s>   bucket meta of the campaign (HASH deadline copy, counters)
--- KEYS[4] {bN}:f:<s>   exchanges given with a preference (TTL follows the deadline; deleted
---                      past retention)
+-- KEYS[4] {bN}:f:<s>   exchanges given with a preference (TTL follows the deadline)
 -- ARGV[1] deadline (ms)
 -- ARGV[2] version
 -- ARGV[3] now (ms)
@@ -14,6 +13,8 @@
 -- every key here. So the TTLs have their own version, 'tv', and only this script writes
 -- it: a bucket whose copy is already current still gets its TTLs moved.
 -- When the copy is newer than ARGV[2], the TTLs follow the copy.
+-- A deadline move never deletes: when deadline + retention has already passed by ARGV[3]
+-- (a stale push), the TTLs are left as they are; deleting is purge_bucket's alone.
 local rcall = redis.call
 local dl, now, ver = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[2])
 local cur = rcall('HMGET', KEYS[3], 'ver', 'tv', 'dl')
@@ -31,7 +32,5 @@ if ttl > 0 then
   rcall('PEXPIRE', KEYS[1], ttl)
   rcall('PEXPIRE', KEYS[2], ttl)
   rcall('PEXPIRE', KEYS[4], ttl)
-else
-  rcall('DEL', KEYS[1], KEYS[2], KEYS[4])
 end
 return {0, 1}

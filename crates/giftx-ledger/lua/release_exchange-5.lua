@@ -18,8 +18,8 @@
 -- {17} EXCHANGE_NOT_FOUND; {18} EXCHANGE_FINISHED (it SUCCEEDED)
 -- Past deadline + retention (by ARGV[1], not Redis's clock; deadline = the newer of
 -- ARGV[7]/ARGV[8] and the bucket's copy) the campaign's codes and exchanges in this
--- bucket are gone: they are deleted here (with their PENDING entries) and this reads {17}.
--- That lookup and purge, and exchange_reply, are in lib/exchange_record.lua, which the
+-- bucket read as gone: this reads {17} and changes nothing (purge_bucket deletes).
+-- That lookup, and exchange_reply, are in lib/exchange_record.lua, which the
 -- loader (src/redis/scripts.rs) puts before this file.
 local rcall = redis.call
 local function counters(r) return {'p', 'op:' .. r[2]} end

@@ -34,7 +34,9 @@ pub struct LedgerConfig {
     /// How long a locked code stays locked.
     pub lockout_duration: Duration,
     /// How long a campaign's codes and exchanges are kept after its
-    /// deadline (then they disappear by themselves; counters stay).
+    /// deadline. Past it they read as codes that do not exist; the sweep
+    /// then marks the campaign purged and deletes them (counters stay, as
+    /// history). The Redis keys also carry this as a TTL.
     pub retention: Duration,
     /// How long an ISSUING batch may go without storing a chunk before it
     /// reads as INCOMPLETE.
@@ -249,6 +251,13 @@ pub struct SweepOutcome {
     pub expired: i64,
     /// Ledger buckets visited.
     pub buckets: u64,
+    /// When the campaign was marked purged (by this sweep or an earlier
+    /// one); once a sweep answers it, every code and exchange of the
+    /// campaign is deleted.
+    pub purged: Option<Timestamp>,
+    /// When the purge is due (deadline + retention): a sweep at or after
+    /// it purges. Nothing else about the campaign changes until then.
+    pub purge_due: Timestamp,
 }
 
 /// One page of a listing.
@@ -318,6 +327,14 @@ pub enum Refusal {
     /// Deadline move not allowed (earlier without force).
     #[error("the new deadline is earlier than the current one")]
     DeadlineEarlier,
+    /// A deadline moved earlier may not lie before now (force or not): a
+    /// deadline change never makes codes disappear.
+    #[error("the new deadline is earlier than the current one and before now")]
+    DeadlineInPast,
+    /// The campaign's retention has passed (by the caller's clock) or it
+    /// was marked purged: its deadline no longer moves.
+    #[error("the campaign is past its retention and purged (or about to be)")]
+    CampaignPurged,
     /// No such batch.
     #[error("batch not found")]
     BatchNotFound,
@@ -387,10 +404,15 @@ pub trait Ledger: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Page<Campaign>, LedgerError>;
 
-    /// Moves the deadline for every code of the campaign at once.
+    /// Moves the deadline for every code of the campaign at once. Never
+    /// deletes anything: a deadline moved earlier must not lie before
+    /// `now`, so it can be moved back with nothing lost.
     ///
     /// # Errors
-    /// `CampaignNotFound`; `DeadlineEarlier` when earlier and not `force`.
+    /// `CampaignNotFound`; `DeadlineInPast` when earlier than the current
+    /// deadline and before `now` (force or not); `DeadlineEarlier` when
+    /// earlier and not `force`; `CampaignPurged` when the campaign is
+    /// marked purged or `now` is past its deadline + retention.
     async fn extend_campaign(
         &self,
         id: &CampaignId,
@@ -457,7 +479,12 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<Batch, LedgerError>;
 
     /// Checks a code and login key. A wrong key counts towards lockout; a
-    /// right one resets the count.
+    /// right one resets the count. A code that does not exist (never
+    /// stored, of a series no campaign holds, or past its campaign's
+    /// retention) is answered as a wrong key and counts towards lockout
+    /// the same way, so the answers never tell the two apart. Failures
+    /// are forgotten once the lockout duration passes without another,
+    /// and a lock ends after the lockout duration.
     ///
     /// # Errors
     /// `LoginKeyMismatch`, `Locked`.
@@ -591,7 +618,11 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Marks the campaign's unexchanged codes past the deadline EXPIRED.
     /// Returns how many this call marked (0 before the deadline, and on a
-    /// repeat).
+    /// repeat). At or after deadline + retention (by `now`) it is also the
+    /// purge, the only step that deletes: it marks the campaign purged
+    /// (from then on its deadline no longer moves), then deletes its codes,
+    /// exchanges, PENDING entries and preference index; a repeat finishes
+    /// a purge cut short.
     async fn sweep(
         &self,
         campaign: &CampaignId,
@@ -599,6 +630,8 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<SweepOutcome, LedgerError>;
 
     /// Exact counts of the campaign's codes, without a scan of codes.
+    /// After a purge they are history: what the campaign held when it was
+    /// purged, with `purge_time` set.
     async fn counts(
         &self,
         campaign: &CampaignId,

@@ -49,13 +49,6 @@ impl MemoryLedger {
             .lock()
             .map_err(|_| LedgerError::Internal("memory ledger lock poisoned".into()))
     }
-
-    /// The state, locked, with campaigns due by `now` purged.
-    fn lock_purged(&self, now: Timestamp) -> Result<MutexGuard<'_, State>, LedgerError> {
-        let mut st = self.lock()?;
-        st.purge_due(&self.config, now);
-        Ok(st)
-    }
 }
 
 /// A code's state as written; the deadline and voiding apply on reading.
@@ -100,8 +93,6 @@ struct CodeRecord {
     /// 1-based position in its batch.
     serial: u32,
     stored: Stored,
-    failures: u32,
-    locked_until: Option<Timestamp>,
     /// Exchange ids, oldest first.
     exchanges: Vec<String>,
     /// Request digest → (exchange id, fingerprint).
@@ -127,12 +118,19 @@ struct CampaignEntry {
     /// Exchanges given with a holder preference, by (create time, id): per
     /// code its latest such exchange.
     preferences: BTreeSet<(Timestamp, String)>,
-    purged: bool,
+    /// When the sweep purged it (past deadline + retention).
+    purged: Option<Timestamp>,
 }
 
 impl CampaignEntry {
     fn deadline(&self) -> Timestamp {
         self.campaign.spec.expire_time
+    }
+
+    /// Past deadline + retention by `now` (or purged): its codes and
+    /// exchanges read as ones that do not exist.
+    fn retired(&self, config: &LedgerConfig, now: Timestamp) -> bool {
+        self.purged.is_some() || now >= self.deadline().plus(config.retention)
     }
 
     fn batch_mut(&mut self, batch: &BatchId) -> Result<&mut BatchEntry, LedgerError> {
@@ -158,7 +156,10 @@ impl CampaignEntry {
     }
 
     fn counts(&self, now: Timestamp) -> CampaignCounts {
-        let mut c = CampaignCounts::default();
+        let mut c = CampaignCounts {
+            purge_time: self.purged,
+            ..CampaignCounts::default()
+        };
         let past = now >= self.deadline();
         for b in &self.batches {
             let t = b.tally;
@@ -209,6 +210,21 @@ struct State {
     leases: HashMap<String, Lease>,
     events: VecDeque<Event>,
     seq: u64,
+    /// Lockout entries by (series, code digest), for codes that exist and
+    /// codes that do not alike; an entry counts until its `expires`.
+    lockouts: HashMap<(u16, [u8; 32]), Lockout>,
+    /// Lockout writes since expired entries were last dropped.
+    lockout_writes: u64,
+}
+
+/// A code's wrong login keys (as `claim_code` keeps them in Redis).
+#[derive(Clone, Copy, Debug)]
+struct Lockout {
+    fails: u32,
+    /// The lock's end (0: not locked).
+    until: Timestamp,
+    /// The entry counts while `now` is before this.
+    expires: Timestamp,
 }
 
 fn refused(r: Refusal) -> LedgerError {
@@ -289,28 +305,33 @@ impl State {
         self.campaign_at_mut(self.campaign_index(id)?)
     }
 
-    /// Drops codes and exchanges of campaigns past deadline + retention.
-    /// Tallies (and so counts) stay.
-    fn purge_due(&mut self, config: &LedgerConfig, now: Timestamp) {
-        let due: Vec<usize> = self
-            .campaigns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.purged && now >= c.deadline().plus(config.retention))
-            .map(|(i, _)| i)
-            .collect();
-        for ci in due {
-            let Some(c) = self.campaigns.get_mut(ci) else {
-                continue;
-            };
-            c.purged = true;
-            c.codes = HashMap::new();
-            c.preferences = BTreeSet::new();
-            let id = c.campaign.spec.id.to_string();
-            self.exchanges.retain(|_, x| x.campaign != ci);
-            let exchanges = &self.exchanges;
-            self.pending.retain(|(_, x)| exchanges.contains_key(x));
-            self.event("campaign.purged", now, vec![("campaign", id)]);
+    /// The purge (the sweep's, past deadline + retention): drops the
+    /// campaign's codes, exchanges, PENDING entries and preference index.
+    /// Tallies (and so counts) stay, as history.
+    fn purge(&mut self, ci: usize, now: Timestamp) -> Result<Timestamp, LedgerError> {
+        let c = self.campaign_at_mut(ci)?;
+        if let Some(at) = c.purged {
+            return Ok(at);
+        }
+        c.purged = Some(now);
+        c.codes = HashMap::new();
+        c.preferences = BTreeSet::new();
+        let id = c.campaign.spec.id.to_string();
+        self.exchanges.retain(|_, x| x.campaign != ci);
+        let exchanges = &self.exchanges;
+        self.pending.retain(|(_, x)| exchanges.contains_key(x));
+        self.event("campaign.purged", now, vec![("campaign", id)]);
+        Ok(now)
+    }
+
+    /// Records a lockout entry, dropping expired ones now and then so
+    /// guesses at codes that do not exist leave nothing behind for long.
+    fn set_lockout(&mut self, key: (u16, [u8; 32]), entry: Lockout, now: Timestamp) {
+        self.lockouts.insert(key, entry);
+        self.lockout_writes += 1;
+        if self.lockout_writes >= 4096 {
+            self.lockout_writes = 0;
+            self.lockouts.retain(|_, e| e.expires > now);
         }
     }
 
@@ -323,35 +344,51 @@ impl State {
         login_key: Digest,
         now: Timestamp,
     ) -> Result<usize, LedgerError> {
-        let Some(&ci) = self.by_series.get(&code.series.index()) else {
-            return Err(refused(Refusal::LoginKeyMismatch));
-        };
-        let Some(rec) = self
-            .campaigns
-            .get_mut(ci)
-            .and_then(|c| c.codes.get_mut(&code.digest.0))
-        else {
-            return Err(refused(Refusal::LoginKeyMismatch));
-        };
-        if let Some(until) = rec.locked_until {
-            if until > now {
-                return Err(refused(Refusal::Locked { until }));
-            }
-            rec.locked_until = None;
+        // A code that does not exist (no campaign holds the series, never
+        // stored, or past retention) takes the path of a wrong key.
+        let found = self
+            .by_series
+            .get(&code.series.index())
+            .copied()
+            .and_then(|ci| {
+                let c = self.campaigns.get(ci)?;
+                if c.retired(config, now) {
+                    return None;
+                }
+                let rec = c.codes.get(&code.digest.0)?;
+                Some((ci, ct_eq(&rec.login_key, &login_key.0)))
+            });
+        let key = (code.series.index(), code.digest.0);
+        let entry = self.lockouts.get(&key).copied().filter(|e| e.expires > now);
+        let (fails, until) = entry.map_or((0, Timestamp(0)), |e| (e.fails, e.until));
+        if until > now {
+            return Err(refused(Refusal::Locked { until }));
         }
-        if ct_eq(&rec.login_key, &login_key.0) {
-            rec.failures = 0;
+        if let Some((ci, true)) = found {
+            if entry.is_some() {
+                self.lockouts.remove(&key);
+            }
             return Ok(ci);
         }
-        rec.failures += 1;
-        if rec.failures >= config.lockout_threshold {
+        let fails = fails + 1;
+        if fails >= config.lockout_threshold {
             let until = now.plus(config.lockout_duration);
-            rec.failures = 0;
-            rec.locked_until = Some(until);
+            let e = Lockout {
+                fails: 0,
+                until,
+                expires: until,
+            };
+            self.set_lockout(key, e, now);
             let series = code.series.to_string();
             self.event("code.locked", now, vec![("series", series)]);
             return Err(refused(Refusal::Locked { until }));
         }
+        let e = Lockout {
+            fails,
+            until: Timestamp(0),
+            expires: now.plus(config.lockout_duration),
+        };
+        self.set_lockout(key, e, now);
         Err(refused(Refusal::LoginKeyMismatch))
     }
 
@@ -366,6 +403,25 @@ impl State {
             .get(&digest.0)
             .ok_or_else(|| LedgerError::Internal("authenticated code vanished".into()))?;
         Ok((c, rec))
+    }
+
+    /// EXCHANGE_NOT_FOUND for an exchange of a campaign past deadline +
+    /// retention (as the Redis scripts read it), purged or not yet.
+    fn check_retained(
+        &self,
+        config: &LedgerConfig,
+        id: &ExchangeId,
+        now: Timestamp,
+    ) -> Result<(), LedgerError> {
+        let retired = self
+            .exchanges
+            .get(&id.0)
+            .and_then(|x| self.campaigns.get(x.campaign))
+            .is_some_and(|c| c.retired(config, now));
+        if retired {
+            return Err(refused(Refusal::ExchangeNotFound));
+        }
+        Ok(())
     }
 
     fn exchange_mut(&mut self, id: &ExchangeId) -> Result<&mut ExchangeEntry, LedgerError> {
@@ -492,7 +548,7 @@ impl Ledger for MemoryLedger {
             codes: HashMap::new(),
             by_option: HashMap::new(),
             preferences: BTreeSet::new(),
-            purged: false,
+            purged: None,
         });
         st.by_id.insert(spec.id.clone(), i);
         st.by_series.insert(series.index(), i);
@@ -556,8 +612,14 @@ impl Ledger for MemoryLedger {
         force: bool,
         now: Timestamp,
     ) -> Result<Campaign, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
         let c = st.campaign_mut(id)?;
+        if c.retired(&self.config, now) {
+            return Err(refused(Refusal::CampaignPurged));
+        }
+        if expire_time < c.deadline() && expire_time < now {
+            return Err(refused(Refusal::DeadlineInPast));
+        }
         if expire_time < c.deadline() && !force {
             return Err(refused(Refusal::DeadlineEarlier));
         }
@@ -596,7 +658,7 @@ impl Ledger for MemoryLedger {
         requested: u64,
         now: Timestamp,
     ) -> Result<Batch, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
         let c = st.campaign_mut(campaign)?;
         if c.batch_index.contains_key(batch) {
             return Err(refused(Refusal::BatchExists));
@@ -636,7 +698,7 @@ impl Ledger for MemoryLedger {
         codes: &[NewCode],
         now: Timestamp,
     ) -> Result<StoreOutcome, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
         let ci = st
             .by_id
             .get(&campaign.spec.id)
@@ -672,8 +734,6 @@ impl Ledger for MemoryLedger {
                     batch: bi,
                     serial: nc.serial,
                     stored: Stored::Active,
-                    failures: 0,
-                    locked_until: None,
                     exchanges: Vec::new(),
                     requests: HashMap::new(),
                 },
@@ -704,7 +764,7 @@ impl Ledger for MemoryLedger {
         complete: bool,
         now: Timestamp,
     ) -> Result<Batch, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
         let c = st.campaign_mut(campaign)?;
         let b = c.batch_mut(batch)?;
         let to = if complete {
@@ -761,7 +821,7 @@ impl Ledger for MemoryLedger {
         batch: &BatchId,
         now: Timestamp,
     ) -> Result<Batch, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
         let c = st.campaign_mut(campaign)?;
         let b = c.batch_mut(batch)?;
         if b.batch.state == BatchState::Void {
@@ -780,7 +840,7 @@ impl Ledger for MemoryLedger {
         login_key: Digest,
         now: Timestamp,
     ) -> Result<CodeView, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
         let ci = st.authenticate(&self.config, code, login_key, now)?;
         let (c, rec) = st.code(ci, &code.digest)?;
         let latest_exchange = rec
@@ -795,7 +855,7 @@ impl Ledger for MemoryLedger {
     }
 
     async fn claim(&self, req: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
         let ci = st.authenticate(&self.config, req.code, req.login_key, now)?;
         let (c, rec) = st.code(ci, &req.code.digest)?;
         if let Some((xid, fingerprint)) = rec.requests.get(&req.request.0) {
@@ -889,7 +949,7 @@ impl Ledger for MemoryLedger {
         login_key: Digest,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
         let ci = st.authenticate(&self.config, code, login_key, now)?;
         let (_, rec) = st.code(ci, &code.digest)?;
         rec.exchanges
@@ -910,7 +970,8 @@ impl Ledger for MemoryLedger {
         lease: &Lease,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
+        st.check_retained(&self.config, id, now)?;
         let x = st.pending_exchange_mut(id)?;
         if let Some(held) = &x.lease
             && held.holder != lease.holder
@@ -941,7 +1002,8 @@ impl Ledger for MemoryLedger {
         park: bool,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
+        st.check_retained(&self.config, id, now)?;
         let x = st.pending_exchange_mut(id)?;
         x.lease = None;
         x.record.next_attempt_time = next_attempt_time;
@@ -963,7 +1025,8 @@ impl Ledger for MemoryLedger {
         sealed_deliverable: Option<Vec<u8>>,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
+        st.check_retained(&self.config, id, now)?;
         st.settle_exchange(id, ExchangeState::Succeeded, Stored::Redeemed, now, |r| {
             r.sealed_deliverable = sealed_deliverable;
         })
@@ -976,7 +1039,8 @@ impl Ledger for MemoryLedger {
         retryable: bool,
         now: Timestamp,
     ) -> Result<ExchangeRecord, LedgerError> {
-        let mut st = self.lock_purged(now)?;
+        let mut st = self.lock()?;
+        st.check_retained(&self.config, id, now)?;
         let pending = st.exchange_mut(id)?.record.state == ExchangeState::Pending;
         let record = st.settle_exchange(id, ExchangeState::Failed, Stored::Active, now, |r| {
             r.failure_reason = reason.to_owned();
@@ -1072,12 +1136,16 @@ impl Ledger for MemoryLedger {
         campaign: &CampaignId,
         now: Timestamp,
     ) -> Result<SweepOutcome, LedgerError> {
-        let mut st = self.lock_purged(now)?;
-        let c = st.campaign_mut(campaign)?;
+        let mut st = self.lock()?;
+        let ci = st.campaign_index(campaign)?;
+        let c = st.campaign_at_mut(ci)?;
+        let purge_due = c.deadline().plus(self.config.retention);
         if now < c.deadline() {
             return Ok(SweepOutcome {
                 expired: 0,
                 buckets: 1,
+                purged: None,
+                purge_due,
             });
         }
         let mut expired = 0i64;
@@ -1091,6 +1159,7 @@ impl Ledger for MemoryLedger {
                 expired += 1;
             }
         }
+        let due = now >= purge_due || c.purged.is_some();
         if expired > 0 {
             st.event(
                 "campaign.swept",
@@ -1101,9 +1170,12 @@ impl Ledger for MemoryLedger {
                 ],
             );
         }
+        let purged = if due { Some(st.purge(ci, now)?) } else { None };
         Ok(SweepOutcome {
             expired,
             buckets: 1,
+            purged,
+            purge_due,
         })
     }
 
@@ -1112,7 +1184,7 @@ impl Ledger for MemoryLedger {
         campaign: &CampaignId,
         now: Timestamp,
     ) -> Result<CampaignCounts, LedgerError> {
-        let st = self.lock_purged(now)?;
+        let st = self.lock()?;
         Ok(st.campaign(campaign)?.counts(now))
     }
 

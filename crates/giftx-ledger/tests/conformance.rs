@@ -281,6 +281,7 @@ fn counts(
             .zip(by_option)
             .map(|(o, (r, p))| (opt(o), r, p))
             .collect(),
+        purge_time: None,
     }
 }
 
@@ -843,26 +844,100 @@ async fn unknown_code_and_wrong_key_get_the_same_refusal(l: &dyn Ledger) {
         refusal(l.verify(crossed.code, crossed.key, now).await),
         Refusal::LoginKeyMismatch
     );
-    for _ in 0..THRESHOLD + 2 {
-        // Unknown codes never lock: there is nothing to lock.
-        assert_eq!(
-            refusal(l.verify(unknown.code, unknown.wrong, now).await),
-            Refusal::LoginKeyMismatch
-        );
-        assert_eq!(
-            refusal(
-                l.claim(&claim_req(&unknown, "gift-code", "r", "h", now), now)
-                    .await
-            ),
-            Refusal::LoginKeyMismatch
-        );
-        assert_eq!(
-            refusal(l.latest_exchange(unknown.code, unknown.key, now).await),
-            Refusal::LoginKeyMismatch
-        );
-    }
     let v = l.verify(c.code, c.key, now).await.unwrap();
     assert_eq!((v.state, v.latest_exchange), (CodeState::Active, None));
+}
+
+/// Sends THRESHOLD + 1 wrong keys for `tc` by `how` (0 verify, 1 claim,
+/// 2 latest_exchange), the first THRESHOLD - 1 at `at`, `at` + 1, ...;
+/// returns the answers.
+async fn wrong_keys(l: &dyn Ledger, tc: &TestCode, how: u8, at: Timestamp) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    for i in 0..=THRESHOLD {
+        let now = ms(at, i64::from(i));
+        let r = match how {
+            0 => refusal(l.verify(tc.code, tc.wrong, now).await),
+            1 => {
+                let mut req = claim_req(tc, "gift-code", "r", "h", ms(now, 30_000));
+                req.login_key = tc.wrong;
+                refusal(l.claim(&req, now).await)
+            }
+            _ => refusal(l.latest_exchange(tc.code, tc.wrong, now).await),
+        };
+        out.push(r);
+    }
+    out
+}
+
+/// Item 9 of issue 12: a code that does not exist (of a campaign's series,
+/// or of a series no campaign holds) answers wrong keys exactly as a real
+/// code does: LOGIN_KEY_MISMATCH, then LOCKED at the threshold, locked for
+/// the lockout duration, then counting from zero again.
+async fn unknown_code_locks_exactly_like_a_real_one(l: &dyn Ledger) {
+    let w = world(l, "unknown-lock", 3).await;
+    let series = w.campaign.series;
+    let other = Series::from_index(900).unwrap();
+    for (how, start) in [(0u8, 1000), (1, 2000), (2, 3000)] {
+        let at = ms(w.start, start);
+        let until = ms(at, i64::from(THRESHOLD) - 1).plus(LOCKOUT);
+        let mut want = vec![Refusal::LoginKeyMismatch; THRESHOLD as usize - 1];
+        want.extend([Refusal::Locked { until }, Refusal::Locked { until }]);
+        let real = w.codes[usize::from(how)];
+        let unknown = TestCode::new(series, &format!("never-stored-{how}"));
+        let no_campaign = TestCode::new(other, &format!("no-campaign-{how}"));
+        for tc in [real, unknown, no_campaign] {
+            assert_eq!(wrong_keys(l, &tc, how, at).await, want, "{how} {tc:?}");
+            // Locked until `until`, even with the code's own key ...
+            assert_eq!(
+                refusal(l.verify(tc.code, tc.key, ms(until, -1)).await),
+                Refusal::Locked { until },
+                "{how} {tc:?}"
+            );
+            // ... then counting from zero again.
+            assert_eq!(
+                refusal(l.verify(tc.code, tc.wrong, until).await),
+                Refusal::LoginKeyMismatch,
+                "{how} {tc:?}"
+            );
+        }
+        assert_eq!(
+            l.verify(real.code, real.key, until).await.unwrap().state,
+            CodeState::Active
+        );
+    }
+}
+
+/// Lockout entries expire: wrong keys further apart than the lockout
+/// duration never add up to a lock, for a real code or one that does not
+/// exist.
+async fn lockout_entries_expire(l: &dyn Ledger) {
+    let w = world(l, "lock-expiry", 1).await;
+    let real = w.codes[0];
+    let unknown = TestCode::new(w.campaign.series, "never-stored");
+    for tc in [real, unknown] {
+        let mut now = ms(w.start, 1000);
+        for _ in 0..THRESHOLD * 2 {
+            assert_eq!(
+                refusal(l.verify(tc.code, tc.wrong, now).await),
+                Refusal::LoginKeyMismatch
+            );
+            now = now.plus(LOCKOUT);
+        }
+        // Within the duration they do.
+        for _ in 1..THRESHOLD {
+            assert_eq!(
+                refusal(l.verify(tc.code, tc.wrong, now).await),
+                Refusal::LoginKeyMismatch
+            );
+            now = ms(now, 1);
+        }
+        assert_eq!(
+            refusal(l.verify(tc.code, tc.wrong, now).await),
+            Refusal::Locked {
+                until: now.plus(LOCKOUT)
+            }
+        );
+    }
 }
 
 async fn lockout_after_threshold_wrong_keys(l: &dyn Ledger) {
@@ -2441,9 +2516,185 @@ async fn retention_drops_codes_and_exchanges_but_keeps_counts(l: &dyn Ledger) {
         pending.items.iter().all(|x| x.id != xb.id),
         "purged exchange still listed"
     );
-    // The campaign and its counters survive.
-    assert_eq!(l.counts(id, end).await.unwrap(), kept);
+    // The campaign and its counters survive, as history, with the purge
+    // time.
+    let mut history = kept.clone();
+    history.purge_time = Some(end);
+    assert_eq!(l.counts(id, ms(end, 5)).await.unwrap(), history);
     assert!(l.get_campaign(id).await.unwrap().is_some());
+}
+
+/// Issue 12 item 1: a forced ExtendCampaign to a deadline before now (a
+/// one-digit slip in the year) is refused and deletes nothing.
+async fn forced_extend_to_the_past_is_refused_and_deletes_nothing(l: &dyn Ledger) {
+    let w = world(l, "slip", 3).await;
+    let id = &w.campaign.spec.id;
+    let now = ms(w.start, 1000);
+    let until = ms(now, 30_000);
+    let [a, b, c] = [w.codes[0], w.codes[1], w.codes[2]];
+    let xa = claimed(
+        l.claim(&claim_req(&a, "gift-code", "r", "h", until), now)
+            .await,
+    );
+    l.complete(&xa.id, None, now).await.unwrap();
+    let xb = claimed(
+        l.claim(&claim_req(&b, "donation", "r", "h", until), now)
+            .await,
+    );
+    let before = l.counts(id, now).await.unwrap();
+    let year = 365 * 24 * 3600 * 1000;
+    for (to, force) in [
+        (ms(w.deadline, -year), true),
+        (ms(now, -1), true),
+        (ms(w.deadline, -year), false),
+    ] {
+        assert_eq!(
+            refusal(l.extend_campaign(id, to, force, now).await),
+            Refusal::DeadlineInPast,
+            "{to:?} force {force}"
+        );
+    }
+    let t = ms(now, 10);
+    assert_eq!(
+        l.get_campaign(id).await.unwrap().unwrap().spec.expire_time,
+        w.deadline
+    );
+    let sweep = l.sweep(id, t).await.unwrap();
+    assert_eq!(sweep.purged, None);
+    let va = l.verify(a.code, a.key, t).await.unwrap();
+    assert_eq!(va.state, CodeState::Redeemed);
+    assert_eq!(va.latest_exchange.map(|x| x.id), Some(xa.id.clone()));
+    assert_eq!(
+        l.verify(b.code, b.key, t).await.unwrap().state,
+        CodeState::Pending
+    );
+    assert_eq!(
+        l.verify(c.code, c.key, t).await.unwrap().state,
+        CodeState::Active
+    );
+    assert!(l.get_exchange(&xb.id).await.unwrap().is_some());
+    assert_eq!(l.counts(id, t).await.unwrap(), before);
+}
+
+/// A forced earlier deadline that is still ahead keeps every code and
+/// exchange, and moving it back undoes it.
+async fn forced_earlier_deadline_keeps_everything_and_is_reversible(l: &dyn Ledger) {
+    let w = world(l, "earlier", 2).await;
+    let id = &w.campaign.spec.id;
+    let now = ms(w.start, 1000);
+    let [a, c] = [w.codes[0], w.codes[1]];
+    let xa = claimed(
+        l.claim(&claim_req(&a, "gift-code", "r", "h", ms(now, 30_000)), now)
+            .await,
+    );
+    l.complete(&xa.id, None, now).await.unwrap();
+    let before = l.counts(id, now).await.unwrap();
+    let soon = ms(now, 1000);
+    l.extend_campaign(id, soon, true, now).await.unwrap();
+    let t = ms(soon, 1);
+    assert_eq!(
+        l.verify(c.code, c.key, t).await.unwrap().state,
+        CodeState::Expired
+    );
+    assert_eq!(l.sweep(id, t).await.unwrap().expired, 1);
+    assert_eq!(l.sweep(id, t).await.unwrap().purged, None);
+    l.extend_campaign(id, w.deadline, false, ms(t, 1))
+        .await
+        .unwrap();
+    let t = ms(t, 2);
+    assert_eq!(
+        l.verify(c.code, c.key, t).await.unwrap().state,
+        CodeState::Active
+    );
+    let va = l.verify(a.code, a.key, t).await.unwrap();
+    assert_eq!(
+        (va.state, va.latest_exchange.map(|x| x.id)),
+        (CodeState::Redeemed, Some(xa.id.clone()))
+    );
+    assert_eq!(l.counts(id, t).await.unwrap(), before);
+}
+
+/// The purge happens only in the sweep, only once deadline + retention has
+/// passed by the ledger's clock; after it (and from the end of retention
+/// on) the deadline no longer moves.
+async fn purge_only_by_the_sweep_after_retention_then_no_extend(l: &dyn Ledger) {
+    let w = world(l, "purge", 2).await;
+    let id = &w.campaign.spec.id;
+    let now = ms(w.start, 1000);
+    let a = w.codes[0];
+    let xa = claimed(
+        l.claim(&claim_req(&a, "gift-code", "r", "h", ms(now, 30_000)), now)
+            .await,
+    );
+    l.complete(&xa.id, None, now).await.unwrap();
+    let end = w.deadline.plus(RETENTION);
+    let s = l.sweep(id, ms(end, -1)).await.unwrap();
+    assert_eq!((s.purged, s.purge_due), (None, end));
+    assert_eq!(
+        l.verify(a.code, a.key, ms(end, -1)).await.unwrap().state,
+        CodeState::Redeemed
+    );
+    // At the end of retention, before the sweep: the code reads as gone,
+    // nothing is deleted yet, and the deadline no longer moves.
+    assert_eq!(
+        refusal(l.verify(a.code, a.key, end).await),
+        Refusal::LoginKeyMismatch
+    );
+    assert_eq!(
+        refusal(l.complete(&xa.id, None, end).await),
+        Refusal::ExchangeNotFound
+    );
+    assert_eq!(l.counts(id, end).await.unwrap().purge_time, None);
+    let later = w.deadline.plus(RETENTION).plus(RETENTION);
+    assert_eq!(
+        refusal(l.extend_campaign(id, later, false, end).await),
+        Refusal::CampaignPurged
+    );
+    // The sweep purges.
+    let s = l.sweep(id, ms(end, 7)).await.unwrap();
+    assert_eq!(s.purged, Some(ms(end, 7)));
+    assert_eq!(l.get_exchange(&xa.id).await.unwrap(), None);
+    assert_eq!(
+        l.counts(id, ms(end, 8)).await.unwrap().purge_time,
+        Some(ms(end, 7))
+    );
+    // A repeat answers the first purge; the deadline stays put.
+    assert_eq!(
+        l.sweep(id, ms(end, 9)).await.unwrap().purged,
+        Some(ms(end, 7))
+    );
+    assert_eq!(
+        refusal(l.extend_campaign(id, later, true, ms(end, 10)).await),
+        Refusal::CampaignPurged
+    );
+}
+
+/// A sweep at a time past the *old* deadline's retention does not purge a
+/// campaign whose deadline was extended meanwhile.
+async fn a_sweep_past_the_old_retention_spares_an_extended_campaign(l: &dyn Ledger) {
+    let w = world(l, "extended", 2).await;
+    let id = &w.campaign.spec.id;
+    let now = ms(w.start, 1000);
+    let a = w.codes[0];
+    let xa = claimed(
+        l.claim(&claim_req(&a, "gift-code", "r", "h", ms(now, 30_000)), now)
+            .await,
+    );
+    l.complete(&xa.id, None, now).await.unwrap();
+    let new_deadline = w.deadline.plus(RETENTION).plus(RETENTION);
+    l.extend_campaign(id, new_deadline, false, now)
+        .await
+        .unwrap();
+    let old_end = w.deadline.plus(RETENTION);
+    let s = l.sweep(id, old_end).await.unwrap();
+    assert_eq!(s.purged, None);
+    assert_eq!(s.purge_due, new_deadline.plus(RETENTION));
+    let va = l.verify(a.code, a.key, old_end).await.unwrap();
+    assert_eq!(
+        (va.state, va.latest_exchange.map(|x| x.id)),
+        (CodeState::Redeemed, Some(xa.id.clone()))
+    );
+    assert_eq!(l.counts(id, old_end).await.unwrap().purge_time, None);
 }
 
 // ----------------------------------------------------- model-based property
@@ -2526,12 +2777,19 @@ enum MStored {
     Expired,
 }
 
+/// A lockout entry as the ledgers keep it: counts until `expires`.
+#[derive(Clone, Copy, Debug)]
+struct MLock {
+    fails: u32,
+    until: Timestamp,
+    expires: Timestamp,
+}
+
 struct MCode {
     tc: TestCode,
     batch: usize,
     stored: MStored,
-    failures: u32,
-    locked_until: Option<Timestamp>,
+    lock: Option<MLock>,
     exchanges: Vec<usize>,
     requests: HashMap<u8, (usize, usize)>,
 }
@@ -2556,6 +2814,8 @@ struct Model {
     codes: Vec<MCode>,
     exchanges: Vec<MExchange>,
     stored_labels: usize,
+    /// The lockout entry of the code that was never stored.
+    unknown_lock: Option<MLock>,
 }
 
 impl Model {
@@ -2591,29 +2851,41 @@ impl Model {
         k
     }
 
-    /// The login check; Ok(()) when the key is right.
+    /// The login check; Ok(()) when the key is right. The code that was
+    /// never stored counts wrong keys (every key is wrong for it) exactly
+    /// like a stored one; entries count until they expire.
     fn authenticate(&mut self, i: usize, right: bool) -> Result<(), Refusal> {
         let now = self.now;
-        let Some(c) = self.codes.get_mut(i) else {
-            return Err(Refusal::LoginKeyMismatch);
+        let exists = i < self.codes.len();
+        let slot = match self.codes.get_mut(i) {
+            Some(c) => &mut c.lock,
+            None => &mut self.unknown_lock,
         };
-        if let Some(until) = c.locked_until {
-            if until > now {
-                return Err(Refusal::Locked { until });
-            }
-            c.locked_until = None;
-        }
-        if right {
-            c.failures = 0;
-            return Ok(());
-        }
-        c.failures += 1;
-        if c.failures >= THRESHOLD {
-            c.failures = 0;
-            let until = now.plus(LOCKOUT);
-            c.locked_until = Some(until);
+        let (fails, until) = slot
+            .filter(|e| e.expires > now)
+            .map_or((0, Timestamp(0)), |e| (e.fails, e.until));
+        if until > now {
             return Err(Refusal::Locked { until });
         }
+        if exists && right {
+            *slot = None;
+            return Ok(());
+        }
+        let fails = fails + 1;
+        if fails >= THRESHOLD {
+            let until = now.plus(LOCKOUT);
+            *slot = Some(MLock {
+                fails: 0,
+                until,
+                expires: until,
+            });
+            return Err(Refusal::Locked { until });
+        }
+        *slot = Some(MLock {
+            fails,
+            until: Timestamp(0),
+            expires: now.plus(LOCKOUT),
+        });
         Err(Refusal::LoginKeyMismatch)
     }
 }
@@ -2643,6 +2915,7 @@ async fn run_model(l: &dyn Ledger, ops: &[Op]) -> Result<(), TestCaseError> {
         codes: Vec::new(),
         exchanges: Vec::new(),
         stored_labels: 0,
+        unknown_lock: None,
     };
     let campaign = l
         .create_campaign(&spec("model", m.deadline), None, start)
@@ -2712,8 +2985,7 @@ async fn run_model(l: &dyn Ledger, ops: &[Op]) -> Result<(), TestCaseError> {
                         tc,
                         batch,
                         stored: MStored::Active,
-                        failures: 0,
-                        locked_until: None,
+                        lock: None,
                         exchanges: Vec::new(),
                         requests: HashMap::new(),
                     });
@@ -2991,6 +3263,8 @@ macro_rules! suite {
             void_batch_voids_unredeemed_codes_and_is_idempotent,
             void_after_sweep_reads_void,
             unknown_code_and_wrong_key_get_the_same_refusal,
+            unknown_code_locks_exactly_like_a_real_one,
+            lockout_entries_expire,
             lockout_after_threshold_wrong_keys,
             claim_opens_a_pending_exchange,
             claim_refusals,
@@ -3009,6 +3283,10 @@ macro_rules! suite {
             singleton_leases,
             state_changes_leave_events_without_secrets,
             retention_drops_codes_and_exchanges_but_keeps_counts,
+            forced_extend_to_the_past_is_refused_and_deletes_nothing,
+            forced_earlier_deadline_keeps_everything_and_is_reversible,
+            purge_only_by_the_sweep_after_retention_then_no_extend,
+            a_sweep_past_the_old_retention_spares_an_extended_campaign,
             list_preferences_lists_each_codes_latest_exchange_with_a_preference,
             list_preferences_skips_nothing_when_exchanges_change_between_pages,
             list_preferences_lists_nothing_past_retention,

@@ -279,9 +279,13 @@ async fn extend_campaign_moves_deadline_for_every_code_and_refuses_earlier() {
             .await
             .unwrap(),
     );
-    // Forced earlier.
+    // Forced earlier: not before now (nothing may vanish), down to now.
+    assert_eq!(
+        refusal(l.extend_campaign(&c.spec.id, DEADLINE, true, after).await),
+        Refusal::DeadlineInPast
+    );
     let f = l
-        .extend_campaign(&c.spec.id, DEADLINE, true, after)
+        .extend_campaign(&c.spec.id, after, true, after)
         .await
         .unwrap();
     assert_eq!(f.version, 3);
@@ -1503,4 +1507,98 @@ async fn a_claims_redis_work_does_not_grow_with_the_codes_history() {
         repeat <= fresh,
         "fresh {fresh}, repeated at the cap {repeat}"
     );
+}
+
+/// Issue 12 item 9: a wrong key for a code that does not exist does the
+/// same write as one for a real code (a lockout entry), and every lockout
+/// entry is a key of its own that Redis drops after the lockout duration
+/// (no hash that grows with guesses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_entries_are_written_alike_and_expire_in_redis() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = fx.campaign("leak").await;
+    let codes = fx.issue(&c, "b1", 1).await;
+    let stranger = Printed {
+        code: Code::generate(c.series).unwrap(),
+        key: LoginKey::generate().unwrap(),
+    };
+    let no_campaign = Printed {
+        code: Code::generate(Series::from_index(999).unwrap()).unwrap(),
+        key: LoginKey::generate().unwrap(),
+    };
+    let mut conn = fx.server.connection();
+    let duration = i64::try_from(config().lockout_duration.as_millis()).unwrap();
+    for p in [&codes[0], &stranger, &no_campaign] {
+        let (bucket, field) = code_slot(&fx, p);
+        let key = format!(
+            "{{b{bucket}}}:l:{}:{}",
+            p.code.series().index(),
+            hex::encode(&field)
+        );
+        assert_eq!(
+            refusal(l.verify(fx.code_ref(p), Digest([9; 32]), T0).await),
+            Refusal::LoginKeyMismatch
+        );
+        let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+        assert!(
+            pttl > 0 && pttl <= duration,
+            "{key}: PTTL {pttl}, lockout {duration} ms"
+        );
+    }
+    let keys: Vec<String> = redis::cmd("KEYS").arg("{b*}:l*").query(&mut conn).unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+}
+
+/// A purge step run with a stale campaign version (a sweeper that read the
+/// campaign before its deadline moved) leaves a bucket whose deadline copy
+/// is newer alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_bucket_spares_a_bucket_with_a_newer_deadline_copy() {
+    let fx = setup().await;
+    let l = &fx.ledger;
+    let c = fx.campaign("leak").await;
+    let s = c.series.index();
+    let codes = fx.issue(&c, "b1", 1).await;
+    let later = DEADLINE.plus(Duration::from_secs(86_400));
+    let e = l
+        .extend_campaign(&c.spec.id, later, false, T0)
+        .await
+        .unwrap();
+    assert_eq!(e.version, 2);
+    let (bucket, _) = code_slot(&fx, &codes[0]);
+    let k = |t: &str| format!("{{b{bucket}}}:{t}:{s}");
+    let source = script_catalog()
+        .into_iter()
+        .find(|(f, _, _)| *f == "purge_bucket-6.lua")
+        .unwrap()
+        .2;
+    let mut conn = fx.server.connection();
+    let run = |conn: &mut redis::Connection, version: u64| -> Vec<i64> {
+        redis::cmd("EVAL")
+            .arg(source)
+            .arg(6)
+            .arg(k("m"))
+            .arg(format!("{{b{bucket}}}:e"))
+            .arg(k("c"))
+            .arg(k("x"))
+            .arg(format!("{{b{bucket}}}:p"))
+            .arg(k("f"))
+            .arg(T0.0)
+            .arg(version)
+            .arg(0)
+            .arg(hex::encode(s.to_be_bytes()))
+            .query(conn)
+            .unwrap()
+    };
+    assert_eq!(run(&mut conn, 1), vec![0, 0]);
+    let exists: i64 = redis::cmd("EXISTS").arg(k("c")).query(&mut conn).unwrap();
+    assert_eq!(exists, 1, "a stale purge deleted the codes");
+    l.verify(fx.code_ref(&codes[0]), fx.new_code(&codes[0]).login_key, T0)
+        .await
+        .unwrap();
+    // At the bucket's own version it purges.
+    assert_eq!(run(&mut conn, 2), vec![0, 1]);
+    let exists: i64 = redis::cmd("EXISTS").arg(k("c")).query(&mut conn).unwrap();
+    assert_eq!(exists, 0);
 }

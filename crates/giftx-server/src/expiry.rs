@@ -51,10 +51,18 @@ impl ExpiryApi {
                 .map_err(|e| v.push(e))
                 .ok(),
         };
-        let (Some(id), Some(t)) = (id, t) else {
+        let now = self.state.now();
+        // A deadline change never deletes: force may move the deadline
+        // earlier, but not before now (the ledger checks it too).
+        if req.force && t.is_some_and(|t| t < now) {
+            v.push(FieldViolation::new(
+                "expire_time",
+                "must not be before now when force moves the deadline earlier",
+            ));
+        }
+        let (Some(id), Some(t), true) = (id, t, v.is_empty()) else {
             return Err(v.into());
         };
-        let now = self.state.now();
         let bulk = crate::telemetry::bulk_span("extend_campaign");
         let c = self
             .state

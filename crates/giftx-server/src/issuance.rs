@@ -279,6 +279,7 @@ impl IssuanceApi {
             by_option,
             breakage: Some(money_to_proto(face.times(counts.expired))),
             read_time: Some(timestamp_to_proto(now)),
+            purge_time: counts.purge_time.map(timestamp_to_proto),
         })
     }
 

@@ -75,6 +75,16 @@ impl From<Refusal> for ApiError {
                 "expire_time",
                 "is earlier than the campaign's current deadline; set force to move it earlier",
             ),
+            Refusal::DeadlineInPast => DomainError::invalid(
+                "expire_time",
+                "must not be before now when it moves the deadline earlier (force or not): a deadline change never deletes codes",
+            ),
+            Refusal::CampaignPurged => {
+                return ApiError::Precondition {
+                    reason: "CAMPAIGN_PURGED",
+                    message: "the campaign is past its deadline + retention: its codes and exchanges are (being) deleted, and its deadline no longer moves".into(),
+                };
+            }
             Refusal::BatchNotFound => DomainError::BatchNotFound,
             Refusal::BatchExists => DomainError::BatchAlreadyExists,
             Refusal::CampaignExpired => DomainError::CampaignExpired,
@@ -276,6 +286,8 @@ mod tests {
             Refusal::CampaignExists,
             Refusal::SeriesExhausted,
             Refusal::DeadlineEarlier,
+            Refusal::DeadlineInPast,
+            Refusal::CampaignPurged,
             Refusal::BatchNotFound,
             Refusal::BatchExists,
             Refusal::BatchClosed,

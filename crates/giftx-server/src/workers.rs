@@ -66,8 +66,10 @@ pub struct Workers {
     settings: WorkerSettings,
     holder: String,
     stats: watch::Sender<WorkerStats>,
-    /// Campaign versions already swept after their deadline.
-    swept: HashMap<CampaignId, u64>,
+    /// Campaign versions already swept after their deadline, with when
+    /// the next sweep of that version has work (the purge, at deadline +
+    /// retention; None once purged).
+    swept: HashMap<CampaignId, (u64, Option<giftx_core::Timestamp>)>,
 }
 
 impl Workers {
@@ -177,7 +179,15 @@ impl Workers {
             let page = self.ledger.list_campaigns(cursor.as_deref(), 200).await?;
             for c in page.items {
                 let now = self.clock.now();
-                if c.spec.expire_time > now || self.swept.get(&c.spec.id) == Some(&c.version) {
+                if c.spec.expire_time > now {
+                    continue;
+                }
+                // Swept at this version: nothing to do again until the
+                // purge is due (the ledger says when), nor after it.
+                if let Some(&(v, next)) = self.swept.get(&c.spec.id)
+                    && v == c.version
+                    && next.is_none_or(|due| now < due)
+                {
                     continue;
                 }
                 if !self.still_holding(valid_until).await {
@@ -191,9 +201,13 @@ impl Workers {
                 .await?;
                 bulk.record("giftx.buckets", out.buckets);
                 bulk.record("giftx.codes", out.expired);
-                self.swept.insert(c.spec.id.clone(), c.version);
+                let next = out.purged.is_none().then_some(out.purge_due);
+                self.swept.insert(c.spec.id.clone(), (c.version, next));
                 if out.expired > 0 {
                     info!(campaign = %c.spec.id, expired = out.expired, "swept expired codes");
+                }
+                if let Some(at) = out.purged {
+                    info!(campaign = %c.spec.id, purge_time = at.millis(), "campaign purged past its retention");
                 }
                 self.stats.send_modify(|s| s.swept += out.expired);
             }

@@ -10,11 +10,12 @@
 -- (decoded), or nil when there is none; and the bucket meta fields 'dl',
 -- 'ver' followed by the fields named by extra(record) (a function; optional),
 -- read in one HMGET, so callers get the counters they change for free.
--- Past deadline + retention (by
--- ARGV[1]; deadline = the newer of dl/ver and the bucket's copy) the
--- campaign's codes and exchanges in this bucket are gone: they are deleted
--- here (with their PENDING entries; event trimmed at `trim`) and this
--- answers nil.
+-- Past deadline + retention (by ARGV[1]; deadline = the newer of dl/ver and
+-- the bucket's copy) this answers nil, as for an exchange that does not
+-- exist, and changes nothing: deleting is the purge step's alone
+-- (purge_bucket, after purge_campaign marked the campaign), never a side
+-- effect of a deadline a caller happens to hold. (id and trim are unused
+-- since; kept so the callers' arguments stay as they are.)
 local function exchange_record(id, trim, known_dl, known_ver, retention, extra)
   local raw = redis.call('HGET', KEYS[2], ARGV[2])
   if not raw then return nil end
@@ -27,20 +28,7 @@ local function exchange_record(id, trim, known_dl, known_ver, retention, extra)
   end
   local dl = tonumber(known_dl)
   if m[2] and tonumber(m[2]) >= tonumber(known_ver) then dl = tonumber(m[1]) end
-  if tonumber(ARGV[1]) >= dl + tonumber(retention) then
-    local series = string.sub(id, 1, 4)
-    local stale = {}
-    for _, pid in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-      if string.sub(pid, 1, 4) == series then stale[#stale + 1] = pid end
-    end
-    redis.call('DEL', KEYS[1], KEYS[2])
-    for i = 1, #stale, 1000 do
-      redis.call('ZREM', KEYS[4], unpack(stale, i, math.min(i + 999, #stale)))
-    end
-    redis.call('XADD', KEYS[5], 'MINID', '~', trim, '*', 'k', 'campaign.purged', 't', ARGV[1],
-      'series', string.match(KEYS[1], ':c:(%d+)$'))
-    return nil
-  end
+  if tonumber(ARGV[1]) >= dl + tonumber(retention) then return nil end
   return x, m
 end
 

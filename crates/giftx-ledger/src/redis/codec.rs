@@ -150,6 +150,8 @@ pub(crate) struct CampaignInfo {
     pub(crate) voided: String,
     /// A deadline push not known to be finished.
     pub(crate) push: Option<u64>,
+    /// Marked purged by `purge_campaign`: when, and at which version.
+    pub(crate) purged: Option<(Timestamp, u64)>,
 }
 
 pub(crate) fn campaign(h: &HashMap<String, Vec<u8>>) -> Result<CampaignInfo, LedgerError> {
@@ -195,5 +197,12 @@ pub(crate) fn campaign(h: &HashMap<String, Vec<u8>>) -> Result<CampaignInfo, Led
         push: h
             .get("push")
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
+        purged: match (h.get("pg"), h.get("pv")) {
+            (Some(_), Some(_)) => Some((
+                Timestamp(n("pg")?),
+                u64::try_from(n("pv")?).map_err(internal)?,
+            )),
+            _ => None,
+        },
     })
 }

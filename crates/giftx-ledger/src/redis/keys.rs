@@ -77,9 +77,6 @@ impl BucketKeys {
     pub(crate) fn preferences(&self) -> String {
         preferences(self.bucket, self.series)
     }
-    pub(crate) fn lockout(&self) -> String {
-        lockout(self.bucket)
-    }
     pub(crate) fn pending(&self) -> String {
         pending(self.bucket)
     }
@@ -88,8 +85,11 @@ impl BucketKeys {
     }
 }
 
-pub(crate) fn lockout(bucket: u16) -> String {
-    format!("{{b{bucket}}}:l")
+/// A code's lockout entry (a string `fails:until:expires` with a PX
+/// ending at `expires`; see `claim_code`), one key per series and code
+/// field, so entries of codes that do not exist expire on their own.
+pub(crate) fn lockout(bucket: u16, series: Series, field: &[u8]) -> String {
+    format!("{{b{bucket}}}:l:{}:{}", series.index(), hex::encode(field))
 }
 pub(crate) fn pending(bucket: u16) -> String {
     format!("{{b{bucket}}}:p")

@@ -11,9 +11,12 @@
 //!   once there is one) and a meta hash (`m`: deadline copy + version,
 //!   voided batch flags, swept flag, counters, `tv`: the version the TTLs
 //!   were last moved for, `xt`: the deadline `x` got its TTL under); per
-//!   bucket a lockout hash (`l`), a ZSET of PENDING exchanges (`p`) and an
-//!   outbox stream (`e`). `c`, `x` and `f` expire together at deadline +
-//!   retention. Any script that meets a newer campaign version may sync
+//!   bucket a ZSET of PENDING exchanges (`p`) and an outbox stream (`e`),
+//!   and per code met with a wrong login key (existing or not) a lockout
+//!   key (`l:<series>:<field hex>`, expiring with the lockout). `c`, `x`
+//!   and `f` expire together at deadline + retention (a backstop: the
+//!   sweep's purge, `purge_campaign` then `purge_bucket`, is what deletes;
+//!   nothing else does, and past retention codes read as absent). Any script that meets a newer campaign version may sync
 //!   the deadline copy, but only `push_deadline` moves the TTLs (and
 //!   writes `tv`), so a bucket synced early still gets them moved.
 //!
@@ -977,6 +980,106 @@ impl RedisLedger {
         Ok(items.into_iter().flatten().collect())
     }
 
+    /// Runs `verify_code` for `code`; `info` None (a series no campaign
+    /// holds) runs it all the same, with no deadline, so such a code takes
+    /// the path of a wrong key: the same script, the same lockout count.
+    async fn run_verify(
+        &self,
+        code: CodeRef,
+        login_key: Digest,
+        info: Option<&CampaignInfo>,
+        now: Timestamp,
+    ) -> Result<(Rc, Vec<Value>), LedgerError> {
+        let slot = Slot::of(&code.digest);
+        let k = BucketKeys::new(slot.bucket, code.series);
+        let lk = keys::lockout(slot.bucket, code.series, &slot.field);
+        let (ck, xk, mk, ek) = (k.codes(), k.exchanges(), k.meta(), k.events());
+        let (dl, ver, voided) = match info {
+            Some(i) => (
+                i.campaign.spec.expire_time.0,
+                i.campaign.version,
+                i.voided.as_str(),
+            ),
+            None => (0, 0, ","),
+        };
+        let trim = self.trim();
+        self.run(
+            &SCRIPTS.verify_code,
+            Some(slot.bucket),
+            &[&ck, &xk, &mk, &lk, &ek],
+            |i| {
+                i.arg(now.0)
+                    .arg(&slot.field[..])
+                    .arg(&login_key.0[..8])
+                    .arg(dl)
+                    .arg(ver)
+                    .arg(voided)
+                    .arg(self.config.lockout_threshold)
+                    .arg(ms(self.config.lockout_duration))
+                    .arg(trim)
+                    .arg(self.retention());
+            },
+        )
+        .await
+    }
+
+    /// The purge: marks the campaign purged in `{g}` (only once its
+    /// deadline + retention has passed by `now`, checked there, atomically
+    /// with the deadline it reads), then deletes every bucket's codes and
+    /// exchanges of it. Returns the purge time, None when not due.
+    async fn purge(
+        &self,
+        c: &giftx_core::model::Campaign,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, LedgerError> {
+        let trim = self.trim();
+        let (rc, v) = self
+            .run(
+                &SCRIPTS.purge_campaign,
+                None,
+                &[&global::campaign(&c.spec.id), global::EVENTS],
+                |i| {
+                    i.arg(now.0).arg(self.retention()).arg(trim);
+                },
+            )
+            .await?;
+        if rc != Rc::Ok {
+            return Err(refused(rc, &v));
+        }
+        let [_, ver, at] = v.as_slice() else {
+            return Err(internal("purge_campaign reply is not {0, version, time}"));
+        };
+        let (ver, at) = (int(ver)?, int(at)?);
+        if at == 0 {
+            return Ok(None);
+        }
+        self.forget_cache();
+        let prefix = &hex::encode(c.series.index().to_be_bytes());
+        self.each_bucket(|b| async move {
+            let k = BucketKeys::new(b, c.series);
+            let (mk, ek, ck, xk, pk, fk) = (
+                k.meta(),
+                k.events(),
+                k.codes(),
+                k.exchanges(),
+                k.pending(),
+                k.preferences(),
+            );
+            self.run(
+                &SCRIPTS.purge_bucket,
+                Some(b),
+                &[&mk, &ek, &ck, &xk, &pk, &fk],
+                |i| {
+                    i.arg(now.0).arg(ver).arg(trim).arg(prefix.as_str());
+                },
+            )
+            .await
+            .map(|_| ())
+        })
+        .await?;
+        Ok(Some(Timestamp(at)))
+    }
+
     fn loc(id: &ExchangeId) -> Result<ExchangeLoc, LedgerError> {
         ExchangeLoc::parse(id).ok_or(LedgerError::Refused(Refusal::ExchangeNotFound))
     }
@@ -1126,7 +1229,8 @@ impl Ledger for RedisLedger {
                     i.arg(expire_time.0)
                         .arg(if force { "1" } else { "0" })
                         .arg(now.0)
-                        .arg(trim);
+                        .arg(trim)
+                        .arg(self.retention());
                 },
             )
             .await?;
@@ -1359,31 +1463,9 @@ impl Ledger for RedisLedger {
         login_key: Digest,
         now: Timestamp,
     ) -> Result<CodeView, LedgerError> {
-        let Some(info) = self.info_by_series(code.series).await? else {
-            return Err(Refusal::LoginKeyMismatch.into());
-        };
-        let slot = Slot::of(&code.digest);
-        let k = BucketKeys::new(slot.bucket, code.series);
-        let (ck, xk, mk, lk, ek) = (k.codes(), k.exchanges(), k.meta(), k.lockout(), k.events());
-        let trim = self.trim();
+        let info = self.info_by_series(code.series).await?;
         let (rc, v) = self
-            .run(
-                &SCRIPTS.verify_code,
-                Some(slot.bucket),
-                &[&ck, &xk, &mk, &lk, &ek],
-                |i| {
-                    i.arg(now.0)
-                        .arg(&slot.field[..])
-                        .arg(&login_key.0[..8])
-                        .arg(info.campaign.spec.expire_time.0)
-                        .arg(info.campaign.version)
-                        .arg(&info.voided)
-                        .arg(self.config.lockout_threshold)
-                        .arg(ms(self.config.lockout_duration))
-                        .arg(trim)
-                        .arg(self.retention());
-                },
-            )
+            .run_verify(code, login_key, info.as_deref(), now)
             .await?;
         if rc != Rc::Ok {
             return Err(refused(rc, &v));
@@ -1416,15 +1498,21 @@ impl Ledger for RedisLedger {
     async fn claim(&self, req: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome, LedgerError> {
         let series = req.code.series;
         let Some(info) = self.info_by_series(series).await? else {
-            return Err(Refusal::LoginKeyMismatch.into());
+            // No campaign holds the series: the same path as a wrong key
+            // (the verify script finds no code, counts towards lockout).
+            let (rc, v) = self.run_verify(req.code, req.login_key, None, now).await?;
+            return Err(match rc {
+                Rc::Ok => internal("a code of a series no campaign holds"),
+                rc => refused(rc, &v),
+            });
         };
         let slot = Slot::of(&req.code.digest);
         let k = BucketKeys::new(slot.bucket, series);
-        let (ck, xk, mk, lk, pk, ek, fk) = (
+        let lk = keys::lockout(slot.bucket, series, &slot.field);
+        let (ck, xk, mk, pk, ek, fk) = (
             k.codes(),
             k.exchanges(),
             k.meta(),
-            k.lockout(),
             k.pending(),
             k.events(),
             k.preferences(),
@@ -1636,50 +1724,44 @@ impl Ledger for RedisLedger {
             .load_campaign(campaign)
             .await?
             .ok_or(LedgerError::Refused(Refusal::CampaignNotFound))?;
+        let purge_due = info.campaign.spec.expire_time.plus(self.config.retention);
         if now < info.campaign.spec.expire_time {
             return Ok(SweepOutcome {
                 expired: 0,
                 buckets: 0,
+                purged: None,
+                purge_due,
             });
         }
         let trim = self.trim();
-        let retention = self.retention();
         let c = &info.campaign;
         let voided = &info.voided;
-        let prefix = &hex::encode(c.series.index().to_be_bytes());
         let counts = self
             .each_bucket(|b| async move {
                 let k = BucketKeys::new(b, c.series);
-                let (mk, ek, ck, xk, pk, fk) = (
-                    k.meta(),
-                    k.events(),
-                    k.codes(),
-                    k.exchanges(),
-                    k.pending(),
-                    k.preferences(),
-                );
+                let (mk, ek) = (k.meta(), k.events());
                 let (_, v) = self
-                    .run(
-                        &SCRIPTS.sweep_expired,
-                        Some(b),
-                        &[&mk, &ek, &ck, &xk, &pk, &fk],
-                        |i| {
-                            i.arg(now.0)
-                                .arg(c.spec.expire_time.0)
-                                .arg(c.version)
-                                .arg(voided)
-                                .arg(trim)
-                                .arg(retention)
-                                .arg(prefix.as_str());
-                        },
-                    )
+                    .run(&SCRIPTS.sweep_expired, Some(b), &[&mk, &ek], |i| {
+                        i.arg(now.0)
+                            .arg(c.spec.expire_time.0)
+                            .arg(c.version)
+                            .arg(voided)
+                            .arg(trim);
+                    })
                     .await?;
                 int(v.get(1).ok_or_else(|| internal("short sweep reply"))?)
             })
             .await?;
+        let purged = if now >= purge_due || info.purged.is_some() {
+            self.purge(c, now).await?
+        } else {
+            None
+        };
         Ok(SweepOutcome {
             expired: counts.iter().sum(),
             buckets: u64::from(BUCKETS),
+            purged,
+            purge_due,
         })
     }
 
@@ -1701,7 +1783,10 @@ impl Ledger for RedisLedger {
             })
             .collect();
         let expired_now = now >= c.spec.expire_time;
-        let mut out = CampaignCounts::default();
+        let mut out = CampaignCounts {
+            purge_time: info.purged.map(|(t, _)| t),
+            ..CampaignCounts::default()
+        };
         let mut opt: HashMap<String, (i64, i64)> = HashMap::new();
         for v in self.pipelined(cmds).await? {
             let m: HashMap<String, String> =

@@ -166,7 +166,9 @@ scripts! {
     release_exchange => "release_exchange-5.lua" after "lib/exchange_record.lua",
     push_deadline => "push_deadline-4.lua",
     void_bucket => "void_bucket-2.lua",
-    sweep_expired => "sweep_expired-6.lua",
+    sweep_expired => "sweep_expired-2.lua",
+    purge_campaign => "purge_campaign-2.lua",
+    purge_bucket => "purge_bucket-6.lua",
 }
 
 /// What a script answered: the first element of every reply. The scripts'
@@ -194,6 +196,8 @@ pub(crate) enum Rc {
     ExchangeFinished = 18,
     Leased = 19,
     TooManyAttempts = 20,
+    DeadlineInPast = 30,
+    CampaignPurged = 31,
 }
 
 impl Rc {
@@ -221,6 +225,8 @@ impl Rc {
             18 => ExchangeFinished,
             19 => Leased,
             20 => TooManyAttempts,
+            30 => DeadlineInPast,
+            31 => CampaignPurged,
             n => {
                 return Err(LedgerError::Internal(format!(
                     "unknown script return code {n}"
@@ -253,6 +259,8 @@ impl Rc {
             ExchangeFinished => Refusal::ExchangeFinished,
             Leased => Refusal::Leased,
             TooManyAttempts => Refusal::TooManyAttempts,
+            DeadlineInPast => Refusal::DeadlineInPast,
+            CampaignPurged => Refusal::CampaignPurged,
         })
     }
 }
@@ -335,7 +343,7 @@ mod tests {
         }
         assert_eq!(seen, READ_ONLY.len(), "a READ_ONLY name matches no script");
         // And a writer is caught: verify_code counts wrong keys.
-        assert!(commands(SCRIPTS.verify_code.source).contains(&"HSET".to_owned()));
+        assert!(commands(SCRIPTS.verify_code.source).contains(&"SET".to_owned()));
         assert_eq!(
             SCRIPTS.verify_code.rerun(),
             crate::redis::conn::Rerun::IfUnsent
