@@ -31,8 +31,8 @@ pub const MAX_RESOURCE_NAME: usize = 256;
 pub const MAX_OPTIONS: usize = 32;
 /// Largest face value, in minor units.
 pub const MAX_FACE_VALUE: i64 = 1_000_000_000_000;
-/// Most codes one IssueCodes call may ask for.
-pub const MAX_ISSUE_COUNT: i64 = 10_000_000;
+/// Most codes one IssueCodes call may ask for (shared with giftctl).
+pub use giftx_core::model::MAX_ISSUE_COUNT;
 /// Earliest timestamp accepted (0001-01-01T00:00:00Z), in seconds.
 const MIN_SECONDS: i64 = -62_135_596_800;
 /// Latest timestamp accepted (9999-12-31T23:59:59Z), in seconds.
