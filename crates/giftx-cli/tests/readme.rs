@@ -90,8 +90,14 @@ fn the_readme_first_screen_says_the_rust_version_and_what_to_run_next() {
         .split_once("cargo run --release --bin giftxd")
         .expect("first command")
         .1;
-    let next = after_first.split("\n\n").nth(1).expect("a paragraph under it");
-    assert!(next.contains("giftctl -- demo") && next.contains("another terminal"), "{next}");
+    let next = after_first
+        .split("\n\n")
+        .nth(1)
+        .expect("a paragraph under it");
+    assert!(
+        next.contains("giftctl -- demo") && next.contains("another terminal"),
+        "{next}"
+    );
 }
 
 #[test]
