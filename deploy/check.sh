@@ -32,7 +32,7 @@ promtool test rules prometheus/alerts.test.yaml
 echo "== kubernetes-validate --strict"
 # kustomization.yaml has no Kubernetes schema (it is kustomize's own file).
 manifests=()
-for f in kubernetes/*.yaml; do
+for f in kubernetes/*.yaml kubernetes-demo/*.yaml; do
   [ "$(basename "$f")" = kustomization.yaml ] || manifests+=("$f")
 done
 "$venv/bin/kubernetes-validate" --strict --quiet "${manifests[@]}"

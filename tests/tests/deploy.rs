@@ -456,6 +456,10 @@ fn kustomization_lists_every_manifest_and_no_secret() {
     }
     let mut files = Vec::new();
     files_under(&dir, &mut files);
+    assert!(
+        files.iter().all(|f| f.parent() == Some(dir.as_path())),
+        "the base holds no sub-directories (kustomize refuses an overlay nested in its base)"
+    );
     for f in files.iter().filter(|f| ext(f) == "yaml") {
         let name = f
             .file_name()
@@ -744,7 +748,11 @@ fn alert_rules_have_runbooks_and_ignore_client_codes() {
             "{name}: severity {severity}"
         );
         s(&rule["annotations"], "summary");
-        let runbook = s(&rule["annotations"], "runbook");
+        assert!(
+            rule["annotations"].get("runbook").is_none(),
+            "{name}: the annotation is runbook_url (what Alertmanager and Grafana look for)"
+        );
+        let runbook = s(&rule["annotations"], "runbook_url");
         let (doc, frag) = runbook
             .split_once('#')
             .unwrap_or_else(|| panic!("{name}: runbook has no anchor"));
@@ -897,4 +905,224 @@ fn promtool_accepts_rules_config_and_rule_tests_when_installed() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The `giftx.toml` of a ConfigMap file (the first document named
+/// `giftx-config`), checked by giftxd's own parser and every provider's.
+fn configmap_giftx_toml(path: &Path) -> (giftx_server::Config, toml::Table) {
+    let doc = yaml_docs(path)
+        .into_iter()
+        .find(|d| s(&d["metadata"], "name") == "giftx-config")
+        .unwrap_or_else(|| panic!("{}: no giftx-config", path.display()));
+    let text = s(&doc["data"], "giftx.toml").to_owned();
+    let config = giftx_server::Config::from_toml(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    config
+        .validate()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let table: toml::Table = toml::from_str(&text).expect("TOML");
+    let providers = table
+        .get("providers")
+        .and_then(|p| p.as_table())
+        .unwrap_or_else(|| panic!("{}: no [providers.*]", path.display()));
+    assert!(!providers.is_empty());
+    for (id, p) in providers {
+        let parsed: Result<giftx_providers::ProviderConfig, _> = p.clone().try_into();
+        assert!(
+            parsed.is_ok(),
+            "{}: [providers.{id}]: {:?}",
+            path.display(),
+            parsed.err()
+        );
+    }
+    (config, table)
+}
+
+fn provider_kinds(table: &toml::Table) -> BTreeMap<String, (String, Option<String>)> {
+    table["providers"]
+        .as_table()
+        .expect("[providers]")
+        .iter()
+        .map(|(id, p)| {
+            let kind = p["kind"].as_str().expect("kind").to_owned();
+            let campaign = p
+                .get("campaign")
+                .and_then(|c| c.as_str())
+                .map(str::to_owned);
+            (id.clone(), (kind, campaign))
+        })
+        .collect()
+}
+
+/// The campaigns giftxd seeds with GIFTX_SEED_DEMO.
+const DEMO_CAMPAIGNS: &[&str] = &["demo-2014", "demo-select"];
+
+#[test]
+fn kubernetes_base_ships_no_simulator_and_no_demo_campaign() {
+    let path = deploy().join("kubernetes/configmap.yaml");
+    let (_, table) = configmap_giftx_toml(&path);
+    for (id, (kind, campaign)) in provider_kinds(&table) {
+        assert_ne!(kind, "simulated", "the base ships the simulator as {id}");
+        if let Some(c) = campaign {
+            assert!(
+                !DEMO_CAMPAIGNS.contains(&c.as_str()),
+                "the base points {id} at the demo campaign {c}"
+            );
+        }
+    }
+    let m = manifests();
+    let env = &m[&("ConfigMap".to_owned(), "giftx-env".to_owned())]["data"];
+    assert_eq!(s(env, "GIFTX_SEED_DEMO"), "false", "the base seeds no demo");
+}
+
+#[test]
+fn demo_overlay_patches_the_base_and_is_clearly_the_demo() {
+    let dir = deploy().join("kubernetes-demo");
+    let k = yaml(&dir.join("kustomization.yaml"));
+    assert_eq!(s(&k, "kind"), "Kustomization");
+    let resources: Vec<&str> = k["resources"]
+        .as_sequence()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("path"))
+        .collect();
+    assert_eq!(resources, ["../kubernetes"]);
+    assert!(dir.join("../kubernetes/kustomization.yaml").is_file());
+    let base = manifests();
+    let mut patched = BTreeSet::new();
+    for p in k["patches"].as_sequence().expect("patches") {
+        let file = dir.join(s(p, "path"));
+        assert!(file.is_file(), "patch {} does not exist", file.display());
+        for doc in yaml_docs(&file) {
+            let key = (
+                s(&doc, "kind").to_owned(),
+                s(&doc["metadata"], "name").to_owned(),
+            );
+            assert!(base.contains_key(&key), "{key:?} is not in the base");
+            patched.insert(key.1);
+        }
+    }
+    assert!(patched.contains("giftx-config") && patched.contains("giftx-env"));
+    let (_, table) = configmap_giftx_toml(&dir.join("giftx-config-demo.yaml"));
+    let kinds = provider_kinds(&table);
+    assert!(kinds.values().any(|(kind, _)| kind == "simulated"));
+    // A select option into a demo campaign needs that campaign seeded.
+    for (id, (_, campaign)) in &kinds {
+        if let Some(c) = campaign {
+            assert!(DEMO_CAMPAIGNS.contains(&c.as_str()), "{id} -> {c}");
+        }
+    }
+    let env = yaml(&dir.join("giftx-env-demo.yaml"));
+    assert_eq!(s(&env["data"], "GIFTX_SEED_DEMO"), "true");
+}
+
+/// `kubectl kustomize` builds the base and the demo overlay, when kubectl
+/// is installed.
+#[test]
+fn kustomize_builds_base_and_demo_overlay_when_installed() {
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        eprintln!("kubectl not installed: skipping");
+        return;
+    }
+    for (dir, seed) in [("kubernetes", "\"false\""), ("kubernetes-demo", "\"true\"")] {
+        let out = Command::new("kubectl")
+            .args(["kustomize"])
+            .arg(deploy().join(dir))
+            .output()
+            .expect("run kubectl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "kubectl kustomize {dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("GIFTX_SEED_DEMO: {seed}")),
+            "{dir}: {text}"
+        );
+        assert_eq!(
+            text.contains("kind = \"simulated\""),
+            dir == "kubernetes-demo",
+            "{dir}"
+        );
+    }
+}
+
+#[test]
+fn alert_comments_match_the_code_lockout_is_failed_precondition() {
+    // giftx_server::status maps a locked code to FAILED_PRECONDITION
+    // (reason CODE_LOCKED); the rules' header must not say otherwise.
+    let text = read(&deploy().join("prometheus/alerts.yaml"));
+    let header: String = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        !header.contains("RESOURCE_EXHAUSTED from lockout"),
+        "{header}"
+    );
+    let lock = header
+        .find("locked out")
+        .expect("the header explains lockout");
+    let fp = header
+        .find("FAILED_PRECONDITION")
+        .expect("FAILED_PRECONDITION");
+    assert!(fp < lock && lock - fp < 80, "{header}");
+}
+
+/// Every relative link (`[x](path)`) and every backquoted `deploy/…` path
+/// in the README, ARCHITECTURE.md, docs/ and deploy/README.md exists.
+#[test]
+fn every_path_the_docs_name_exists() {
+    let docs = [
+        root().join("README.md"),
+        root().join("ARCHITECTURE.md"),
+        root().join("docs/OPERATING.md"),
+        root().join("docs/design.md"),
+        deploy().join("README.md"),
+        deploy().join("compose/secrets/README.md"),
+    ];
+    let mut checked = 0;
+    for doc in docs.iter().filter(|d| d.is_file()) {
+        let text = read(doc);
+        let base = doc.parent().expect("parent");
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            let target = rest[..end].split('#').next().unwrap_or_default();
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            assert!(
+                base.join(target).exists(),
+                "{} links to {target}, which does not exist",
+                doc.display()
+            );
+            checked += 1;
+        }
+        for part in text.split('`').skip(1).step_by(2) {
+            let Some(path) = part.strip_prefix("deploy/") else {
+                continue;
+            };
+            let path = path.split_whitespace().next().unwrap_or_default();
+            // Generated at first start (see compose/secrets/README.md).
+            if path.starts_with("compose/secrets/") && !path.ends_with("README.md") {
+                continue;
+            }
+            assert!(
+                deploy().join(path).exists(),
+                "{} names deploy/{path}, which does not exist",
+                doc.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "only {checked} paths checked");
 }

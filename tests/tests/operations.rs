@@ -967,7 +967,8 @@ async fn giftctl_imports_stock_exports_and_marks_shipments() {
     let shipped = list_shipments(&app, pb::ShipmentState::Shipped, 0, "").await;
     assert_eq!(shipped.shipments.len(), 2);
     assert!(shipped.shipments.iter().all(|s| s.tracking == "JP9"));
-    giftctl(
+    // An unknown reference fails the command and is named (issue 21).
+    let e = giftctl(
         &app,
         &[
             "--json",
@@ -980,7 +981,10 @@ async fn giftctl_imports_stock_exports_and_marks_shipments() {
         ],
     )
     .await
-    .unwrap();
+    .unwrap_err();
+    assert!(e.to_string().contains("SHP-NONE"), "{e}");
+    assert!(!e.to_string().contains(refs[0].as_str()), "{e}");
+    assert_eq!(e.to_json()["error"]["details"]["already_shipped"], 1, "{e}");
     let out2 = path("shipped.csv.gz");
     giftctl(
         &app,

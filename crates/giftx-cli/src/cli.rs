@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use giftx_core::Currency;
+use giftx_core::model::MAX_ISSUE_COUNT;
 
 use crate::rpc::DEFAULT_ADDR;
-use crate::time::{parse_duration, parse_rfc3339};
+use crate::time::{TypedTime, parse_duration, parse_typed_rfc3339};
 
 /// giftctl: the giftx operator CLI.
 #[derive(Debug, Parser)]
@@ -20,9 +21,27 @@ pub struct Cli {
     /// of text for humans.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show times in UTC (default: the zone of a time typed in the command,
+    /// else the local zone from TZ or the system).
+    #[arg(long, global = true)]
+    pub utc: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The UTC offset of a time typed in this command (`--deadline`), in
+    /// seconds: times are shown back in it.
+    pub fn typed_offset(&self) -> Option<i32> {
+        match &self.command {
+            Command::Campaign(CampaignCommand::Create(a)) => Some(a.deadline.offset_seconds),
+            Command::Campaign(CampaignCommand::Extend { deadline, .. }) => {
+                Some(deadline.offset_seconds)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// giftctl's commands.
@@ -176,11 +195,14 @@ pub enum CampaignCommand {
         /// The campaign's id.
         id: String,
         /// The new deadline, RFC 3339 (e.g. 2027-01-15T00:00:00+09:00).
-        #[arg(long, value_parser = parse_rfc3339)]
-        deadline: prost_types::Timestamp,
-        /// Allow moving the deadline earlier.
+        #[arg(long, value_parser = parse_typed_rfc3339)]
+        deadline: TypedTime,
+        /// Allow moving the deadline earlier (asks for confirmation first).
         #[arg(long)]
         force: bool,
+        /// Do not ask for confirmation (for scripts).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -200,8 +222,8 @@ pub struct CreateCampaignArgs {
     #[arg(long)]
     pub currency: String,
     /// The deadline, RFC 3339 (e.g. 2026-12-15T00:00:00Z).
-    #[arg(long, value_parser = parse_rfc3339)]
-    pub deadline: prost_types::Timestamp,
+    #[arg(long, value_parser = parse_typed_rfc3339)]
+    pub deadline: TypedTime,
     /// A redemption option, repeatable:
     /// `id=select-gift,provider=select-gift,name="Select gift"`.
     #[arg(
@@ -224,8 +246,19 @@ pub struct CreateCampaignArgs {
 pub enum BatchCommand {
     /// Show a batch and its progress.
     Show(BatchRef),
-    /// Void every unredeemed code of a batch.
-    Void(BatchRef),
+    /// Void every unredeemed code of a batch (asks for confirmation first).
+    Void(BatchVoidArgs),
+}
+
+/// `giftctl batch void`.
+#[derive(Debug, Args)]
+pub struct BatchVoidArgs {
+    /// The batch.
+    #[command(flatten)]
+    pub batch: BatchRef,
+    /// Do not ask for confirmation (for scripts).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// A batch, by campaign and batch id.
@@ -243,8 +276,8 @@ pub struct IssueArgs {
     /// The campaign's id.
     #[arg(long)]
     pub campaign: String,
-    /// How many codes.
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    /// How many codes (1 to 10,000,000, giftxd's limit per batch).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=MAX_ISSUE_COUNT))]
     pub count: i64,
     /// The batch's id (each id can be issued once).
     #[arg(long)]
@@ -601,7 +634,7 @@ mod tests {
             panic!("wrong command")
         };
         assert_eq!(args.id, "apology-2014");
-        assert_eq!(args.deadline.seconds, 1_797_292_800);
+        assert_eq!(args.deadline.timestamp.seconds, 1_797_292_800);
         assert_eq!(args.options.len(), 2);
         assert_eq!(args.options[1].provider, "donation");
     }
@@ -667,6 +700,22 @@ mod tests {
             ])
             .is_err()
         );
+        // The bound named is giftxd's own.
+        let err = Cli::try_parse_from([
+            "giftctl",
+            "issue",
+            "--campaign",
+            "c",
+            "--count",
+            "10000001",
+            "--batch",
+            "b",
+            "--out",
+            "f",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(&MAX_ISSUE_COUNT.to_string()), "{err}");
 
         let cli =
             Cli::try_parse_from(["giftctl", "pending", "list", "--older-than", "60s"]).unwrap();

@@ -7,7 +7,7 @@ use giftx_proto::v1::{ExchangeRequest, GetExchangeRequest, VerifyCodeRequest};
 use crate::cli::{CredentialArgs, ExchangeArgs};
 use crate::error::{Error, Result};
 use crate::render::{self, Output};
-use crate::rpc::Clients;
+use crate::rpc::{Clients, is_retryable};
 
 /// A code and login key, checked locally (a typo is caught by the check
 /// character before giftxd counts it as a wrong login key) and in printed
@@ -62,8 +62,11 @@ pub async fn verify(clients: &mut Clients, out: Output, args: CredentialArgs) ->
     )
 }
 
-/// Runs `giftctl exchange`. The request id is printed first (on stderr) so
-/// that a failed call can be retried with `--request-id`.
+/// Runs `giftctl exchange`. A generated request id is printed first (on
+/// stderr), so that it is known even if giftctl dies during the call; when
+/// the call fails with an unknown outcome or a transient error, giftctl
+/// says to retry with `--request-id`, and after an answer that retrying
+/// cannot change (INVALID_ARGUMENT, FAILED_PRECONDITION…) it does not.
 ///
 /// # Errors
 /// What the arguments or the RPC fail with.
@@ -73,10 +76,11 @@ pub async fn exchange(clients: &mut Clients, out: Output, args: ExchangeArgs) ->
         Some(id) => id,
         None => {
             let id = random_request_id()?;
-            eprintln!("request id {id} (pass --request-id {id} to retry this exchange)");
+            eprintln!("request id {id}");
             id
         }
     };
+    let retry_id = request_id.clone();
     let e = clients
         .exchange
         .exchange(ExchangeRequest {
@@ -93,7 +97,15 @@ pub async fn exchange(clients: &mut Clients, out: Output, args: ExchangeArgs) ->
                 .unwrap_or_default(),
         })
         .await
-        .map_err(Error::rpc("Exchange"))?
+        .map_err(|status| {
+            if is_retryable(&status) {
+                eprintln!(
+                    "the exchange may or may not have happened: retry it with --request-id \
+                     {retry_id} (the same request id never exchanges twice)"
+                );
+            }
+            Error::rpc("Exchange")(status)
+        })?
         .into_inner();
     out.emit(
         || render::exchange_json(&e),

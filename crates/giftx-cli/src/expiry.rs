@@ -2,29 +2,40 @@
 //! (ExpiryService).
 
 use giftx_proto::v1::{
-    ExtendCampaignRequest, ListPendingExchangesRequest, ReconcileExchangeRequest,
-    SweepExpiredRequest,
+    CodeState, ExtendCampaignRequest, GetCampaignRequest, GetCampaignStatsRequest,
+    ListPendingExchangesRequest, ReconcileExchangeRequest, SweepExpiredRequest,
 };
 use serde_json::json;
 
 use crate::cli::{ExpiryCommand, PendingCommand};
+use crate::confirm::confirm;
 use crate::error::{Error, Result};
 use crate::issuance::campaign_name;
 use crate::render::{self, Output};
-use crate::rpc::Clients;
-use crate::time::to_proto_duration;
+use crate::rpc::{Clients, describe_status};
+use crate::time::{format_display, to_proto_duration};
 
-/// Runs `giftctl campaign extend`.
+/// Runs `giftctl campaign extend`. With `--force` a deadline earlier than
+/// the current one is confirmed first (see [`crate::confirm`]), after
+/// showing how many codes it concerns.
 ///
 /// # Errors
-/// What the RPC fails with.
+/// What the RPC fails with; [`Error::Invalid`]/[`Error::Failed`] when an
+/// earlier deadline is not confirmed.
 pub async fn extend(
     clients: &mut Clients,
     out: Output,
     id: &str,
     deadline: prost_types::Timestamp,
     force: bool,
+    yes: bool,
 ) -> Result<()> {
+    if force {
+        let plan = earlier_deadline_plan(clients, id, &deadline).await;
+        if let Some(plan) = plan {
+            confirm(&plan, yes)?;
+        }
+    }
     let c = clients
         .expiry
         .extend_campaign(ExtendCampaignRequest {
@@ -39,6 +50,67 @@ pub async fn extend(
         || render::campaign_json(&c),
         |w| render::campaign_text(w, &c),
     )
+}
+
+/// What moving `id`'s deadline to `deadline` changes, when it moves it
+/// earlier (None when it does not). When the campaign cannot be read (a
+/// giftxd serving expiry only), the plan says so and still asks.
+async fn earlier_deadline_plan(
+    clients: &mut Clients,
+    id: &str,
+    deadline: &prost_types::Timestamp,
+) -> Option<Vec<String>> {
+    let name = campaign_name(id);
+    let new = format_display(deadline);
+    let campaign = clients
+        .issuance
+        .get_campaign(GetCampaignRequest { name: name.clone() })
+        .await;
+    let campaign = match campaign {
+        Ok(c) => c.into_inner(),
+        Err(status) => {
+            return Some(vec![
+                format!(
+                    "campaign extend --force {name}: the deadline may move earlier, to {new} \
+                     (the current deadline could not be read: {})",
+                    describe_status(&status)
+                ),
+                "codes not redeemed by then expire; expired codes cannot be exchanged".to_owned(),
+            ]);
+        }
+    };
+    let current = campaign.expire_time.unwrap_or_default();
+    if (deadline.seconds, deadline.nanos) >= (current.seconds, current.nanos) {
+        return None;
+    }
+    let active = clients
+        .issuance
+        .get_campaign_stats(GetCampaignStatsRequest {
+            campaign: name.clone(),
+        })
+        .await
+        .ok()
+        .and_then(|s| {
+            s.into_inner()
+                .by_state
+                .into_iter()
+                .find(|st| st.state == CodeState::Active as i32)
+        });
+    let codes = match active {
+        Some(st) => format!(
+            "{} ACTIVE code(s) worth {} will expire at the new deadline",
+            st.count,
+            render::money(st.value.as_ref())
+        ),
+        None => "every code not redeemed by then will expire at the new deadline".to_owned(),
+    };
+    Some(vec![
+        format!(
+            "campaign extend --force {name}: moves the deadline EARLIER, from {} to {new}",
+            format_display(&current)
+        ),
+        codes,
+    ])
 }
 
 /// Runs an `expiry` subcommand.

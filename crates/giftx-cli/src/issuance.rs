@@ -2,12 +2,15 @@
 //! (IssuanceService).
 
 use giftx_proto::v1::{
-    Campaign, CreateCampaignRequest, GetBatchRequest, GetCampaignRequest, GetCampaignStatsRequest,
-    ListCampaignsRequest, Money, RedemptionOption, VoidBatchRequest,
+    Batch, BatchState, Campaign, CreateCampaignRequest, GetBatchRequest, GetCampaignRequest,
+    GetCampaignStatsRequest, ListCampaignsRequest, Money, RedemptionOption, VoidBatchRequest,
 };
 use serde_json::json;
 
-use crate::cli::{BatchCommand, BatchRef, CampaignCommand, CreateCampaignArgs, parse_face_value};
+use crate::cli::{
+    BatchCommand, BatchRef, BatchVoidArgs, CampaignCommand, CreateCampaignArgs, parse_face_value,
+};
+use crate::confirm::confirm;
 use crate::error::{Error, Result};
 use crate::render::{self, Output};
 use crate::rpc::Clients;
@@ -64,7 +67,8 @@ pub async fn campaign(clients: &mut Clients, out: Output, cmd: CampaignCommand) 
             id,
             deadline,
             force,
-        } => crate::expiry::extend(clients, out, &id, deadline, force).await,
+            yes,
+        } => crate::expiry::extend(clients, out, &id, deadline.timestamp, force, yes).await,
     }
 }
 
@@ -78,7 +82,7 @@ async fn create(clients: &mut Clients, out: Output, args: CreateCampaignArgs) ->
             currency_code: currency.code().to_owned(),
             minor_units,
         }),
-        expire_time: Some(args.deadline),
+        expire_time: Some(args.deadline.timestamp),
         options: args
             .options
             .into_iter()
@@ -145,16 +149,56 @@ pub async fn batch(clients: &mut Clients, out: Output, cmd: BatchCommand) -> Res
             })
             .await
             .map_err(Error::rpc("GetBatch"))?,
-        BatchCommand::Void(BatchRef { campaign, batch }) => clients
-            .issuance
-            .void_batch(VoidBatchRequest {
-                name: batch_name(&campaign, &batch),
-            })
-            .await
-            .map_err(Error::rpc("VoidBatch"))?,
+        BatchCommand::Void(args) => void(clients, args).await?,
     }
     .into_inner();
     out.emit(|| render::batch_json(&b), |w| render::batch_text(w, &b))
+}
+
+/// `batch void`: says what the batch holds, asks, then voids.
+async fn void(clients: &mut Clients, args: BatchVoidArgs) -> Result<tonic::Response<Batch>> {
+    let BatchVoidArgs {
+        batch: BatchRef { campaign, batch },
+        yes,
+    } = args;
+    let name = batch_name(&campaign, &batch);
+    let current = clients
+        .issuance
+        .get_batch(GetBatchRequest { name: name.clone() })
+        .await
+        .map_err(Error::rpc("GetBatch"))?
+        .into_inner();
+    // Voiding a void batch changes nothing: no question.
+    if current.state != BatchState::Void as i32 {
+        confirm(&void_plan(&current), yes)?;
+    }
+    clients
+        .issuance
+        .void_batch(VoidBatchRequest { name })
+        .await
+        .map_err(Error::rpc("VoidBatch"))
+}
+
+/// What `batch void` will change, for the operator to confirm.
+fn void_plan(b: &Batch) -> Vec<String> {
+    let state = BatchState::try_from(b.state).map_or_else(
+        |_| b.state.to_string(),
+        |s| {
+            let n = s.as_str_name();
+            n.strip_prefix("BATCH_STATE_").unwrap_or(n).to_owned()
+        },
+    );
+    vec![
+        format!(
+            "batch void {}: {} code(s) issued (of {} requested), state {state}",
+            b.name, b.issued_count, b.requested_count
+        ),
+        format!(
+            "every one of the {} code(s) not yet redeemed becomes VOID for good; codes \
+             already redeemed keep their exchange",
+            b.issued_count
+        ),
+    ]
 }
 
 #[cfg(test)]

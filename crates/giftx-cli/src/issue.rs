@@ -63,11 +63,32 @@ impl Progress {
         if !std::io::stderr().is_terminal() {
             return lines;
         }
+        // The rate and ETA are the average since the start, like the plain
+        // lines: indicatif's own `per_sec` is a short-window estimate that
+        // swings wildly (and prints 4 decimals) when the position moves in
+        // steps of PROGRESS_EVERY.
         let Ok(style) = ProgressStyle::with_template(&format!(
-            "{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{human_pos}}/{{human_len}} {unit}  {{per_sec}}  ETA {{eta}}"
+            "{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{human_pos}}/{{human_len}} {unit}  {{avg_rate}}  {{avg_eta}}"
         )) else {
             return lines;
         };
+        let style = style
+            .with_key(
+                "avg_rate",
+                move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}", rate_text(rate(s.pos(), s.elapsed()), unit));
+                },
+            )
+            .with_key(
+                "avg_eta",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let r = rate(s.pos(), s.elapsed());
+                    let left = s.len().unwrap_or(0).saturating_sub(s.pos());
+                    if r > 0.0 && left > 0 {
+                        let _ = write!(w, "ETA {:.0}s", left as f64 / r);
+                    }
+                },
+            );
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         bar.set_style(style);
         Progress::Bar(bar)
@@ -123,13 +144,35 @@ fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
 fn labelled_line(verb: &str, unit: &str, done: u64, total: u64, elapsed: Duration) -> String {
     let rate = rate(done, elapsed);
     let mut line = format!(
-        "{verb} {done}/{total} {unit} ({}%), {rate:.0} {unit}/s",
-        done.saturating_mul(100) / total.max(1)
+        "{verb} {done}/{total} {unit} ({}%), {}",
+        done.saturating_mul(100) / total.max(1),
+        rate_text(rate, unit)
     );
     if rate > 0.0 && done < total {
         let _ = write!(line, ", ETA {:.0}s", (total - done) as f64 / rate);
     }
     line
+}
+
+/// A rate for people: whole units with thousands separators from 100 up
+/// (`98,500 codes/s`), one decimal below (`2.5 codes/s`), `-` before any
+/// time has passed.
+pub(crate) fn rate_text(rate: f64, unit: &str) -> String {
+    if !rate.is_finite() || rate <= 0.0 {
+        return format!("- {unit}/s");
+    }
+    if rate < 100.0 {
+        return format!("{rate:.1} {unit}/s");
+    }
+    let digits = format!("{rate:.0}");
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    format!("{grouped} {unit}/s")
 }
 
 pub(crate) fn rate(done: u64, elapsed: Duration) -> f64 {
@@ -333,10 +376,11 @@ pub async fn run(clients: &mut rpc::Clients, out: Output, args: IssueArgs) -> Re
         |w| {
             writeln!(
                 w,
-                "issued {rows} codes of {campaign} (batch {}) into {} in {:.1} s ({per_sec:.0} codes/s)",
+                "issued {rows} codes of {campaign} (batch {}) into {} in {:.1} s ({})",
                 args.batch,
                 args.out.display(),
-                elapsed.as_secs_f64()
+                elapsed.as_secs_f64(),
+                rate_text(per_sec, "codes")
             )
         },
     )
@@ -350,12 +394,24 @@ mod tests {
     fn progress_lines_show_rate_and_eta() {
         assert_eq!(
             progress_line(100_000, 1_000_000, Duration::from_secs(1)),
-            "issued 100000/1000000 codes (10%), 100000 codes/s, ETA 9s"
+            "issued 100000/1000000 codes (10%), 100,000 codes/s, ETA 9s"
         );
         assert_eq!(
             progress_line(10, 10, Duration::from_secs(2)),
-            "issued 10/10 codes (100%), 5 codes/s"
+            "issued 10/10 codes (100%), 5.0 codes/s"
         );
+    }
+
+    #[test]
+    fn rates_read_well_at_every_size() {
+        assert_eq!(rate_text(1_234_567.8, "codes"), "1,234,568 codes/s");
+        assert_eq!(rate_text(98_500.0, "codes"), "98,500 codes/s");
+        assert_eq!(rate_text(100.0, "items"), "100 items/s");
+        assert_eq!(rate_text(2.46, "items"), "2.5 items/s");
+        assert_eq!(rate_text(0.0, "codes"), "- codes/s");
+        assert_eq!(rate_text(f64::INFINITY, "codes"), "- codes/s");
+        // Before any time has passed there is no rate, not infinity.
+        assert_eq!(rate(5, Duration::ZERO), 0.0);
     }
 
     #[test]

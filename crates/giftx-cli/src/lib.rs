@@ -9,9 +9,12 @@
 //! - [`vendor_csv`]: the print vendor's code file (CSV, maybe gzip),
 //!   written safely.
 //! - [`render`]: text for humans and JSON for scripts.
-//! - [`time`]: RFC 3339 timestamps and short durations.
+//! - [`time`]: RFC 3339 timestamps, short durations, the zone times are
+//!   shown in.
+//! - [`confirm`]: confirmation before destructive commands.
 
 pub mod cli;
+pub mod confirm;
 pub mod demo;
 pub mod error;
 pub mod exchange;
@@ -37,6 +40,13 @@ use render::Output;
 /// Whatever the command fails with; its `Display` is one line.
 pub async fn run(cli: Cli) -> Result<()> {
     let out = Output { json: cli.json };
+    time::set_display_zone(if cli.utc {
+        time::DisplayZone::Utc
+    } else if let Some(offset) = cli.typed_offset() {
+        time::DisplayZone::Fixed(offset)
+    } else {
+        time::DisplayZone::local()
+    });
     let mut clients = rpc::connect(&cli.addr).await?;
     let c = &mut clients;
     match cli.command {

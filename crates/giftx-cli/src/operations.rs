@@ -17,7 +17,7 @@ use giftx_proto::v1::{
     GetStockStatusRequest, ImportStockRequest, ImportStockResponse, ListPreferencesRequest,
     ListShipmentsRequest, MarkShippedRequest, MarkShippedResponse, ShipmentState, StockItem,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::cli::{
@@ -26,7 +26,7 @@ use crate::cli::{
 };
 use crate::error::{Error, Result};
 use crate::issuance::campaign_name;
-use crate::issue::{Progress, rate};
+use crate::issue::{Progress, rate, rate_text};
 use crate::render::Output;
 use crate::rpc::{Clients, describe_status};
 use crate::stock_csv::{self, StockReader};
@@ -227,11 +227,11 @@ async fn import(clients: &mut Clients, out: Output, args: StockImportArgs) -> Re
         |w| {
             writeln!(
                 w,
-                "imported {} into {} in {:.1} s ({:.0} items/s): {} added, {} duplicates skipped; {} available",
+                "imported {} into {} in {:.1} s ({}): {} added, {} duplicates skipped; {} available",
                 args.file.display(),
                 r.provider,
                 elapsed.as_secs_f64(),
-                rate(total, elapsed),
+                rate_text(rate(total, elapsed), "items"),
                 r.added,
                 r.duplicates,
                 r.available
@@ -465,32 +465,50 @@ async fn mark_shipped(clients: &mut Clients, out: Output, args: MarkShippedArgs)
         total.already_shipped += r.already_shipped;
         total.unknown_references.extend(r.unknown_references);
     }
-    out.emit(
-        || {
-            json!({
-                "provider": args.provider,
-                "updated": total.updated,
-                "already_shipped": total.already_shipped,
-                "unknown_references": total.unknown_references,
-            })
-        },
-        |w| {
-            writeln!(
-                w,
-                "marked {} orders of {} shipped ({} were already shipped)",
-                total.updated, args.provider, total.already_shipped
-            )?;
-            if !total.unknown_references.is_empty() {
+    let summary = json!({
+        "provider": args.provider,
+        "updated": total.updated,
+        "already_shipped": total.already_shipped,
+        "unknown_references": total.unknown_references,
+    });
+    let unknown = &total.unknown_references;
+    if unknown.is_empty() {
+        return out.emit(
+            || summary,
+            |w| {
                 writeln!(
                     w,
-                    "{} references match no order: {}",
-                    total.unknown_references.len(),
-                    total.unknown_references.join(", ")
-                )?;
-            }
-            Ok(())
-        },
-    )
+                    "marked {} orders of {} shipped ({} were already shipped)",
+                    total.updated, args.provider, total.already_shipped
+                )
+            },
+        );
+    }
+    // Some references match no order (a typo, another provider's file):
+    // the others were marked, but the command failed at what it was asked.
+    if !out.json {
+        out.emit(
+            || Value::Null,
+            |w| {
+                writeln!(
+                    w,
+                    "marked {} orders of {} shipped ({} were already shipped)",
+                    total.updated, args.provider, total.already_shipped
+                )
+            },
+        )?;
+    }
+    Err(Error::Partial {
+        message: format!(
+            "{} reference(s) match no order of {}: {} (every other reference was marked; \
+             check them and run again: marking is idempotent)",
+            unknown.len(),
+            args.provider,
+            unknown.join(", ")
+        ),
+        reason: "UNKNOWN_REFERENCES",
+        details: summary,
+    })
 }
 
 /// Runs a `preferences` subcommand.

@@ -12,7 +12,7 @@ use giftx_proto::v1::{
 };
 use serde_json::{Value, json};
 
-use crate::time::format_rfc3339;
+use crate::time::format_display;
 
 /// An enum field's name, or its number when this giftctl does not know it.
 fn enum_name<E>(value: i32, name: impl Fn(&E) -> &'static str) -> String
@@ -69,11 +69,11 @@ fn money_json(m: Option<&Money>) -> Value {
 
 /// A timestamp for humans and JSON alike (`-` / null when unset).
 pub fn time(t: Option<&prost_types::Timestamp>) -> String {
-    t.map_or_else(|| "-".to_owned(), format_rfc3339)
+    t.map_or_else(|| "-".to_owned(), format_display)
 }
 
 fn time_json(t: Option<&prost_types::Timestamp>) -> Value {
-    t.map_or(Value::Null, |t| Value::String(format_rfc3339(t)))
+    t.map_or(Value::Null, |t| Value::String(format_display(t)))
 }
 
 /// The id at the end of a resource name (`campaigns/x` → `x`).
@@ -129,24 +129,68 @@ fn options_text(w: &mut dyn Write, options: &[RedemptionOption]) -> io::Result<(
     Ok(())
 }
 
+/// Columns, each as wide as its widest cell (header included), two spaces
+/// apart; `right[i]` right-aligns column `i`; the last column is not
+/// padded.
+fn table(
+    w: &mut dyn Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+    right: &[bool],
+) -> io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(width) = widths.get_mut(i) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let last = i + 1 == row.len();
+            let width = widths.get(i).copied().unwrap_or(0);
+            let pad = width.saturating_sub(cell.chars().count());
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if right.get(i).copied().unwrap_or(false) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                if !last {
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        writeln!(w, "{line}")?;
+    }
+    Ok(())
+}
+
 /// A list of campaigns for humans, one per line.
 pub fn campaigns_text(w: &mut dyn Write, list: &[Campaign]) -> io::Result<()> {
-    writeln!(
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            vec![
+                last_segment(&c.name).to_owned(),
+                money(c.face_value.as_ref()),
+                time(c.expire_time.as_ref()),
+                c.options.len().to_string(),
+                c.display_name.clone(),
+            ]
+        })
+        .collect();
+    table(
         w,
-        "{:<24} {:<14} {:<22} {:>7}  DISPLAY NAME",
-        "ID", "FACE VALUE", "DEADLINE", "OPTIONS"
+        &["ID", "FACE VALUE", "DEADLINE", "OPTIONS", "DISPLAY NAME"],
+        &rows,
+        &[false, false, false, true, false],
     )?;
-    for c in list {
-        writeln!(
-            w,
-            "{:<24} {:<14} {:<22} {:>7}  {}",
-            last_segment(&c.name),
-            money(c.face_value.as_ref()),
-            time(c.expire_time.as_ref()),
-            c.options.len(),
-            c.display_name
-        )?;
-    }
     writeln!(w, "{} campaign(s)", list.len())
 }
 
@@ -385,23 +429,27 @@ pub fn sweep_text(w: &mut dyn Write, r: &SweepReport) -> io::Result<()> {
 
 /// Pending exchanges for humans, one per line.
 pub fn pending_text(w: &mut dyn Write, list: &[Exchange]) -> io::Result<()> {
-    writeln!(
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                last_segment(&e.campaign).to_owned(),
+                e.option_id.clone(),
+                e.attempts.to_string(),
+                if e.parked { "yes" } else { "no" }.to_owned(),
+                time(e.create_time.as_ref()),
+            ]
+        })
+        .collect();
+    table(
         w,
-        "{:<40} {:<24} {:<16} {:>8} {:<6} CREATED",
-        "EXCHANGE", "CAMPAIGN", "OPTION", "ATTEMPTS", "PARKED"
+        &[
+            "EXCHANGE", "CAMPAIGN", "OPTION", "ATTEMPTS", "PARKED", "CREATED",
+        ],
+        &rows,
+        &[false, false, false, true, false, false],
     )?;
-    for e in list {
-        writeln!(
-            w,
-            "{:<40} {:<24} {:<16} {:>8} {:<6} {}",
-            e.name,
-            last_segment(&e.campaign),
-            e.option_id,
-            e.attempts,
-            if e.parked { "yes" } else { "no" },
-            time(e.create_time.as_ref())
-        )?;
-    }
     writeln!(w, "{} pending exchange(s)", list.len())
 }
 
@@ -430,6 +478,67 @@ mod tests {
         assert_eq!(code_state(CodeState::Active as i32), "CODE_STATE_ACTIVE");
         assert_eq!(code_state(99), "99");
         assert_eq!(last_segment("campaigns/demo-2014"), "demo-2014");
+    }
+
+    /// The byte offset of each column's start in a line, taken from where
+    /// the header's words begin.
+    fn column_starts(header: &str) -> Vec<usize> {
+        let b = header.as_bytes();
+        (0..b.len())
+            .filter(|&i| b[i] != b' ' && (i == 0 || (b[i - 1] == b' ' && b[i - 2] == b' ')))
+            .collect()
+    }
+
+    #[test]
+    fn pending_columns_align_for_every_id_length() {
+        let list: Vec<Exchange> = [
+            "exchanges/x",
+            "exchanges/0123456789abcdef0123456789abcdef0123456789abcdef",
+            "exchanges/a-much-longer-exchange-identifier-than-forty-characters-in-all",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Exchange {
+            name: (*name).to_owned(),
+            campaign: format!("campaigns/{}", "c".repeat(3 + 20 * i)),
+            option_id: "o".repeat(1 + 17 * i),
+            attempts: 10_i32.pow(i as u32 * 2),
+            parked: i == 1,
+            ..Default::default()
+        })
+        .collect();
+        let mut out = Vec::new();
+        pending_text(&mut out, &list).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let starts = column_starts(lines[0]);
+        assert_eq!(starts.len(), 6, "{text}");
+        for (row, e) in lines[1..4].iter().zip(&list) {
+            // Every left-aligned cell begins where its header does.
+            assert_eq!(&row[starts[0]..starts[0] + e.name.len()], e.name, "{text}");
+            let campaign = last_segment(&e.campaign);
+            assert_eq!(
+                &row[starts[1]..starts[1] + campaign.len()],
+                campaign,
+                "{text}"
+            );
+            assert_eq!(
+                &row[starts[2]..starts[2] + e.option_id.len()],
+                e.option_id,
+                "{text}"
+            );
+            // ATTEMPTS is right-aligned: it ends where its header ends.
+            let end = starts[3] + "ATTEMPTS".len();
+            let attempts = e.attempts.to_string();
+            assert_eq!(&row[end - attempts.len()..end], attempts, "{text}");
+            assert_eq!(row.as_bytes()[end - attempts.len() - 1], b' ', "{text}");
+            assert!(
+                row[starts[4]..].starts_with(if e.parked { "yes" } else { "no" }),
+                "{text}"
+            );
+            assert!(row[starts[5]..].starts_with('-'), "{text}");
+        }
+        assert_eq!(lines[4], "3 pending exchange(s)");
     }
 
     #[test]

@@ -172,6 +172,115 @@ pub fn describe_status(status: &tonic::Status) -> String {
     out
 }
 
+/// A giftx.v1 service and how to get a giftxd that serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// `giftx.v1.IssuanceService`.
+    pub full_name: &'static str,
+    /// The `GIFTX_SERVICES` entry that serves it (OperationsService is
+    /// served wherever issuance is).
+    pub giftx_services: &'static str,
+}
+
+/// Which service an RPC giftctl calls belongs to.
+pub fn service_of(rpc: &str) -> Option<ServiceInfo> {
+    let (full_name, giftx_services) = match rpc {
+        "CreateCampaign" | "GetCampaign" | "ListCampaigns" | "IssueCodes" | "GetBatch"
+        | "VoidBatch" | "GetCampaignStats" => ("giftx.v1.IssuanceService", "issuance"),
+        "VerifyCode" | "Exchange" | "GetExchange" => ("giftx.v1.ExchangeService", "exchange"),
+        "ExtendCampaign" | "SweepExpired" | "ListPendingExchanges" | "ReconcileExchange" => {
+            ("giftx.v1.ExpiryService", "expiry")
+        }
+        "ImportStock" | "GetStockStatus" | "ListShipments" | "MarkShipped" | "ListPreferences" => {
+            ("giftx.v1.OperationsService", "issuance")
+        }
+        _ => return None,
+    };
+    Some(ServiceInfo {
+        full_name,
+        giftx_services,
+    })
+}
+
+/// The service `rpc` belongs to when `status` says the giftxd does not
+/// serve it at all: UNIMPLEMENTED without giftx's error details, which is
+/// what the gRPC router answers for a service it does not have (giftxd
+/// itself never answers UNIMPLEMENTED for a method it serves).
+pub fn service_not_served(rpc: &str, status: &tonic::Status) -> Option<ServiceInfo> {
+    if status.code() != tonic::Code::Unimplemented || status.get_details_error_info().is_some() {
+        return None;
+    }
+    service_of(rpc)
+}
+
+/// One line for a failed RPC: `GetCampaign failed: NOT_FOUND: …`, or for a
+/// service this giftxd does not serve, which service and how to reach one.
+pub fn describe_rpc_failure(rpc: &str, status: &tonic::Status) -> String {
+    match service_not_served(rpc, status) {
+        Some(s) => format!(
+            "{rpc} failed: UNIMPLEMENTED: this giftxd does not serve {}; point --addr \
+             (GIFTX_ADDR) at a giftxd started with GIFTX_SERVICES including {}",
+            s.full_name, s.giftx_services
+        ),
+        None => format!("{rpc} failed: {}", describe_status(status)),
+    }
+}
+
+/// The AIP-193 details of a status as JSON: `error_info`,
+/// `field_violations`, `precondition_violations`, `retry_delay_seconds`
+/// (each only when present).
+pub fn status_details_json(status: &tonic::Status) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    let mut out = Map::new();
+    let decoded = status.get_error_details();
+    if let Some(info) = decoded.error_info() {
+        out.insert(
+            "error_info".into(),
+            json!({"reason": info.reason, "domain": info.domain, "metadata": info.metadata}),
+        );
+    }
+    if let Some(bad) = decoded.bad_request() {
+        let v: Vec<Value> = bad
+            .field_violations
+            .iter()
+            .map(|v| json!({"field": v.field, "description": v.description}))
+            .collect();
+        out.insert("field_violations".into(), Value::Array(v));
+    }
+    if let Some(pre) = decoded.precondition_failure() {
+        let v: Vec<Value> = pre
+            .violations
+            .iter()
+            .map(|v| json!({"type": v.r#type, "subject": v.subject, "description": v.description}))
+            .collect();
+        out.insert("precondition_violations".into(), Value::Array(v));
+    }
+    if let Some(retry) = decoded.retry_info()
+        && let Some(delay) = retry.retry_delay
+    {
+        out.insert("retry_delay_seconds".into(), json!(delay.as_secs_f64()));
+    }
+    Value::Object(out)
+}
+
+/// Whether a failed call may have had an effect or may succeed if sent
+/// again unchanged (same request id): the outcome is unknown or the
+/// failure transient. INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION and
+/// the like are answers: sending the same request again gets them again.
+pub fn is_retryable(status: &tonic::Status) -> bool {
+    use tonic::Code as C;
+    matches!(
+        status.code(),
+        C::Unavailable
+            | C::DeadlineExceeded
+            | C::Aborted
+            | C::ResourceExhausted
+            | C::Unknown
+            | C::Internal
+            | C::Cancelled
+    )
+}
+
 /// The ErrorInfo reason of a status, if it has one.
 pub fn reason(status: &tonic::Status) -> Option<String> {
     status.get_details_error_info().map(|i| i.reason)
@@ -224,6 +333,42 @@ mod tests {
         let plain = tonic::Status::not_found("campaign not found");
         assert_eq!(describe_status(&plain), "NOT_FOUND: campaign not found");
         assert_eq!(reason(&plain), None);
+    }
+
+    #[test]
+    fn unimplemented_service_names_the_service_and_how_to_reach_it() {
+        let e = Error::rpc("IssueCodes")(tonic::Status::unimplemented(""));
+        assert_eq!(
+            e.to_string(),
+            "IssueCodes failed: UNIMPLEMENTED: this giftxd does not serve \
+             giftx.v1.IssuanceService; point --addr (GIFTX_ADDR) at a giftxd started with \
+             GIFTX_SERVICES including issuance"
+        );
+        let j = e.to_json();
+        assert_eq!(j["error"]["reason"], "SERVICE_NOT_SERVED");
+        assert_eq!(j["error"]["code"], "UNIMPLEMENTED");
+        assert_eq!(
+            service_of("MarkShipped").map(|s| s.giftx_services),
+            Some("issuance")
+        );
+    }
+
+    #[test]
+    fn every_rpc_is_mapped_to_its_service_as_the_proto_says() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(giftx_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut methods = 0;
+        for file in &set.file {
+            for service in &file.service {
+                let full = format!("{}.{}", file.package(), service.name());
+                for m in &service.method {
+                    let info = service_of(m.name()).unwrap_or_else(|| panic!("{}", m.name()));
+                    assert_eq!(info.full_name, full, "{}", m.name());
+                    methods += 1;
+                }
+            }
+        }
+        assert!(methods >= 19, "{methods}");
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! RFC 3339 timestamps and short durations (`60s`, `1h30m`) for the command
-//! line, hand-written to keep chrono out of the tree.
+//! line, and the zone giftctl shows times in.
+//!
+//! Times are shown in the operator's local zone (`TZ`, else the system's
+//! zone), or in the offset of a time typed in the same command
+//! (`--deadline 2027-12-15T00:00:00+09:00` is shown back as `+09:00`), or
+//! in UTC under `--utc`. Files written for vendors (CSV) always use UTC.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prost_types::Timestamp;
@@ -39,12 +45,37 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
+/// A time typed on the command line and the UTC offset it was typed in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypedTime {
+    /// The instant.
+    pub timestamp: Timestamp,
+    /// The offset it was written with, in seconds east of UTC (0 for `Z`).
+    pub offset_seconds: i32,
+}
+
+/// Parses an RFC 3339 timestamp and keeps the offset it was typed in.
+///
+/// # Errors
+/// A message saying what is wrong, for the command line.
+pub fn parse_typed_rfc3339(s: &str) -> Result<TypedTime, String> {
+    parse_with_offset(s).map(|(timestamp, offset)| TypedTime {
+        timestamp,
+        // |offset| < 24 h by construction.
+        offset_seconds: offset as i32,
+    })
+}
+
 /// Parses an RFC 3339 timestamp such as `2026-12-15T00:00:00Z` or
 /// `2026-12-15T09:00:00.250+09:00` (`t`/`z` and a space separator too).
 ///
 /// # Errors
 /// A message saying what is wrong, for the command line.
 pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
+    parse_with_offset(s).map(|(t, _)| t)
+}
+
+fn parse_with_offset(s: &str) -> Result<(Timestamp, i64), String> {
     let bad = || {
         format!(
             "'{s}' is not an RFC 3339 timestamp (e.g. 2026-12-15T00:00:00Z or 2026-12-15T09:00:00+09:00)"
@@ -116,25 +147,92 @@ pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
     };
     let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
         - offset_secs;
-    Ok(Timestamp {
-        seconds,
-        // Below 10^9 by construction.
-        nanos: nanos as i32,
-    })
+    Ok((
+        Timestamp {
+            seconds,
+            // Below 10^9 by construction.
+            nanos: nanos as i32,
+        },
+        offset_secs,
+    ))
 }
 
 /// Formats a timestamp as RFC 3339 in UTC, with milliseconds only when they
 /// are not zero: `2026-12-15T00:00:00Z`.
 pub fn format_rfc3339(t: &Timestamp) -> String {
-    let days = t.seconds.div_euclid(86_400);
-    let secs = t.seconds.rem_euclid(86_400);
+    format_with_offset(t, 0)
+}
+
+/// Formats a timestamp as RFC 3339 at `offset` seconds east of UTC
+/// (`2026-12-15T09:00:00+09:00`; `Z` for offset 0).
+pub fn format_with_offset(t: &Timestamp, offset: i32) -> String {
+    let local = t.seconds.saturating_add(i64::from(offset));
+    let days = local.div_euclid(86_400);
+    let secs = local.rem_euclid(86_400);
     let (y, mo, d) = civil_from_days(days);
     let (h, mi, s) = (secs / 3600, secs / 60 % 60, secs % 60);
     let ms = t.nanos.clamp(0, 999_999_999) / 1_000_000;
-    if ms == 0 {
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    let mut out = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+    if ms != 0 {
+        out.push_str(&format!(".{ms:03}"));
+    }
+    if offset == 0 {
+        out.push('Z');
     } else {
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+        let sign = if offset < 0 { '-' } else { '+' };
+        let a = offset.unsigned_abs();
+        out.push_str(&format!("{sign}{:02}:{:02}", a / 3600, a / 60 % 60));
+    }
+    out
+}
+
+/// The zone giftctl shows times in.
+#[derive(Clone, Debug)]
+pub enum DisplayZone {
+    /// `--utc`.
+    Utc,
+    /// The offset of a time the operator typed in this command.
+    Fixed(i32),
+    /// The operator's zone: `TZ`, else the system's.
+    Local(jiff::tz::TimeZone),
+}
+
+impl DisplayZone {
+    /// The operator's local zone (`TZ`, else the system's, else UTC).
+    pub fn local() -> DisplayZone {
+        DisplayZone::Local(jiff::tz::TimeZone::system())
+    }
+
+    /// Seconds east of UTC at instant `t`.
+    pub fn offset_at(&self, t: &Timestamp) -> i32 {
+        match self {
+            DisplayZone::Utc => 0,
+            DisplayZone::Fixed(o) => *o,
+            DisplayZone::Local(tz) => {
+                jiff::Timestamp::from_second(t.seconds).map_or(0, |ts| tz.to_offset(ts).seconds())
+            }
+        }
+    }
+
+    /// `t` as RFC 3339 in this zone.
+    pub fn format(&self, t: &Timestamp) -> String {
+        format_with_offset(t, self.offset_at(t))
+    }
+}
+
+static DISPLAY_ZONE: OnceLock<DisplayZone> = OnceLock::new();
+
+/// Sets the zone of every time shown from now on (once per process; later
+/// calls are ignored).
+pub fn set_display_zone(zone: DisplayZone) {
+    let _ = DISPLAY_ZONE.set(zone);
+}
+
+/// A timestamp as RFC 3339 in the display zone (UTC until one is set).
+pub fn format_display(t: &Timestamp) -> String {
+    match DISPLAY_ZONE.get() {
+        Some(z) => z.format(t),
+        None => format_rfc3339(t),
     }
 }
 
@@ -236,6 +334,35 @@ mod tests {
         ] {
             assert_eq!(format_rfc3339(&parse_rfc3339(s).unwrap()), s);
         }
+    }
+
+    #[test]
+    fn formats_in_the_typed_offset_and_a_named_zone() {
+        let typed = parse_typed_rfc3339("2027-12-15T00:00:00+09:00").unwrap();
+        assert_eq!(typed.offset_seconds, 9 * 3600);
+        assert_eq!(
+            format_rfc3339(&typed.timestamp),
+            "2027-12-14T15:00:00Z",
+            "the same instant in UTC"
+        );
+        assert_eq!(
+            DisplayZone::Fixed(typed.offset_seconds).format(&typed.timestamp),
+            "2027-12-15T00:00:00+09:00"
+        );
+        let west = parse_typed_rfc3339("2014-07-01T23:30:00.250-05:30").unwrap();
+        assert_eq!(
+            DisplayZone::Fixed(west.offset_seconds).format(&west.timestamp),
+            "2014-07-01T23:30:00.250-05:30"
+        );
+        assert_eq!(
+            DisplayZone::Utc.format(&typed.timestamp),
+            "2027-12-14T15:00:00Z"
+        );
+        let tokyo = jiff::tz::TimeZone::posix("JST-9").unwrap();
+        assert_eq!(
+            DisplayZone::Local(tokyo).format(&typed.timestamp),
+            "2027-12-15T00:00:00+09:00"
+        );
     }
 
     #[test]

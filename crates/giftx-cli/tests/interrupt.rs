@@ -117,7 +117,11 @@ fn check_interrupt(signal: &str, out_name: &str) {
     for verb in ["show", "void"] {
         let cmd = format!("giftctl batch {verb} {campaign} print-01");
         assert!(stderr.contains(&format!("`{cmd}`")), "{stderr}");
-        let args: Vec<&str> = cmd.split(' ').skip(1).collect();
+        let mut args: Vec<&str> = cmd.split(' ').skip(1).collect();
+        if verb == "void" {
+            // No terminal here to confirm on: a script says --yes.
+            args.push("--yes");
+        }
         let r = giftctl(&server.addr).args(&args).output().unwrap();
         assert!(r.status.success(), "{cmd}: {r:?}");
         let shown = String::from_utf8_lossy(&r.stdout);

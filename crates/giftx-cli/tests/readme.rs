@@ -60,6 +60,46 @@ fn readme_example() -> String {
         .to_owned()
 }
 
+/// The README's first screen: the Rust version the workspace needs, the
+/// first command and, right under it, what to run next; exactly two
+/// commands (run giftxd, run the tests).
+#[test]
+fn the_readme_first_screen_says_the_rust_version_and_what_to_run_next() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let version = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("workspace rust-version")
+        .trim_matches('"');
+    let screen: Vec<&str> = readme.lines().take(30).collect();
+    let text = screen.join("\n");
+    assert!(text.contains(&format!("Rust {version}")), "{text}");
+    let commands: Vec<&str> = screen
+        .iter()
+        .filter(|l| l.starts_with("    "))
+        .map(|l| l.trim())
+        .collect();
+    assert_eq!(
+        commands,
+        ["cargo run --release --bin giftxd", "scripts/test.sh"],
+        "{text}"
+    );
+    let after_first = text
+        .split_once("cargo run --release --bin giftxd")
+        .expect("first command")
+        .1;
+    let next = after_first
+        .split("\n\n")
+        .nth(1)
+        .expect("a paragraph under it");
+    assert!(
+        next.contains("giftctl -- demo") && next.contains("another terminal"),
+        "{next}"
+    );
+}
+
 #[test]
 fn the_readme_operator_example_runs_as_printed_on_redis() {
     let script = readme_example();

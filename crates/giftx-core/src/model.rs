@@ -173,6 +173,10 @@ pub enum BatchState {
     Void,
 }
 
+/// Most codes one batch (one IssueCodes call) may hold; giftxd refuses
+/// more and giftctl names this bound.
+pub const MAX_ISSUE_COUNT: i64 = 10_000_000;
+
 /// A batch of issued codes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {

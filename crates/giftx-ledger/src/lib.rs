@@ -104,6 +104,19 @@ impl ExchangeId {
     pub fn provider_key(&self) -> String {
         format!("giftx-{}", self.0)
     }
+
+    /// Whether the id has the form a giftx ledger gives out: the Redis
+    /// ledger's 32 lower-case hex digits, or the embedded ledger's `m` and
+    /// at least 13 lower-case hex digits. Anything else (`hello`) is a
+    /// malformed name, not an exchange that does not exist.
+    pub fn is_well_formed(&self) -> bool {
+        let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let s = self.0.as_str();
+        match s.strip_prefix('m') {
+            Some(rest) => rest.len() >= 13 && rest.len() <= 32 && hex(rest),
+            None => s.len() == 32 && hex(s),
+        }
+    }
 }
 
 /// The holder's preferences recorded with an exchange.

@@ -199,7 +199,11 @@ fn refusal<T: Debug>(r: Result<T, LedgerError>) -> Refusal {
 #[track_caller]
 fn claimed(r: Result<ClaimOutcome, LedgerError>) -> ExchangeRecord {
     match r {
-        Ok(ClaimOutcome::Claimed(x)) => x,
+        // Every id a ledger gives out passes the API edge's check.
+        Ok(ClaimOutcome::Claimed(x)) => {
+            assert!(x.id.is_well_formed(), "{:?}", x.id);
+            x
+        }
         other => panic!("expected Claimed, got {other:?}"),
     }
 }

@@ -31,8 +31,8 @@ pub const MAX_RESOURCE_NAME: usize = 256;
 pub const MAX_OPTIONS: usize = 32;
 /// Largest face value, in minor units.
 pub const MAX_FACE_VALUE: i64 = 1_000_000_000_000;
-/// Most codes one IssueCodes call may ask for.
-pub const MAX_ISSUE_COUNT: i64 = 10_000_000;
+/// Most codes one IssueCodes call may ask for (shared with giftctl).
+pub use giftx_core::model::MAX_ISSUE_COUNT;
 /// Earliest timestamp accepted (0001-01-01T00:00:00Z), in seconds.
 const MIN_SECONDS: i64 = -62_135_596_800;
 /// Latest timestamp accepted (9999-12-31T23:59:59Z), in seconds.
@@ -295,10 +295,15 @@ pub fn parse_exchange_name(field: &str, name: &str) -> Result<ExchangeId, FieldV
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':'));
-    if !ok {
-        return Err(FieldViolation::new(field, "exchange id is malformed"));
+    let exchange = ExchangeId(id.to_owned());
+    if !ok || !exchange.is_well_formed() {
+        return Err(FieldViolation::new(
+            field,
+            "exchange id is malformed (giftx exchange ids are hex digits, as in the names \
+             ListPendingExchanges and GetExchange return)",
+        ));
     }
-    Ok(ExchangeId(id.to_owned()))
+    Ok(exchange)
 }
 
 // ---- credentials and strings ----------------------------------------------
@@ -651,8 +656,20 @@ mod tests {
         ] {
             assert!(parse_batch_name("name", bad).is_err(), "{bad}");
         }
-        assert!(parse_exchange_name("name", "exchanges/b12-abc").is_ok());
-        assert!(parse_exchange_name("name", "exchanges/a/b").is_err());
+        // The forms both ledgers give out.
+        assert!(parse_exchange_name("name", "exchanges/03e8abababababababababababab0003").is_ok());
+        assert!(parse_exchange_name("name", "exchanges/m3e80000000002a").is_ok());
+        for bad in [
+            "exchanges/a/b",
+            "exchanges/hello",
+            "exchanges/",
+            "hello",
+            "exchanges/03E8ABABABABABABABABABABAB000300",
+            "exchanges/m3e8",
+            "exchanges/03e8abababababababababababab00031",
+        ] {
+            assert!(parse_exchange_name("name", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

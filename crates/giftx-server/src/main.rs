@@ -16,9 +16,30 @@ use giftx_server::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// What `giftxd --help` says first: what the program is for its users.
+const ABOUT: &str = "giftxd, the giftx gift-code exchange broker: issues bearer codes for a \
+campaign, exchanges each code exactly once for a provider's gift, and enforces each \
+campaign's deadline (gRPC API giftx.v1).";
+
+/// What `giftxd --help` says after the options.
+const AFTER_HELP: &str = "\
+With no configuration giftxd listens on 127.0.0.1:50051 with the embedded in-memory ledger \
+and seeds the demo campaigns: run `giftctl demo` in another terminal.
+
+Settings come from --config FILE, then GIFTX_* environment variables, then flags. The ones \
+to know first:
+  GIFTX_LISTEN                 gRPC address (default 127.0.0.1:50051)
+  GIFTX_REDIS_URL              Redis ledger (default: embedded, state lost on exit)
+  GIFTX_HMAC_KEY_FILE          key for the hashes of codes (required with Redis)
+  GIFTX_DELIVERABLE_KEYS_FILE  deliverable encryption keys (required with Redis)
+  GIFTX_SERVICES               issuance,exchange,expiry (default all)
+  GIFTX_METRICS_LISTEN         Prometheus /metrics address
+Every setting: README.md (Configuration); running it in production: docs/OPERATING.md.
+SIGTERM or SIGINT shut it down gracefully.";
+
 /// giftx gift-code exchange broker (gRPC server).
 #[derive(Debug, Parser)]
-#[command(name = "giftxd", version, about)]
+#[command(name = "giftxd", version, about = ABOUT, after_help = AFTER_HELP)]
 struct Args {
     /// TOML configuration file; GIFTX_* environment variables override it.
     #[arg(long, value_name = "FILE")]
