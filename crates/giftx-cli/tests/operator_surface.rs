@@ -226,7 +226,16 @@ fn operator_surface_on_redis() {
     // A shipment, then mark-shipped with one unknown reference.
     let done: Value = serde_json::from_str(&ok(
         addr,
-        &["--json", "exchange", &code, &key, "--option", "book-card"],
+        &[
+            "--json",
+            "exchange",
+            &code,
+            &key,
+            "--option",
+            "book-card",
+            "--address",
+            "100-0001\\nTokyo, Chiyoda 1-1\\nHolder Name",
+        ],
     ))
     .unwrap();
     let reference = done["deliverable"]["reference"]

@@ -144,8 +144,9 @@ fn the_readme_operator_example_runs_as_printed_on_redis() {
         .unwrap();
     assert_eq!(csv.lines().count(), 10_001, "header + 10,000 codes");
     let shipped = std::fs::read_to_string(work.path().join("to-mail.csv")).unwrap();
-    assert_eq!(shipped.lines().count(), 2, "{shipped}");
-    assert!(shipped.contains("BOOK-"), "{shipped}");
+    // Header + one order (its quoted address spans lines).
+    assert!(shipped.starts_with("reference,"), "{shipped}");
+    assert_eq!(shipped.matches("\nBOOK-").count(), 1, "{shipped}");
     let prefs = std::fs::read_to_string(work.path().join("preferences.csv")).unwrap();
     assert!(
         prefs.contains("campaigns/leak-2014/batches/print-01"),
