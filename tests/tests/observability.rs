@@ -30,6 +30,9 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+/// The deployment environment this binary's telemetry is set up with.
+const ENVIRONMENT: &str = "staging-eu";
+
 /// Everything process-wide: the runtime, the receiver, the captured logs.
 struct Env {
     receiver: Receiver,
@@ -73,6 +76,8 @@ fn env() -> &'static Env {
             let cfg = LogConfig {
                 format: LogFormat::Json,
                 level: Some("info".into()),
+                environment: Some(ENVIRONMENT.into()),
+                instance_id: None,
             };
             let telemetry =
                 telemetry::init_with(&cfg, Some(&format!("http://{addr}")), logs.clone(), false)
@@ -87,9 +92,10 @@ fn env() -> &'static Env {
     })
 }
 
-/// An OTLP TraceService that keeps every span it is sent.
+/// An OTLP TraceService that keeps every span it is sent, and the
+/// resource attributes each batch came with.
 #[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<Span>>>);
+struct Receiver(Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<Vec<KeyValue>>>>);
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -99,6 +105,9 @@ impl TraceService for Receiver {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut spans = self.0.lock().unwrap();
         for rs in request.into_inner().resource_spans {
+            if let Some(r) = rs.resource {
+                self.1.lock().unwrap().push(r.attributes);
+            }
             for ss in rs.scope_spans {
                 spans.extend(ss.spans);
             }
@@ -756,5 +765,309 @@ fn bulk_rpcs_export_one_bulk_span_not_a_span_per_bucket() {
             !env.logs.text().contains("spans dropped"),
             "spans were dropped"
         );
+    });
+}
+
+fn kv_str(kvs: &[KeyValue], key: &str) -> Option<String> {
+    kvs.iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+        .map(|v| match v {
+            AnyValue::StringValue(s) => s.clone(),
+            other => format!("{other:?}"),
+        })
+}
+
+#[test]
+fn the_trace_resource_names_service_version_instance_and_environment() {
+    let env = env();
+    let _turn = serial();
+    RT.block_on(async {
+        let app = TestApp::spawn(TestAppOptions::new().chunk_size(1_000)).await;
+        let codes = campaign_and_codes(&app, "resourced", "gift-a", "emoney-a", 1).await;
+        let trace_id = "1af7651916cd43dd8448eb211c80319d";
+        app.exchange
+            .clone()
+            .verify_code(with_traceparent(
+                verify_request(&codes[0]),
+                &traceparent(trace_id, "c7ad6b7169203332"),
+            ))
+            .await
+            .expect("VerifyCode");
+        spans_until(&unhex(trace_id), |s| !s.is_empty()).await;
+        let resources = env.receiver.1.lock().unwrap().clone();
+        assert!(!resources.is_empty(), "no resource came with the spans");
+        let mut instances = std::collections::BTreeSet::new();
+        for r in &resources {
+            assert_eq!(kv_str(r, "service.name").as_deref(), Some("giftxd"), "{r:?}");
+            assert_eq!(
+                kv_str(r, "service.version").as_deref(),
+                Some(giftx_server::VERSION),
+                "{r:?}"
+            );
+            assert_eq!(
+                kv_str(r, "deployment.environment.name").as_deref(),
+                Some(ENVIRONMENT),
+                "{r:?}"
+            );
+            let instance = kv_str(r, "service.instance.id").expect("service.instance.id");
+            // A random UUID when none is set.
+            assert_eq!(instance.len(), 36, "{instance}");
+            assert_eq!(instance.matches('-').count(), 4, "{instance}");
+            instances.insert(instance);
+        }
+        assert_eq!(instances.len(), 1, "one process, one instance id: {instances:?}");
+        app.shutdown().await.expect("clean shutdown");
+    });
+}
+
+#[test]
+fn a_reconciler_run_is_a_root_trace_named_by_its_exchange_and_its_logs_carry_it() {
+    let env = env();
+    let _turn = serial();
+    RT.block_on(async {
+        let app = TestApp::spawn(
+            TestAppOptions::new()
+                .redis()
+                .chunk_size(1_000)
+                .configure(|c| {
+                    c.expiry.workers = true;
+                    c.expiry.interval_ms = 50;
+                    c.expiry.lease_ttl_ms = 500;
+                    c.expiry.reconcile_min_age_seconds = 0;
+                    c.exchange.backoff_base_ms = 10;
+                    c.exchange.backoff_max_seconds = 1;
+                }),
+        )
+        .await;
+        let codes = campaign_and_codes(&app, "redriven", "gift-r", "emoney-a", 1).await;
+        let sim = giftx_tests::sim(&app, "emoney-a");
+        sim.set_fault(giftx_providers::simulated::FaultMode::UnknownAll);
+        let pending = giftx_tests::exchange(&app, exchange_request(&codes[0], "gift-r", "r-1"))
+            .await
+            .expect("Exchange");
+        assert_eq!(giftx_tests::state_of(&pending), pb::ExchangeState::Pending);
+        sim.set_fault(giftx_providers::simulated::FaultMode::None);
+        app.clock.advance(Duration::from_secs(60));
+        let mut finished = false;
+        for _ in 0..200 {
+            if giftx_tests::list_pending(&app).await.is_empty() {
+                finished = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(finished, "the reconciler never finished {}", pending.name);
+
+        // The root span of the re-drive, found by its exchange name.
+        let mut root = None;
+        for _ in 0..100 {
+            tokio::task::spawn_blocking(|| env.telemetry.force_flush())
+                .await
+                .unwrap()
+                .expect("flush spans");
+            root = env.receiver.all().into_iter().find(|s| {
+                s.name == "worker.reconcile"
+                    && attr_str(s, "giftx.exchange").as_deref() == Some(pending.name.as_str())
+                    && attr_str(s, "giftx.outcome").as_deref() == Some("succeeded")
+            });
+            if root.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let root = root.unwrap_or_else(|| {
+            panic!(
+                "no worker.reconcile span for {}: {:?}",
+                pending.name,
+                env.receiver
+                    .all()
+                    .iter()
+                    .filter(|s| s.name.starts_with("worker."))
+                    .map(|s| (&s.name, attr_str(s, "giftx.exchange")))
+                    .collect::<Vec<_>>()
+            )
+        });
+        assert!(root.parent_span_id.is_empty(), "a root span: {root:?}");
+        // Its trace holds the provider call that finished the exchange.
+        let spans = spans_until(&root.trace_id, |spans| {
+            spans.iter().any(|s| s.name == "provider.call")
+        })
+        .await;
+        assert!(
+            spans
+                .iter()
+                .filter(|s| s.name == "provider.call")
+                .all(|s| s.trace_id == root.trace_id)
+        );
+        // Its log line carries the trace id.
+        let tid = hex(&root.trace_id);
+        let text = env.logs.text();
+        assert!(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|v| v["trace_id"] == tid.as_str() && v["message"] == "reconciled"),
+            "no `reconciled` log line with trace id {tid}:\n{text}"
+        );
+        app.shutdown().await.expect("clean shutdown");
+    });
+}
+
+/// Every `giftx_*` metric name in the dashboard's and the alerts' queries
+/// (histogram suffixes taken off).
+fn metrics_the_deploy_files_use() -> std::collections::BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut exprs: Vec<String> = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    if k == "expr" {
+                        out.extend(v.as_str().map(str::to_owned));
+                    }
+                    walk(v, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/giftx-dashboard.json"))
+            .expect("the dashboard"),
+    )
+    .expect("dashboard JSON");
+    walk(&dashboard, &mut exprs);
+    let alerts: serde_json::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join("deploy/prometheus/alerts.yaml")).expect("alerts"),
+    )
+    .expect("alerts YAML");
+    walk(&alerts, &mut exprs);
+    assert!(exprs.len() > 10, "queries found: {exprs:?}");
+    let mut names = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(p) = rest.find("giftx_") {
+            let tail = &rest[p..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(base.to_owned());
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+#[test]
+fn every_metric_the_dashboard_and_alerts_use_exists_from_the_first_scrape() {
+    let _env = env();
+    let _turn = serial();
+    RT.block_on(async {
+        let used = metrics_the_deploy_files_use();
+        assert!(used.contains("giftx_ledger_script_errors_total"), "{used:?}");
+        let providers = BTreeMap::from([
+            (
+                "emoney-a".to_owned(),
+                giftx_server::config::ProviderConfig::of_kind("simulated"),
+            ),
+            (
+                "edy-stock".to_owned(),
+                giftx_server::config::ProviderConfig::of_kind("stock"),
+            ),
+        ]);
+        // A Redis ledger that already holds a campaign, as after a restart.
+        let first = TestApp::spawn(
+            TestAppOptions::new()
+                .redis()
+                .chunk_size(1_000)
+                .providers(providers.clone())
+                .configure(|c| c.expiry.workers = false),
+        )
+        .await;
+        campaign_and_codes(&first, "scraped", "scraped-opt", "emoney-a", 1).await;
+        let mut first = first;
+        let redis = first.redis.take().expect("the app's Redis");
+        first.shutdown().await.expect("clean shutdown");
+
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let metrics_addr = probe.local_addr().unwrap();
+        drop(probe);
+        let app = TestApp::spawn(
+            TestAppOptions::new()
+                .redis_url(redis.url())
+                .chunk_size(1_000)
+                .providers(providers)
+                .configure(|c| {
+                    c.metrics_listen = Some(metrics_addr);
+                    c.expiry.workers = true;
+                }),
+        )
+        .await;
+        // The first scrape: every counter and histogram the queries use.
+        let samples = scrape(metrics_addr).await;
+        let present = |samples: &[Sample], name: &str| {
+            samples.iter().any(|s| {
+                s.name == name
+                    || s.name
+                        .strip_prefix(name)
+                        .is_some_and(|x| ["_bucket", "_sum", "_count", "_total"].contains(&x))
+            })
+        };
+        // The ledger gauges are the lease holder's (a process that has not
+        // won the lease leaves them to the one that has).
+        let holder_only = [
+            "giftx_codes",
+            "giftx_exchanges_pending",
+            "giftx_exchanges_parked",
+            "giftx_stock_available",
+            "giftx_sweeper_last_success_timestamp_seconds",
+        ];
+        for name in used.iter().filter(|n| !holder_only.contains(&n.as_str())) {
+            assert!(present(&samples, name), "{name} missing from the first scrape");
+        }
+        // Zero-valued before anything happened.
+        assert_eq!(value(&samples, "giftx_ledger_script_errors_total", &[]), 0.0);
+        assert!(
+            samples.iter().any(|s| s.name == "giftx_ledger_script_errors_total"
+                && s.labels.get("script").map(String::as_str) == Some("claim_code")),
+            "giftx_ledger_script_errors_total{{script=\"claim_code\"}} missing"
+        );
+        assert!(
+            samples.iter().any(|s| s.name == "giftx_exchanges_total"
+                && s.labels.get("option").map(String::as_str) == Some("scraped-opt")),
+            "the stored campaign's option has no giftx_exchanges_total series"
+        );
+        assert!(
+            samples.iter().any(|s| s.name == "giftx_provider_calls_total"
+                && s.labels.get("provider").map(String::as_str) == Some("emoney-a")
+                && s.labels.get("outcome").map(String::as_str) == Some("unknown")),
+            "giftx_provider_calls_total for emoney-a/unknown missing"
+        );
+        // The lease holder's first scrape has the ledger gauges as well.
+        let mut holder = None;
+        for _ in 0..100 {
+            let s = scrape(metrics_addr).await;
+            if value(&s, "giftx_lease_held", &[("lease", "expiry-workers")]) == 1.0 {
+                holder = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let holder = holder.expect("the only giftxd wins the lease");
+        for name in holder_only.iter().filter(|n| used.contains(**n)) {
+            assert!(
+                present(&holder, name),
+                "{name} missing from the lease holder's first scrape"
+            );
+        }
+        app.shutdown().await.expect("clean shutdown");
+        drop(redis);
     });
 }

@@ -555,3 +555,127 @@ async fn unimplemented_rpcs_say_so_clearly_and_errors_carry_error_info() {
     assert_eq!(e.code(), Code::NotFound);
     assert_eq!(reason(&e), "CAMPAIGN_NOT_FOUND");
 }
+
+/// Asks reflection for the files that define `symbols`, and for every file
+/// they import, as a reflective client (grpcurl) does before it decodes.
+async fn reflected_pool(app: &TestApp, symbols: &[&str]) -> prost_reflect::DescriptorPool {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut files: std::collections::BTreeMap<String, prost_types::FileDescriptorProto> =
+        std::collections::BTreeMap::new();
+    let mut asks: Vec<MessageRequest> = symbols
+        .iter()
+        .map(|s| MessageRequest::FileContainingSymbol((*s).to_owned()))
+        .collect();
+    while !asks.is_empty() {
+        let reqs: Vec<ServerReflectionRequest> = asks
+            .drain(..)
+            .map(|m| ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(m),
+            })
+            .collect();
+        let n = reqs.len();
+        let mut stream = app
+            .reflection
+            .clone()
+            .server_reflection_info(futures::stream::iter(reqs))
+            .await
+            .expect("reflection")
+            .into_inner();
+        for _ in 0..n {
+            let resp = stream.next().await.expect("an answer").expect("reflection");
+            match resp.message_response {
+                Some(MessageResponse::FileDescriptorResponse(f)) => {
+                    for raw in f.file_descriptor_proto {
+                        let fd = prost_types::FileDescriptorProto::decode(raw.as_slice())
+                            .expect("a FileDescriptorProto");
+                        files.insert(fd.name().to_owned(), fd);
+                    }
+                }
+                other => panic!("reflection could not describe it: {other:?}"),
+            }
+        }
+        let missing: std::collections::BTreeSet<String> = files
+            .values()
+            .flat_map(|f| f.dependency.iter().cloned())
+            .filter(|d| !files.contains_key(d))
+            .collect();
+        asks.extend(missing.into_iter().map(MessageRequest::FileByFilename));
+    }
+    prost_reflect::DescriptorPool::from_file_descriptor_set(prost_types::FileDescriptorSet {
+        file: files.into_values().collect(),
+    })
+    .expect("the reflected files form a valid descriptor pool")
+}
+
+#[tokio::test]
+async fn a_reflective_client_decodes_the_error_info_of_a_real_error() {
+    use tonic_types::StatusExt as _;
+    let app = TestApp::spawn_default().await;
+    // A real error: a campaign that does not exist.
+    let err = app
+        .issuance
+        .clone()
+        .get_campaign(pb::GetCampaignRequest {
+            name: "campaigns/no-such-campaign".into(),
+        })
+        .await
+        .expect_err("no such campaign");
+    assert_eq!(err.code(), Code::NotFound);
+    let expected = err
+        .get_details_error_info()
+        .expect("giftx's errors carry an ErrorInfo");
+    assert!(!err.details().is_empty(), "grpc-status-details-bin is set");
+
+    // Decode grpc-status-details-bin knowing only what reflection says.
+    let pool = reflected_pool(&app, &["google.rpc.Status", "google.rpc.ErrorInfo"]).await;
+    let status_desc = pool
+        .get_message_by_name("google.rpc.Status")
+        .expect("reflection describes google.rpc.Status");
+    let status = prost_reflect::DynamicMessage::decode(status_desc, err.details())
+        .expect("the details decode as google.rpc.Status");
+    assert_eq!(
+        status.get_field_by_name("code").and_then(|v| v.as_i32()),
+        Some(Code::NotFound as i32)
+    );
+    let details = status.get_field_by_name("details").expect("details");
+    let details = details.as_list().expect("a repeated field");
+    let mut decoded = 0;
+    for any in details {
+        let any = any.as_message().expect("an Any");
+        let type_url = any
+            .get_field_by_name("type_url")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .expect("type_url");
+        let value = any
+            .get_field_by_name("value")
+            .and_then(|v| v.as_bytes().cloned())
+            .expect("value");
+        let type_name = type_url.rsplit('/').next().expect("a type name");
+        let desc = pool
+            .get_message_by_name(type_name)
+            .unwrap_or_else(|| panic!("reflection does not describe {type_url}"));
+        let msg = prost_reflect::DynamicMessage::decode(desc, value.as_ref())
+            .unwrap_or_else(|e| panic!("{type_url} does not decode: {e}"));
+        if type_name == "google.rpc.ErrorInfo" {
+            let field = |n: &str| {
+                msg.get_field_by_name(n)
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            };
+            assert_eq!(field("reason"), expected.reason);
+            assert_eq!(field("domain"), expected.domain);
+            assert!(!field("reason").is_empty());
+            decoded += 1;
+        }
+    }
+    assert_eq!(decoded, 1, "one ErrorInfo among {} details", details.len());
+    // BadRequest and RetryInfo are described too.
+    for t in ["google.rpc.BadRequest", "google.rpc.RetryInfo"] {
+        let pool = reflected_pool(&app, &[t]).await;
+        assert!(pool.get_message_by_name(t).is_some(), "{t}");
+    }
+}

@@ -129,6 +129,13 @@ pub struct LogConfig {
     /// An `EnvFilter` directive such as `info` or `giftx=debug`
     /// (`GIFTX_LOG`; otherwise `RUST_LOG`; otherwise `info`).
     pub level: Option<String>,
+    /// The deployment environment traces are tagged with
+    /// (`deployment.environment.name`; `GIFTX_DEPLOYMENT_ENVIRONMENT`;
+    /// default `unspecified`).
+    pub environment: Option<String>,
+    /// The trace resource's `service.instance.id`
+    /// (`GIFTX_SERVICE_INSTANCE_ID`; default: a random UUID per process).
+    pub instance_id: Option<String>,
 }
 
 /// A string that never prints (for URLs that may carry a password).
@@ -609,6 +616,12 @@ impl Config {
         }
         if let Some(v) = get("GIFTX_LOG") {
             self.log.level = Some(v);
+        }
+        if let Some(v) = get("GIFTX_DEPLOYMENT_ENVIRONMENT") {
+            self.log.environment = Some(v);
+        }
+        if let Some(v) = get("GIFTX_SERVICE_INSTANCE_ID") {
+            self.log.instance_id = Some(v);
         }
         if let Some(v) = get("GIFTX_LOCKOUT_THRESHOLD") {
             self.ledger.lockout_threshold = env_parse("GIFTX_LOCKOUT_THRESHOLD", &v)?;

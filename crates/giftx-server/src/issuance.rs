@@ -131,6 +131,9 @@ impl IssuanceApi {
             .create_campaign(&spec, request_id, now)
             .await?;
         let c = self.state.remember_campaign(c);
+        for o in &c.spec.options {
+            crate::metrics::global().option_known(o.id.as_str());
+        }
         tracing::info!(campaign = %c.spec.id, series = %c.series, "campaign ready");
         Ok(campaign_to_proto(&c))
     }

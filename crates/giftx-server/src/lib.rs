@@ -48,6 +48,10 @@ use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
 pub use config::{Config, ServiceKind};
+
+/// giftxd's version (the trace resource's `service.version`,
+/// `giftx_build_info`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use state::AppState;
 pub use status::ApiError;
 
@@ -272,10 +276,13 @@ async fn check_campaign_providers(state: &AppState) -> Result<(), ServerError> {
 }
 
 /// Reflection lists the served giftx services, health and reflection
-/// itself, and can describe all of them.
+/// itself, and can describe all of them, and the `google.rpc` error
+/// details (ErrorInfo, BadRequest, RetryInfo, ...) giftx's errors carry in
+/// `grpc-status-details-bin`, so reflective clients decode them.
 fn reflection_builder(served: &[ServiceKind]) -> tonic_reflection::server::Builder<'static> {
     let mut b = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(giftx_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
@@ -286,6 +293,65 @@ fn reflection_builder(served: &[ServiceKind]) -> tonic_reflection::server::Build
         b = b.with_service_name(name);
     }
     b
+}
+
+/// Creates the zero-valued series known at start (see
+/// [`metrics::Metrics::init_known`]): the served methods, the configured
+/// providers, the options of the campaigns in the ledger, the Redis
+/// ledger's scripts.
+async fn init_known_metrics(state: &AppState, served: &[ServiceKind]) {
+    use prost::Message as _;
+    let names = grpc_names(served);
+    let set = prost_types::FileDescriptorSet::decode(giftx_proto::FILE_DESCRIPTOR_SET)
+        .unwrap_or_default();
+    let mut methods: Vec<(String, String)> = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            let full = format!("{}.{}", file.package(), service.name());
+            if names.contains(&full.as_str()) {
+                for m in &service.method {
+                    methods.push((full.clone(), m.name().to_owned()));
+                }
+            }
+        }
+    }
+    let methods: Vec<(&str, &str)> = methods
+        .iter()
+        .map(|(s, m)| (s.as_str(), m.as_str()))
+        .collect();
+    let providers: Vec<String> = state
+        .provider_set
+        .configs
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    let mut options: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        match state.ledger.list_campaigns(cursor.as_deref(), 200).await {
+            Ok(page) => {
+                for c in &page.items {
+                    options.extend(c.spec.options.iter().map(|o| o.id.as_str().to_owned()));
+                }
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listing campaigns for the metrics' option series failed");
+                break;
+            }
+        }
+    }
+    options.sort();
+    options.dedup();
+    let scripts = if state.config.embedded_ledger() {
+        Vec::new()
+    } else {
+        giftx_ledger::redis::script_names()
+    };
+    metrics::global().init_known(&methods, &providers, &options, &scripts);
 }
 
 /// The gRPC names of the served giftx services: OperationsService goes
@@ -332,6 +398,7 @@ pub async fn serve(
     // Metrics first, so a port in use stops start-up instead of surfacing
     // later.
     metrics::install_ledger_observer();
+    init_known_metrics(&state, &served).await;
     let metrics_endpoint = match state.config.metrics_listen {
         Some(m) => {
             let l = TcpListener::bind(m).await.map_err(|e| {

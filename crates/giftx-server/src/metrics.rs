@@ -59,6 +59,12 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// The classic Prometheus text format's content type (otherwise).
 pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The `outcome` labels of `giftx_exchanges_total`.
+const EXCHANGE_OUTCOMES: [&str; 3] = ["succeeded", "failed", "pending"];
+/// The `outcome` labels of `giftx_provider_calls_total`: `ok` or the
+/// error's class.
+const PROVIDER_OUTCOMES: [&str; 4] = ["ok", "rejected", "retryable", "unknown"];
+
 /// Seconds; from 1ms to 2 minutes (IssueCodes streams are long).
 const RPC_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
@@ -112,6 +118,7 @@ pub struct Metrics {
     issue_streams: Gauge,
     issue_streams_refused: Counter,
     spans_dropped: Counter,
+    trace_export_failures: Counter,
     handles: Handles,
 }
 
@@ -198,6 +205,7 @@ impl Metrics {
             issue_streams: Gauge::default(),
             issue_streams_refused: Counter::default(),
             spans_dropped: Counter::default(),
+            trace_export_failures: Counter::default(),
             registry: Registry::default(),
             handles: Handles::default(),
         };
@@ -319,14 +327,83 @@ impl Metrics {
             m.spans_dropped.clone(),
         );
         registry.register(
+            "giftx_trace_export_failures",
+            "Span batches the OTLP exporter failed to deliver (collector down, refused or timed out)",
+            m.trace_export_failures.clone(),
+        );
+        registry.register(
             "giftx_build",
             "The running giftxd",
             prometheus_client::metrics::info::Info::new(vec![(
                 "version",
-                env!("CARGO_PKG_VERSION").to_owned(),
+                crate::VERSION.to_owned(),
             )]),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Creates, zero-valued, every series whose labels are known at start,
+    /// so the dashboards' and alerts' metrics exist from the first scrape
+    /// (a counter that appears only at its first increment loses that
+    /// increment to `rate()` and `increase()`): per served method its
+    /// `OK` count and latency; per provider its call outcomes and latency;
+    /// per option in `options` its exchange outcomes; per ledger script in
+    /// `scripts` its latency and errors; the reconciler's outcomes. The
+    /// gauges read off the ledger stay the lease holder's alone (see
+    /// [`run_ledger_gauges`]).
+    pub fn init_known(
+        &self,
+        methods: &[(&str, &str)],
+        providers: &[String],
+        options: &[String],
+        scripts: &[&'static str],
+    ) {
+        for (service, method) in methods {
+            let _ = self.rpc_requests.get_or_create(&vec![
+                ("service", (*service).to_owned()),
+                ("method", (*method).to_owned()),
+                ("code", "OK".to_owned()),
+            ]);
+            let _ = self.rpc_duration.get_or_create(&vec![
+                ("service", (*service).to_owned()),
+                ("method", (*method).to_owned()),
+            ]);
+        }
+        for p in providers {
+            for outcome in PROVIDER_OUTCOMES {
+                let _ = self.provider_calls.get_or_create(&vec![
+                    ("provider", p.clone()),
+                    ("outcome", outcome.to_owned()),
+                ]);
+            }
+            let _ = self
+                .provider_duration
+                .get_or_create(&vec![("provider", p.clone())]);
+        }
+        for o in options {
+            self.option_known(o);
+        }
+        for script in scripts {
+            let labels = vec![("script", (*script).to_owned())];
+            let _ = self.script_duration.get_or_create(&labels);
+            let _ = self.script_errors.get_or_create(&labels);
+        }
+        for outcome in crate::workers::OUTCOME_NAMES {
+            let _ = self
+                .reconciler_redrives
+                .get_or_create(&vec![("outcome", outcome.to_owned())]);
+        }
+    }
+
+    /// Creates the zero-valued exchange series of `option` (at start, and
+    /// when a campaign offering it is created).
+    pub fn option_known(&self, option: &str) {
+        for outcome in EXCHANGE_OUTCOMES {
+            let _ = self.exchanges.get_or_create(&vec![
+                ("option", option.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ]);
+        }
     }
 
     /// A request broke the gRPC protocol (`reason`: method, content_type,
@@ -375,6 +452,11 @@ impl Metrics {
     /// The trace exporter dropped `n` spans.
     pub fn spans_dropped(&self, n: u64) {
         self.spans_dropped.inc_by(n);
+    }
+
+    /// A batch of spans could not be exported.
+    pub fn trace_export_failed(&self) {
+        self.trace_export_failures.inc();
     }
 
     /// The registry and the process metrics in the OpenMetrics text
@@ -865,6 +947,14 @@ pub async fn run_ledger_gauges(
                     break;
                 }
                 let now = stats.borrow_and_update().clone();
+                // The lease just won: the gauges first, then
+                // giftx_lease_held, so a scrape that shows this process
+                // holding the lease already has them.
+                if now.holding && !seen.holding
+                    && let Err(e) = refresh_ledger_gauges(&state).await
+                {
+                    tracing::warn!(error = %e, "refreshing the ledger gauges failed");
+                }
                 record_progress(m, &seen, &now);
                 if seen.holding && !now.holding {
                     m.withdraw_ledger_gauges();

@@ -135,7 +135,7 @@ where
     let filter =
         EnvFilter::try_new(&directive).map_err(|e| format!("log level {directive:?}: {e}"))?;
     let provider = match otlp {
-        Some(endpoint) => Some(tracer_provider(endpoint)?),
+        Some(endpoint) => Some(tracer_provider(endpoint, cfg)?),
         None => None,
     };
     let otel = provider.as_ref().map(|p| {
@@ -196,17 +196,13 @@ where
     Ok(Telemetry { provider })
 }
 
-fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
+fn tracer_provider(endpoint: &str, cfg: &LogConfig) -> Result<SdkTracerProvider, String> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .build()
         .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
-    let mut resource = opentelemetry_sdk::Resource::builder();
-    // OTEL_SERVICE_NAME, read by the default detectors, wins.
-    if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
-        resource = resource.with_service_name("giftxd");
-    }
+    let resource = resource(cfg);
     // The SDK's queue size (2,048 unless OTEL_BSP_MAX_QUEUE_SIZE says
     // otherwise), set explicitly so the guard knows it.
     let max_queue = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
@@ -218,6 +214,8 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
         queued: AtomicUsize::new(0),
         max: max_queue,
         dropped: AtomicU64::new(0),
+        failures: AtomicU64::new(0),
+        last_failure: std::sync::Mutex::new(String::new()),
     });
     let batch = BatchSpanProcessor::builder(CountingExporter {
         inner: exporter,
@@ -231,12 +229,75 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
     .build();
     report_drops(Arc::downgrade(&queue));
     Ok(SdkTracerProvider::builder()
-        .with_resource(resource.build())
+        .with_resource(resource)
         .with_span_processor(GuardedProcessor {
             inner: batch,
             queue,
         })
         .build())
+}
+
+/// The trace resource: `service.name` (`giftxd`), `service.version` (the
+/// crate's), `service.instance.id` (`cfg.instance_id`, else a random UUID)
+/// and `deployment.environment.name` (`cfg.environment`, else
+/// `unspecified`; also
+/// under its older key `deployment.environment`, which many backends still
+/// group by). What `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` set
+/// wins over these defaults.
+fn resource(cfg: &LogConfig) -> opentelemetry_sdk::Resource {
+    use opentelemetry::{Key, KeyValue};
+    // What the SDK's own detectors read from the environment.
+    let detected = opentelemetry_sdk::Resource::builder().build();
+    let has = |k: &str| {
+        detected
+            .get(&Key::new(k.to_owned()))
+            .is_some_and(|v| !v.as_str().starts_with("unknown_service"))
+    };
+    let set = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let environment = set(&cfg.environment).unwrap_or_else(|| "unspecified".to_owned());
+    let instance = set(&cfg.instance_id).unwrap_or_else(random_uuid);
+    let defaults = [
+        KeyValue::new("service.name", "giftxd"),
+        KeyValue::new("service.version", crate::VERSION),
+        KeyValue::new("service.instance.id", instance),
+        KeyValue::new("deployment.environment.name", environment.clone()),
+        KeyValue::new("deployment.environment", environment),
+    ];
+    let mut b = opentelemetry_sdk::Resource::builder();
+    for kv in defaults {
+        if !has(kv.key.as_str()) {
+            b = b.with_attribute(kv);
+        }
+    }
+    b.build()
+}
+
+/// A random (version 4) UUID, as `service.instance.id` recommends.
+fn random_uuid() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // No entropy: the pid and the start time still tell processes apart.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b = (t ^ (u128::from(std::process::id()) << 64)).to_be_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// The name of [`bulk_span`]'s span.
@@ -261,6 +322,9 @@ struct ExportQueue {
     queued: AtomicUsize,
     max: usize,
     dropped: AtomicU64,
+    /// Batches the exporter failed to deliver, and the last error.
+    failures: AtomicU64,
+    last_failure: std::sync::Mutex<String>,
 }
 
 impl ExportQueue {
@@ -279,6 +343,16 @@ impl ExportQueue {
         admitted
     }
 
+    /// The exporter failed to deliver a batch: counted here and in
+    /// `giftx_trace_export_failures_total`, logged by [`report_drops`].
+    fn export_failed(&self, error: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global().trace_export_failed();
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = error;
+        }
+    }
+
     fn taken(&self, n: usize) {
         let _ = self
             .queued
@@ -288,28 +362,57 @@ impl ExportQueue {
     }
 }
 
-/// Logs dropped spans every 10 s at most, for as long as the queue lives
-/// (a span cannot be logged from inside the tracing pipeline that ends it).
+/// Logs dropped spans and failed exports (within a second, then every
+/// 10 s at most), for as long
+/// as the queue lives (a span cannot be logged from inside the tracing
+/// pipeline that ends it, and a collector that is down would otherwise
+/// log once per batch).
 fn report_drops(queue: Weak<ExportQueue>) {
     let _ = std::thread::Builder::new()
         .name("giftx-span-drops".into())
         .spawn(move || {
-            let mut reported = 0;
+            let (mut dropped_seen, mut failures_seen) = (0, 0);
+            // The first trouble is told within a second, then at most
+            // once per 10 s.
+            let mut last_report: Option<Instant> = None;
             loop {
-                std::thread::sleep(std::time::Duration::from_secs(10));
+                std::thread::sleep(std::time::Duration::from_secs(1));
                 let Some(q) = queue.upgrade() else {
                     return;
                 };
+                if last_report.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10)) {
+                    continue;
+                }
+                let told = (dropped_seen, failures_seen);
                 let n = q.dropped.load(Ordering::Relaxed);
-                if n > reported {
+                if n > dropped_seen {
                     tracing::warn!(
-                        dropped = n - reported,
+                        dropped = n - dropped_seen,
                         total = n,
                         queue = q.max,
                         "trace export queue full: spans dropped \
                          (giftx_trace_spans_dropped_total; OTEL_BSP_MAX_QUEUE_SIZE)"
                     );
-                    reported = n;
+                    dropped_seen = n;
+                }
+                let f = q.failures.load(Ordering::Relaxed);
+                if f > failures_seen {
+                    let last = q
+                        .last_failure
+                        .lock()
+                        .map(|e| e.clone())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        failed_batches = f - failures_seen,
+                        total = f,
+                        error = %last,
+                        "trace export failed: spans lost \
+                         (giftx_trace_export_failures_total; is the OTLP collector up?)"
+                    );
+                    failures_seen = f;
+                }
+                if (dropped_seen, failures_seen) != told {
+                    last_report = Some(Instant::now());
                 }
             }
         });
@@ -362,7 +465,15 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
         batch: Vec<SpanData>,
     ) -> impl Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
         self.queue.taken(batch.len());
-        self.inner.export(batch)
+        let export = self.inner.export(batch);
+        let queue = &self.queue;
+        async move {
+            let result = export.await;
+            if let Err(e) = &result {
+                queue.export_failed(e.to_string());
+            }
+            result
+        }
     }
 
     fn shutdown_with_timeout(
@@ -391,6 +502,8 @@ mod tests {
             queued: AtomicUsize::new(0),
             max: 2,
             dropped: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_failure: std::sync::Mutex::new(String::new()),
         };
         assert!(q.admit());
         assert!(q.admit());

@@ -17,7 +17,7 @@ use giftx_core::model::{CampaignId, ExchangeState};
 use giftx_ledger::{Lease, Ledger};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::exchanger::{DriveOutcome, Exchanger};
 
@@ -193,7 +193,14 @@ impl Workers {
                 if !self.still_holding(valid_until).await {
                     return Ok(());
                 }
-                let bulk = crate::telemetry::bulk_span("sweep");
+                // A trace of its own per campaign swept (not a child of
+                // whatever ran before), so its log lines carry a trace id.
+                let root = tracing::info_span!(
+                    parent: None,
+                    "worker.sweep",
+                    giftx.campaign = %c.spec.id,
+                );
+                let bulk = root.in_scope(|| crate::telemetry::bulk_span("sweep"));
                 let out = tracing::Instrument::instrument(
                     self.ledger.sweep(&c.spec.id, now),
                     bulk.clone(),
@@ -203,12 +210,14 @@ impl Workers {
                 bulk.record("giftx.codes", out.expired);
                 let next = out.purged.is_none().then_some(out.purge_due);
                 self.swept.insert(c.spec.id.clone(), (c.version, next));
-                if out.expired > 0 {
-                    info!(campaign = %c.spec.id, expired = out.expired, "swept expired codes");
-                }
-                if let Some(at) = out.purged {
-                    info!(campaign = %c.spec.id, purge_time = at.millis(), "campaign purged past its retention");
-                }
+                root.in_scope(|| {
+                    if out.expired > 0 {
+                        info!(campaign = %c.spec.id, expired = out.expired, "swept expired codes");
+                    }
+                    if let Some(at) = out.purged {
+                        info!(campaign = %c.spec.id, purge_time = at.millis(), "campaign purged past its retention");
+                    }
+                });
                 self.stats.send_modify(|s| s.swept += out.expired);
             }
             match page.next {
@@ -240,16 +249,32 @@ impl Workers {
                 if !self.still_holding(valid_until).await {
                     return Ok(());
                 }
-                let outcome = match self.exchanger.reconcile(&rec.id).await {
+                // Each re-drive is a trace of its own, named by the
+                // exchange, so its provider call and log lines can be found.
+                let root = tracing::info_span!(
+                    parent: None,
+                    "worker.reconcile",
+                    giftx.exchange = %crate::convert::exchange_name(&rec.id),
+                    giftx.outcome = tracing::field::Empty,
+                );
+                let result = tracing::Instrument::instrument(
+                    self.exchanger.reconcile(&rec.id),
+                    root.clone(),
+                )
+                .await;
+                let _entered = root.enter();
+                let outcome = match result {
                     Ok((_, o)) => o,
                     Err(giftx_core::DomainError::ExchangeInFlight) => DriveOutcome::Busy,
                     Err(e) => {
+                        root.record("giftx.outcome", "error");
                         warn!(exchange = %rec.id.0, error = %e, "reconcile failed");
                         continue;
                     }
                 };
-                debug!(exchange = %rec.id.0, ?outcome, "reconciled");
                 let name = outcome_name(outcome);
+                root.record("giftx.outcome", name);
+                info!(exchange = %rec.id.0, outcome = name, "reconciled");
                 self.stats
                     .send_modify(|s| *s.reconciled.entry(name).or_default() += 1);
             }
@@ -260,6 +285,17 @@ impl Workers {
         }
     }
 }
+
+/// Every label [`outcome_name`] gives.
+pub const OUTCOME_NAMES: [&str; 7] = [
+    "succeeded",
+    "failed",
+    "released",
+    "deferred",
+    "parked",
+    "busy",
+    "already_finished",
+];
 
 /// The metric label of an outcome.
 pub fn outcome_name(o: DriveOutcome) -> &'static str {

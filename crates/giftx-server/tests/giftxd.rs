@@ -79,3 +79,98 @@ fn giftxd_refuses_an_unknown_service() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bogus"), "{stderr}");
 }
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// GETs `/metrics` and returns the value of the unlabelled sample `name`.
+fn scrape_value(addr: &str, name: &str) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: giftxd\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[test]
+fn giftxd_counts_and_logs_trace_export_failures() {
+    let metrics = format!("127.0.0.1:{}", closed_port());
+    let mut child = giftxd()
+        .env("GIFTX_LISTEN", "127.0.0.1:0")
+        .env("GIFTX_METRICS_LISTEN", &metrics)
+        .env("GIFTX_LOG_FORMAT", "json")
+        // A collector that is down.
+        .env(
+            "GIFTX_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", closed_port()),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            addr = rest.split([' ', '"']).next().map(str::to_owned);
+            break;
+        }
+    }
+    let addr = addr.expect("giftxd says where it listens");
+    // The export failure counter exists before anything failed.
+    let mut first = None;
+    for _ in 0..100 {
+        first = scrape_value(&metrics, "giftx_trace_export_failures_total");
+        if first.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(first, Some(0.0), "giftx_trace_export_failures_total at start");
+    // RPCs make spans; the exporter cannot deliver them.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut health =
+            tonic_health::pb::health_client::HealthClient::connect(format!("http://{addr}"))
+                .await
+                .expect("connect");
+        for _ in 0..5 {
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .expect("Health/Check");
+        }
+    });
+    // Logged (JSON line) and counted.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("trace export failed") {
+                let _ = tx.send(line);
+                return;
+            }
+        }
+    });
+    let logged = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("giftxd logs that trace export failed");
+    let v: serde_json::Value = serde_json::from_str(&logged).expect("a JSON log line");
+    assert_eq!(v["level"], "WARN", "{logged}");
+    assert!(v["total"].as_u64().is_some_and(|n| n >= 1), "{logged}");
+    let failures = scrape_value(&metrics, "giftx_trace_export_failures_total").unwrap_or(0.0);
+    assert!(failures >= 1.0, "giftx_trace_export_failures_total = {failures}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

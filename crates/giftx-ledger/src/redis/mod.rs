@@ -293,6 +293,12 @@ pub trait ScriptObserver: Send + Sync + 'static {
 
 static SCRIPT_OBSERVER: std::sync::OnceLock<Box<dyn ScriptObserver>> = std::sync::OnceLock::new();
 
+/// The name of every script the Redis ledger runs, as a
+/// [`ScriptObserver`] is told it (metrics create their series up front).
+pub fn script_names() -> Vec<&'static str> {
+    scripts::SCRIPTS.names()
+}
+
 /// Installs the process-wide [`ScriptObserver`]; false when one already is.
 pub fn set_script_observer(observer: Box<dyn ScriptObserver>) -> bool {
     SCRIPT_OBSERVER.set(observer).is_ok()

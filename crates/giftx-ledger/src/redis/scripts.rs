@@ -140,6 +140,11 @@ macro_rules! scripts {
             pub(crate) fn catalog(&self) -> Vec<(&'static str, usize, &'static str)> {
                 vec![$(($file, self.$field.keys, self.$field.file_source),)*]
             }
+
+            /// The name of every script (what the script observer is told).
+            pub(crate) fn names(&self) -> Vec<&'static str> {
+                vec![$(self.$field.name,)*]
+            }
         }
     };
 }
