@@ -800,7 +800,11 @@ fn the_trace_resource_names_service_version_instance_and_environment() {
         assert!(!resources.is_empty(), "no resource came with the spans");
         let mut instances = std::collections::BTreeSet::new();
         for r in &resources {
-            assert_eq!(kv_str(r, "service.name").as_deref(), Some("giftxd"), "{r:?}");
+            assert_eq!(
+                kv_str(r, "service.name").as_deref(),
+                Some("giftxd"),
+                "{r:?}"
+            );
             assert_eq!(
                 kv_str(r, "service.version").as_deref(),
                 Some(giftx_server::VERSION),
@@ -817,7 +821,11 @@ fn the_trace_resource_names_service_version_instance_and_environment() {
             assert_eq!(instance.matches('-').count(), 4, "{instance}");
             instances.insert(instance);
         }
-        assert_eq!(instances.len(), 1, "one process, one instance id: {instances:?}");
+        assert_eq!(
+            instances.len(),
+            1,
+            "one process, one instance id: {instances:?}"
+        );
         app.shutdown().await.expect("clean shutdown");
     });
 }
@@ -971,7 +979,10 @@ fn every_metric_the_dashboard_and_alerts_use_exists_from_the_first_scrape() {
     let _turn = serial();
     RT.block_on(async {
         let used = metrics_the_deploy_files_use();
-        assert!(used.contains("giftx_ledger_script_errors_total"), "{used:?}");
+        assert!(
+            used.contains("giftx_ledger_script_errors_total"),
+            "{used:?}"
+        );
         let providers = BTreeMap::from([
             (
                 "emoney-a".to_owned(),
@@ -1010,6 +1021,14 @@ fn every_metric_the_dashboard_and_alerts_use_exists_from_the_first_scrape() {
                 }),
         )
         .await;
+        // The app's gRPC port takes connections before serve() has bound
+        // the metrics port: wait for that port, then take the first scrape.
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(metrics_addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // The first scrape: every counter and histogram the queries use.
         let samples = scrape(metrics_addr).await;
         let present = |samples: &[Sample], name: &str| {
@@ -1030,13 +1049,21 @@ fn every_metric_the_dashboard_and_alerts_use_exists_from_the_first_scrape() {
             "giftx_sweeper_last_success_timestamp_seconds",
         ];
         for name in used.iter().filter(|n| !holder_only.contains(&n.as_str())) {
-            assert!(present(&samples, name), "{name} missing from the first scrape");
+            assert!(
+                present(&samples, name),
+                "{name} missing from the first scrape"
+            );
         }
         // Zero-valued before anything happened.
-        assert_eq!(value(&samples, "giftx_ledger_script_errors_total", &[]), 0.0);
+        assert_eq!(
+            value(&samples, "giftx_ledger_script_errors_total", &[]),
+            0.0
+        );
         assert!(
-            samples.iter().any(|s| s.name == "giftx_ledger_script_errors_total"
-                && s.labels.get("script").map(String::as_str) == Some("claim_code")),
+            samples
+                .iter()
+                .any(|s| s.name == "giftx_ledger_script_errors_total"
+                    && s.labels.get("script").map(String::as_str) == Some("claim_code")),
             "giftx_ledger_script_errors_total{{script=\"claim_code\"}} missing"
         );
         assert!(
@@ -1045,9 +1072,11 @@ fn every_metric_the_dashboard_and_alerts_use_exists_from_the_first_scrape() {
             "the stored campaign's option has no giftx_exchanges_total series"
         );
         assert!(
-            samples.iter().any(|s| s.name == "giftx_provider_calls_total"
-                && s.labels.get("provider").map(String::as_str) == Some("emoney-a")
-                && s.labels.get("outcome").map(String::as_str) == Some("unknown")),
+            samples
+                .iter()
+                .any(|s| s.name == "giftx_provider_calls_total"
+                    && s.labels.get("provider").map(String::as_str) == Some("emoney-a")
+                    && s.labels.get("outcome").map(String::as_str) == Some("unknown")),
             "giftx_provider_calls_total for emoney-a/unknown missing"
         );
         // The lease holder's first scrape has the ledger gauges as well.

@@ -397,11 +397,7 @@ fn report_drops(queue: Weak<ExportQueue>) {
                 }
                 let f = q.failures.load(Ordering::Relaxed);
                 if f > failures_seen {
-                    let last = q
-                        .last_failure
-                        .lock()
-                        .map(|e| e.clone())
-                        .unwrap_or_default();
+                    let last = q.last_failure.lock().map(|e| e.clone()).unwrap_or_default();
                     tracing::warn!(
                         failed_batches = f - failures_seen,
                         total = f,

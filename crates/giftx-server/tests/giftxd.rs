@@ -135,17 +135,23 @@ fn giftxd_counts_and_logs_trace_export_failures() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(first, Some(0.0), "giftx_trace_export_failures_total at start");
+    assert_eq!(
+        first,
+        Some(0.0),
+        "giftx_trace_export_failures_total at start"
+    );
     // RPCs make spans; the exporter cannot deliver them.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut health =
-            tonic_health::pb::health_client::HealthClient::connect(format!("http://{addr}"))
-                .await
-                .expect("connect");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("an endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         for _ in 0..5 {
             health
                 .check(tonic_health::pb::HealthCheckRequest::default())
@@ -170,7 +176,10 @@ fn giftxd_counts_and_logs_trace_export_failures() {
     assert_eq!(v["level"], "WARN", "{logged}");
     assert!(v["total"].as_u64().is_some_and(|n| n >= 1), "{logged}");
     let failures = scrape_value(&metrics, "giftx_trace_export_failures_total").unwrap_or(0.0);
-    assert!(failures >= 1.0, "giftx_trace_export_failures_total = {failures}");
+    assert!(
+        failures >= 1.0,
+        "giftx_trace_export_failures_total = {failures}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
