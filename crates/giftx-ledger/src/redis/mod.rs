@@ -77,6 +77,12 @@ pub struct RedisOptions {
     /// 16 KiB per fsync; several connections let one turn (and one fsync)
     /// take several times that.
     pub connections: usize,
+    /// Connections of their own for issuance's bulk stores (`store_codes`
+    /// pipelines), so a call such as a claim never queues behind a bulk
+    /// pipeline on a shared connection: Redis serves connections in turn,
+    /// so a claim waits at most one turn of the bulk connections (16 KiB
+    /// each), not for every pipeline in flight.
+    pub bulk_connections: usize,
     /// For a `rediss://` URL: the CA to trust.
     pub tls: TlsOptions,
     /// The password to send (`AUTH`), instead of one in the URL.
@@ -101,6 +107,7 @@ impl Default for RedisOptions {
             cache_ttl: Duration::from_secs(1),
             fan_out: 512,
             connections: 4,
+            bulk_connections: 4,
             tls: TlsOptions::default(),
             password: None,
         }
@@ -112,9 +119,91 @@ pub struct RedisLedger {
     /// [`RedisOptions::connections`] connections; the first also serves
     /// `{g}` and the provider store.
     pool: Arc<Pool>,
+    /// [`RedisOptions::bulk_connections`] connections for issuance's
+    /// bulk stores only.
+    bulk: Arc<Pool>,
+    /// Issuance yields to everything else (see [`Foreground`]).
+    foreground: Foreground,
     config: LedgerConfig,
     options: RedisOptions,
     cache: Mutex<CampaignCache>,
+}
+
+/// Scripts of the issuance path and of lease upkeep: they do not count as
+/// foreground work that bulk stores must yield to (else a stream would
+/// slow itself down).
+const BACKGROUND_SCRIPTS: [&str; 7] = [
+    "begin_batch",
+    "touch_batch",
+    "finish_batch",
+    "store_codes",
+    "record_stored",
+    "acquire_lease",
+    "release_lease",
+];
+
+/// While yielding, a bulk pipeline is followed by a pause this many times
+/// its round trip: bulk stores then take at most a tenth of Redis's time.
+const BULK_PAUSE: u32 = 9;
+
+/// How long after a foreground script bulk stores still yield.
+const FOREGROUND_WINDOW: Duration = Duration::from_millis(250);
+
+/// While foreground work (claims, verifies, completions, operator
+/// scripts) is running, issuance's bulk stores take turns: one chunk's
+/// stores at a time across the process, one pipeline at a time, each
+/// followed by a pause [`BULK_PAUSE`] times its round trip, so they use
+/// at most about a tenth of Redis's time and a claim waits behind at most
+/// one pipeline. Without foreground work they run at full width. (A chunk
+/// still finishes well within the batch stall timeout: 128 pipelines of a
+/// few milliseconds each, ten times over.)
+#[derive(Debug)]
+struct Foreground {
+    epoch: Instant,
+    /// Milliseconds since `epoch` when a foreground script last started.
+    last: std::sync::atomic::AtomicU64,
+    /// The one turn bulk pipelines share while yielding.
+    turn: tokio::sync::Semaphore,
+}
+
+impl Foreground {
+    fn new() -> Foreground {
+        Foreground {
+            epoch: Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+            turn: tokio::sync::Semaphore::new(1),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A script is starting.
+    fn note(&self, script: &str) {
+        if !BACKGROUND_SCRIPTS.contains(&script) {
+            // Plus one: "never" (0) stays distinguishable from "at start".
+            self.last
+                .store(self.now_ms() + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// True while foreground work ran within [`FOREGROUND_WINDOW`].
+    fn active(&self) -> bool {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        let window = u64::try_from(FOREGROUND_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        last != 0 && self.now_ms().saturating_sub(last.saturating_sub(1)) < window
+    }
+
+    /// The turn of one chunk's stores while foreground work is active
+    /// (None: no foreground work, run at full width). Chunks take turns
+    /// whole, so each finishes soon instead of all finishing late.
+    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if !self.active() {
+            return None;
+        }
+        self.turn.acquire().await.ok()
+    }
 }
 
 /// One load of a campaign record by series; every caller that finds it
@@ -355,27 +444,34 @@ impl RedisLedger {
         config: LedgerConfig,
         options: RedisOptions,
     ) -> Result<RedisLedger, LedgerError> {
-        let pool = Pool::new(
-            url,
-            options.password.as_ref().map(|p| p.0.as_str()),
-            &options.tls,
-            options.connections,
-            options.timeout,
-        )
-        .map_err(LedgerError::Internal)?;
+        let open = |size: usize| {
+            Pool::new(
+                url,
+                options.password.as_ref().map(|p| p.0.as_str()),
+                &options.tls,
+                size.max(1),
+                options.timeout,
+            )
+            .map_err(LedgerError::Internal)
+        };
+        let (pool, bulk) = (open(options.connections)?, open(options.bulk_connections)?);
         // Open every connection now and PING on it, so a wrong URL, CA,
         // user or password fails here rather than on the first call.
-        for i in 0..pool.len() {
-            tokio::time::timeout(options.timeout, async {
-                let mut c = pool.get(i).await?;
-                redis::cmd("PING").query_async::<String>(&mut c).await
-            })
-            .await
-            .map_err(|_| LedgerError::Unavailable("connect timed out".into()))?
-            .map_err(map_err)?;
+        for p in [&pool, &bulk] {
+            for i in 0..p.len() {
+                tokio::time::timeout(options.timeout, async {
+                    let mut c = p.get(i).await?;
+                    redis::cmd("PING").query_async::<String>(&mut c).await
+                })
+                .await
+                .map_err(|_| LedgerError::Unavailable("connect timed out".into()))?
+                .map_err(map_err)?;
+            }
         }
         Ok(RedisLedger {
             pool: Arc::new(pool),
+            bulk: Arc::new(bulk),
+            foreground: Foreground::new(),
             config,
             options,
             cache: Mutex::new(CampaignCache::default()),
@@ -436,6 +532,7 @@ impl RedisLedger {
         }
         let mut cmd = s.command(keys);
         build(&mut cmd);
+        self.foreground.note(s.name);
         let span = tracing::info_span!(
             "ledger.script",
             script = s.name,
@@ -658,6 +755,9 @@ impl RedisLedger {
         let ord = &ord;
         let mut todo: Vec<usize> = (0..plan.ranges.len()).collect();
         let mut out = Vec::with_capacity(plan.ranges.len());
+        let turn = self.foreground.turn().await;
+        let yielding = turn.is_some();
+        let width = if yielding { 1 } else { self.bulk.len() * 2 };
         for _ in 0..5 {
             let batches: Vec<Vec<usize>> =
                 todo.chunks(STORE_PIPELINE).map(<[usize]>::to_vec).collect();
@@ -688,21 +788,25 @@ impl RedisLedger {
                         async move {
                             let p = &p;
                             // Writes: re-sent only if they provably were not sent.
+                            let started = Instant::now();
                             let v: Vec<redis::RedisResult<Value>> = with_retry(
-                                &self.pool,
+                                &self.bulk,
                                 n,
                                 Rerun::IfUnsent,
                                 (self.options.timeout, "store_codes"),
                                 |mut c| async move { p.query_async(&mut c).await },
                             )
                             .await?;
+                            if yielding {
+                                tokio::time::sleep(started.elapsed() * BULK_PAUSE).await;
+                            }
                             if v.len() != batch.len() {
                                 return Err(internal("short store_codes pipeline reply"));
                             }
                             Ok(batch.into_iter().zip(v).collect())
                         }
                     })
-                    .buffer_unordered(self.pool.len() * 2)
+                    .buffer_unordered(width)
                     .try_collect()
                     .await?;
             let mut lost = Vec::new();
@@ -1998,5 +2102,30 @@ mod tests {
             assert!(ledger.info_by_series(c.series).await.unwrap().is_some());
             assert_eq!(calls(&ledger, "hget").await, before);
         }
+    }
+
+    #[tokio::test]
+    async fn bulk_stores_yield_only_to_foreground_scripts() {
+        let f = Foreground::new();
+        assert!(!f.active(), "nothing ran yet");
+        for s in BACKGROUND_SCRIPTS {
+            f.note(s);
+        }
+        assert!(!f.active(), "issuance and lease upkeep do not count");
+        f.note("claim_code");
+        assert!(f.active());
+        // While yielding, chunks take turns.
+        let first = f.turn().await;
+        assert!(first.is_some());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), f.turn())
+                .await
+                .is_err(),
+            "a second chunk waits for the first"
+        );
+        drop(first);
+        assert!(f.turn().await.is_some());
+        tokio::time::sleep(FOREGROUND_WINDOW).await;
+        assert!(!f.active(), "the window has passed");
     }
 }
