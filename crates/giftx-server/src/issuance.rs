@@ -4,8 +4,8 @@
 //! whatever the count:
 //!
 //! ```text
-//! chunk n+1: generate (blocking pool), store ─┐  in order
-//! chunk n:   generate (blocking pool), store ─┴─> bounded channel ─> gRPC stream
+//! chunk n+1: generate (low-priority threads), store ─┐  in order
+//! chunk n:   generate (low-priority threads), store ─┴─> bounded channel ─> gRPC stream
 //! ```
 //!
 //! A chunk is sent only after `store_codes` returned for it, so every code
@@ -27,6 +27,11 @@
 //! nothing therefore stops the stream after `window_chunks` chunks beyond
 //! what the transport buffers (HTTP/2 flow control), both in giftxd's
 //! memory and in the ledger.
+//!
+//! Issuance gives way to everything else: codes are generated on
+//! low-priority threads ([`crate::background`]) and stored over the
+//! ledger's bulk connections, so Exchange calls keep their latency while
+//! streams run.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -525,11 +530,13 @@ impl Job {
             async move {
                 let hasher = job.state.hasher.clone();
                 let series = job.campaign.series;
-                let mut chunk = tokio::task::spawn_blocking(move || {
+                // Low priority: streams read at full speed must not take
+                // the CPU from RPCs and Redis (see crate::background).
+                let mut chunk = crate::background::run(move || {
                     generate_chunk(&hasher, series, first_serial, n)
                 })
                 .await
-                .map_err(|e| ApiError::internal(format!("code generation task: {e}")))??;
+                .map_err(|e| ApiError::internal(format!("code generation: {e}")))??;
                 job.store(&mut chunk).await?;
                 Ok((chunk.items, slot))
             }

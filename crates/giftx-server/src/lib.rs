@@ -11,6 +11,7 @@
 //! - [`issuance`], [`exchange`], [`expiry`]: the three services.
 //! - [`demo`]: the demo campaigns seeded on the embedded default.
 
+pub mod background;
 pub mod config;
 pub mod convert;
 pub mod demo;
