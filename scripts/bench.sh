@@ -5,7 +5,8 @@
 #   scripts/script-cost.sh           -> script-cost.txt (callgrind)
 #   cargo bench (the ledger alone)   -> ledger.txt
 #   cargo bench --bench refusals     -> refusals.txt (claim after 1,000 refusals vs fresh)
-# About 8 minutes on 2 cores; needs ~1.5 GB of free memory for the 10 M
+#   giftx-bench hardening            -> hardening/hardening.json (verify timing, Exchange beside issuance)
+# About 11 minutes on 2 cores; needs ~1.5 GB of free memory for the 10 M
 # codes. Installs what is missing from Debian (redis-server, redis-tools,
 # valgrind). Starts its own servers on free loopback ports; never the Redis
 # on 6379. Run it on a machine nothing else is loading, or compare ratios.
@@ -31,4 +32,5 @@ target/release/giftx-bench growth --grow-to 10000000 --out "$out/growth-10m"
 scripts/script-cost.sh | tee "$out/script-cost.txt"
 cargo bench --locked -p giftx-ledger --bench ledger 2>/dev/null | tee "$out/ledger.txt"
 cargo bench --locked -p giftx-ledger --bench refusals 2>/dev/null | tee "$out/refusals.txt"
-echo "bench.sh: figures in $out/ (summary.md, growth-10m/summary.md, script-cost.txt, ledger.txt, refusals.txt)"
+target/release/giftx-bench hardening --out "$out/hardening" | tee "$out/hardening.txt"
+echo "bench.sh: figures in $out/ (summary.md, growth-10m/summary.md, script-cost.txt, ledger.txt, refusals.txt, hardening.txt)"
