@@ -1,4 +1,4 @@
--- record_stored: note a stored chunk of a batch (activity time and event).
+-- record_stored: note a stored chunk of a batch (activity time, never moved back, and event).
 -- KEYS[1] {g}:c:<id>            campaign record (HASH)
 -- KEYS[2] {g}:b:<id>:<batch>    batch record (HASH)
 -- KEYS[3] {g}:e                 outbox stream
@@ -10,7 +10,11 @@
 local rcall = redis.call
 if rcall('EXISTS', KEYS[1]) == 0 or rcall('EXISTS', KEYS[2]) == 0 then return {13} end
 
-rcall('HSET', KEYS[2], 'la', ARGV[1])
+-- Activity time only moves forward: a keepalive touch made while the
+-- chunk was stored may already be later than ARGV[1].
+if tonumber(ARGV[1]) > (tonumber(rcall('HGET', KEYS[2], 'la')) or 0) then
+  rcall('HSET', KEYS[2], 'la', ARGV[1])
+end
 rcall('XADD', KEYS[3], 'MINID', '~', ARGV[4], '*', 'k', 'batch.stored', 't', ARGV[1],
   'campaign', rcall('HGET', KEYS[1], 'id'), 'batch', rcall('HGET', KEYS[2], 'id'),
   'count', ARGV[2], 'issued', ARGV[3])

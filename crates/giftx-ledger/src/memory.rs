@@ -742,7 +742,8 @@ impl Ledger for MemoryLedger {
         }
         b.tally.active += i64::try_from(stored).unwrap_or(i64::MAX);
         b.batch.issued += stored;
-        b.batch.update_time = now;
+        // Never moved back (as the Redis ledger's keepalive needs).
+        b.batch.update_time = b.batch.update_time.max(now);
         let issued = b.batch.issued;
         st.batch_event(
             "batch.stored",

@@ -1602,3 +1602,103 @@ async fn purge_bucket_spares_a_bucket_with_a_newer_deadline_copy() {
     let exists: i64 = redis::cmd("EXISTS").arg(k("c")).query(&mut conn).unwrap();
     assert_eq!(exists, 0);
 }
+
+/// Issuance yields to foreground scripts (claims, verifies): its stores
+/// then take turns and pause, so a chunk can take longer than the batch
+/// stall timeout. The batch must stay alive while its chunk is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_stored_while_yielding_to_foreground_work_keeps_its_batch_alive() {
+    let server = RedisServer::start();
+    let stall = Duration::from_millis(300);
+    let ledger = Arc::new(
+        RedisLedger::connect_with(
+            &server.url(),
+            LedgerConfig {
+                batch_stall_timeout: stall,
+                ..config()
+            },
+            RedisOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let fx = Fx {
+        server,
+        ledger: ledger.clone(),
+        hasher: Hasher::new(Secret::new(vec![42; 32])).unwrap(),
+    };
+    let c = fx.campaign("yield").await;
+    let real = fx.issue(&c, "real", 1).await;
+    // Foreground work all along: a verify every 20 ms.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fg = {
+        let (ledger, stop) = (ledger.clone(), stop.clone());
+        let (code, key) = (fx.code_ref(&real[0]), fx.new_code(&real[0]).login_key);
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = ledger.verify(code, key, T0).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let b1 = BatchId::parse("b", "slow").unwrap();
+    let b = ledger
+        .begin_batch(&c.spec.id, &b1, 40_000, T0)
+        .await
+        .unwrap();
+    let chunk = |n: usize| -> Vec<NewCode> {
+        (0..n)
+            .map(|i| NewCode {
+                serial: u32::try_from(i + 1).unwrap(),
+                ..fx.new_code(&Printed {
+                    code: Code::generate(c.series).unwrap(),
+                    key: LoginKey::generate().unwrap(),
+                })
+            })
+            .collect()
+    };
+    // One chunk over every bucket: 128 pipelines, each followed by a pause
+    // while the verifies run, so it outlasts the stall timeout.
+    let first = chunk(20_000);
+    let started = Instant::now();
+    let store = {
+        let (ledger, c, b) = (ledger.clone(), c.clone(), b.clone());
+        tokio::spawn(async move { ledger.store_codes(&c, &b, &first, T0).await })
+    };
+    // Mid-chunk, past the stall timeout, the batch still reads ISSUING.
+    tokio::time::sleep(stall * 2).await;
+    let mid = Timestamp(T0.0 + i64::try_from(started.elapsed().as_millis()).unwrap());
+    let state = ledger
+        .get_batch(&c.spec.id, &b1, mid)
+        .await
+        .unwrap()
+        .unwrap()
+        .state;
+    assert!(
+        !store.is_finished(),
+        "the chunk ended too soon to show anything"
+    );
+    assert_eq!(state, BatchState::Issuing);
+    let out = store.await.unwrap().unwrap();
+    assert!(out.collisions.is_empty());
+    let took = started.elapsed();
+    assert!(
+        took > stall,
+        "the chunk took {took:?}: too fast to show anything (no yielding?)"
+    );
+    // The batch still takes codes, at the ledger time that has passed.
+    let later = Timestamp(T0.0 + i64::try_from(took.as_millis()).unwrap());
+    let out = ledger
+        .store_codes(&c, &b, &chunk(10), later)
+        .await
+        .expect("the batch stayed alive while its chunk was stored");
+    assert!(out.collisions.is_empty());
+    let done = ledger
+        .finish_batch(&c.spec.id, &b.id, true, later)
+        .await
+        .unwrap();
+    assert_eq!(done.issued, 20_010);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    fg.await.unwrap();
+}

@@ -1419,9 +1419,42 @@ impl Ledger for RedisLedger {
 
         let series = campaign.series;
         let plan = StorePlan::new(codes);
-        let results = self
-            .store_buckets(&plan, codes, series, ordinal, (dl, ver), now)
-            .await?;
+        // While the stores run (they may wait their turn behind foreground
+        // work for a while), the batch is touched every third of the stall
+        // timeout, so a chunk being stored never reads as a stalled batch.
+        let started = Instant::now();
+        let keepalive = async {
+            let every = (self.config.batch_stall_timeout / 3).max(Duration::from_millis(50));
+            loop {
+                tokio::time::sleep(every).await;
+                let at = now.0.saturating_add(ms(started.elapsed()));
+                let touched = self
+                    .run(
+                        &SCRIPTS.touch_batch,
+                        None,
+                        &[&global::campaign(id), &global::batch(id, &batch.id)],
+                        |i| {
+                            i.arg(at).arg(ms(self.config.batch_stall_timeout));
+                        },
+                    )
+                    .await;
+                match touched {
+                    Ok((Rc::Ok, _)) => {}
+                    Ok((rc, _)) => tracing::warn!(
+                        batch = %batch.id,
+                        result = rc as i64,
+                        "the batch stopped taking codes while a chunk was being stored"
+                    ),
+                    Err(e) => {
+                        tracing::debug!(batch = %batch.id, error = %e, "touching the batch failed")
+                    }
+                }
+            }
+        };
+        let results = tokio::select! {
+            r = self.store_buckets(&plan, codes, series, ordinal, (dl, ver), now) => r?,
+            () = keepalive => return Err(internal("the batch keepalive ended")),
+        };
 
         let mut issued: u64 = results.iter().map(|r| r.0).sum();
         let mut collisions = plan.repeats.clone();
