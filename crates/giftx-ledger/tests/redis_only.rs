@@ -1609,7 +1609,7 @@ async fn purge_bucket_spares_a_bucket_with_a_newer_deadline_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_stored_while_yielding_to_foreground_work_keeps_its_batch_alive() {
     let server = RedisServer::start();
-    let stall = Duration::from_millis(300);
+    let stall = Duration::from_millis(60);
     let ledger = Arc::new(
         RedisLedger::connect_with(
             &server.url(),
@@ -1667,7 +1667,7 @@ async fn a_chunk_stored_while_yielding_to_foreground_work_keeps_its_batch_alive(
         tokio::spawn(async move { ledger.store_codes(&c, &b, &first, T0).await })
     };
     // Mid-chunk, past the stall timeout, the batch still reads ISSUING.
-    tokio::time::sleep(stall * 2).await;
+    tokio::time::sleep(stall * 3).await;
     let mid = Timestamp(T0.0 + i64::try_from(started.elapsed().as_millis()).unwrap());
     let state = ledger
         .get_batch(&c.spec.id, &b1, mid)

@@ -1424,7 +1424,7 @@ impl Ledger for RedisLedger {
         // timeout, so a chunk being stored never reads as a stalled batch.
         let started = Instant::now();
         let keepalive = async {
-            let every = (self.config.batch_stall_timeout / 3).max(Duration::from_millis(50));
+            let every = (self.config.batch_stall_timeout / 3).max(Duration::from_millis(10));
             loop {
                 tokio::time::sleep(every).await;
                 let at = now.0.saturating_add(ms(started.elapsed()));
