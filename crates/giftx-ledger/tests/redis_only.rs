@@ -1702,3 +1702,44 @@ async fn a_chunk_stored_while_yielding_to_foreground_work_keeps_its_batch_alive(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     fg.await.unwrap();
 }
+
+/// Issuance usually runs in another giftxd than the exchanges (the ops
+/// deployment): its bulk stores must see the other process's foreground
+/// work through Redis, and stop yielding once that work stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_in_one_process_yields_to_foreground_work_in_another() {
+    let fx = setup().await;
+    let issuer = RedisLedger::connect_with(&fx.server.url(), config(), RedisOptions::default())
+        .await
+        .unwrap();
+    let c = fx.campaign("shared-fg").await;
+    let p = fx.issue(&c, "b", 1).await;
+    // Quiet: nothing to yield to.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(!issuer.issuance_yields().await, "nothing ran for a second");
+    // The exchange process verifies codes: the issuer sees it.
+    let (code, key) = (fx.code_ref(&p[0]), fx.new_code(&p[0]).login_key);
+    let mut seen = false;
+    for _ in 0..100 {
+        fx.ledger.verify(code, key, T0).await.unwrap();
+        if issuer.issuance_yields().await {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen, "the issuer never saw the other process's verifies");
+    // Once the exchange process is quiet, the issuer runs at full speed again.
+    let mut lapsed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !issuer.issuance_yields().await {
+            lapsed = true;
+            break;
+        }
+    }
+    assert!(
+        lapsed,
+        "the issuer kept yielding after the verifies stopped"
+    );
+}

@@ -20,6 +20,9 @@ pub(crate) mod global {
     pub(crate) const CAMPAIGN_LIST: &str = "{g}:cl";
     pub(crate) const CREATE_REQUESTS: &str = "{g}:cr";
     pub(crate) const EVENTS: &str = "{g}:e";
+    /// Set (with a short PX) while some giftxd runs foreground scripts:
+    /// issuance's bulk stores in every process yield while it exists.
+    pub(crate) const FOREGROUND: &str = "{g}:fg";
     pub(crate) fn batch(c: &CampaignId, b: &BatchId) -> String {
         format!("{{g}}:b:{c}:{b}")
     }

@@ -3,7 +3,9 @@
 //!
 //! Layout (see `keys`):
 //! - `{g}`: campaigns, series, batches (and their ids by ordinal, `bo`),
-//!   create request ids, leases, and an outbox stream for registry events.
+//!   create request ids, leases, an outbox stream for registry events, and
+//!   `fg`, set for half a second while some giftxd has foreground work
+//!   (issuance's bulk stores yield to it).
 //! - `{b<n>}`, n in 0..4096 (from the code digest): per campaign series a
 //!   hash of compact code records (`c`: state, login key prefix, latest
 //!   exchange seq, serial in the batch, batch ordinal), a hash of exchanges
@@ -149,6 +151,11 @@ const BULK_PAUSE: u32 = 9;
 /// How long after a foreground script bulk stores still yield.
 const FOREGROUND_WINDOW: Duration = Duration::from_millis(250);
 
+/// How often a process with foreground work says so in Redis (`{g}:fg`,
+/// which lives for [`FOREGROUND_WINDOW`] × 2), and how long a process
+/// trusts what it last read there.
+const FOREGROUND_SHARE_EVERY: Duration = Duration::from_millis(100);
+
 /// While foreground work (claims, verifies, completions, operator
 /// scripts) is running, issuance's bulk stores take turns: one chunk's
 /// stores at a time across the process, one pipeline at a time, each
@@ -164,6 +171,13 @@ struct Foreground {
     last: std::sync::atomic::AtomicU64,
     /// The one turn bulk pipelines share while yielding.
     turn: tokio::sync::Semaphore,
+    /// Milliseconds since `epoch` when this process last said in Redis
+    /// that it has foreground work.
+    shared: std::sync::atomic::AtomicU64,
+    /// What `{g}:fg` said when last read (`seen_at`: ms since `epoch`,
+    /// plus one; 0 = never read).
+    seen: std::sync::atomic::AtomicBool,
+    seen_at: std::sync::atomic::AtomicU64,
 }
 
 impl Foreground {
@@ -172,7 +186,38 @@ impl Foreground {
             epoch: Instant::now(),
             last: std::sync::atomic::AtomicU64::new(0),
             turn: tokio::sync::Semaphore::new(1),
+            shared: std::sync::atomic::AtomicU64::new(0),
+            seen: std::sync::atomic::AtomicBool::new(false),
+            seen_at: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// True when this process should say in Redis that it has foreground
+    /// work (at most every [`FOREGROUND_SHARE_EVERY`]); claims the slot.
+    fn share_due(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.now_ms() + 1;
+        let every = u64::try_from(FOREGROUND_SHARE_EVERY.as_millis()).unwrap_or(u64::MAX);
+        let last = self.shared.load(Relaxed);
+        (last == 0 || now.saturating_sub(last) >= every)
+            && self
+                .shared
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+    }
+
+    /// What `{g}:fg` said, if read within [`FOREGROUND_SHARE_EVERY`].
+    fn seen_recently(&self) -> Option<bool> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let at = self.seen_at.load(Relaxed);
+        let every = u64::try_from(FOREGROUND_SHARE_EVERY.as_millis()).unwrap_or(u64::MAX);
+        (at != 0 && (self.now_ms() + 1).saturating_sub(at) < every).then(|| self.seen.load(Relaxed))
+    }
+
+    fn saw(&self, present: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.seen.store(present, Relaxed);
+        self.seen_at.store(self.now_ms() + 1, Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -198,8 +243,8 @@ impl Foreground {
     /// The turn of one chunk's stores while foreground work is active
     /// (None: no foreground work, run at full width). Chunks take turns
     /// whole, so each finishes soon instead of all finishing late.
-    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        if !self.active() {
+    async fn turn(&self, elsewhere: bool) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if !(elsewhere || self.active()) {
             return None;
         }
         self.turn.acquire().await.ok()
@@ -478,6 +523,48 @@ impl RedisLedger {
         })
     }
 
+    /// Says in Redis that this process has foreground work, so the bulk
+    /// stores of every giftxd yield (fire and forget: losing it only means
+    /// a store does not yield for a moment).
+    fn share_foreground(&self) {
+        let pool = Arc::clone(&self.pool);
+        let ttl = ms(FOREGROUND_WINDOW * 2);
+        tokio::spawn(async move {
+            if let Ok(mut c) = pool.get(0).await {
+                let _: Result<(), _> = redis::cmd("SET")
+                    .arg(global::FOREGROUND)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut c)
+                    .await;
+            }
+        });
+    }
+
+    /// True while another giftxd (or this one) said it has foreground
+    /// work; read at most every [`FOREGROUND_SHARE_EVERY`].
+    async fn foreground_elsewhere(&self) -> bool {
+        if let Some(seen) = self.foreground.seen_recently() {
+            return seen;
+        }
+        let present = self
+            .read::<bool, _>(
+                "foreground",
+                &redis::cmd("EXISTS").arg(global::FOREGROUND).to_owned(),
+            )
+            .await
+            .unwrap_or(false);
+        self.foreground.saw(present);
+        present
+    }
+
+    /// True while issuance's bulk stores yield to foreground work, in
+    /// this process or another one on the same Redis.
+    pub async fn issuance_yields(&self) -> bool {
+        self.foreground.active() || self.foreground_elsewhere().await
+    }
+
     fn trim(&self) -> i64 {
         // Stream ids carry the server's wall clock; trimming by age is
         // housekeeping, so it uses this host's wall clock, not the ledger's.
@@ -533,6 +620,9 @@ impl RedisLedger {
         let mut cmd = s.command(keys);
         build(&mut cmd);
         self.foreground.note(s.name);
+        if self.foreground.active() && self.foreground.share_due() {
+            self.share_foreground();
+        }
         let span = tracing::info_span!(
             "ledger.script",
             script = s.name,
@@ -755,7 +845,8 @@ impl RedisLedger {
         let ord = &ord;
         let mut todo: Vec<usize> = (0..plan.ranges.len()).collect();
         let mut out = Vec::with_capacity(plan.ranges.len());
-        let turn = self.foreground.turn().await;
+        let elsewhere = !self.foreground.active() && self.foreground_elsewhere().await;
+        let turn = self.foreground.turn(elsewhere).await;
         let yielding = turn.is_some();
         let width = if yielding { 1 } else { self.bulk.len() * 2 };
         for _ in 0..5 {
@@ -2148,16 +2239,16 @@ mod tests {
         f.note("claim_code");
         assert!(f.active());
         // While yielding, chunks take turns.
-        let first = f.turn().await;
+        let first = f.turn(false).await;
         assert!(first.is_some());
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), f.turn())
+            tokio::time::timeout(Duration::from_millis(50), f.turn(false))
                 .await
                 .is_err(),
             "a second chunk waits for the first"
         );
         drop(first);
-        assert!(f.turn().await.is_some());
+        assert!(f.turn(false).await.is_some());
         tokio::time::sleep(FOREGROUND_WINDOW).await;
         assert!(!f.active(), "the window has passed");
     }
