@@ -2,10 +2,6 @@
 //! restart the exchange is finished by the reconciler, with exactly one
 //! deliverable issued (guarantees 1 and 3, with real processes and Redis).
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -13,7 +9,9 @@ use giftx_proto::v1 as pb;
 use giftx_proto::v1::exchange_service_client::ExchangeServiceClient;
 use giftx_proto::v1::issuance_service_client::IssuanceServiceClient;
 use giftx_testkit::RedisServer;
-use tonic::transport::Channel;
+
+mod support;
+use support::{channel, free_port, start_giftxd};
 
 const CONFIG: &str = r#"
 [providers.slow-sim]
@@ -30,80 +28,6 @@ interval_ms = 200
 lease_ttl_ms = 1000
 reconcile_min_age_seconds = 0
 "#;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A giftxd child process, killed when dropped so a failing test leaves
-/// no server behind.
-struct Giftxd(Child);
-
-impl Giftxd {
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Giftxd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn start_giftxd(dir: &Path, redis: &RedisServer, port: u16) -> Giftxd {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_giftxd"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GIFTX_") || k == "RUST_LOG" || k.starts_with("OTEL_") {
-            c.env_remove(k);
-        }
-    }
-    let mut child = c
-        .arg("--config")
-        .arg(dir.join("giftx.toml"))
-        .env("GIFTX_LISTEN", format!("127.0.0.1:{port}"))
-        .env("GIFTX_REDIS_URL", redis.url())
-        .env("GIFTX_HMAC_KEY_FILE", dir.join("hmac.key"))
-        .env("GIFTX_DELIVERABLE_KEYS_FILE", dir.join("deliverable.keys"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("giftxd ended early").unwrap();
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    let child = Giftxd(child);
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            if l.contains("WARN") || l.contains("ERROR") {
-                eprintln!("giftxd: {l}");
-            }
-        }
-    });
-    child
-}
-
-async fn channel(port: u16) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_between_claim_and_completion_ends_with_one_deliverable() {

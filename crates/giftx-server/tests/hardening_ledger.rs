@@ -6,11 +6,6 @@
 //!   and redeemed exchange is still there and the stats are unchanged.
 //! - A code that does not exist locks at the 10th wrong key like a real one.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
 use futures::StreamExt as _;
 use giftx_core::{Code, LoginKey, Series};
 use giftx_proto::v1 as pb;
@@ -22,66 +17,13 @@ use tonic::Code as GrpcCode;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
+mod support;
+use support::{Giftxd, channel, free_port, start_giftxd};
+
 const CONFIG: &str = r#"
 [providers.sim]
 kind = "simulated"
 "#;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A giftxd child process, killed when dropped.
-struct Giftxd(Child);
-
-impl Drop for Giftxd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_giftxd(dir: &Path, redis: &RedisServer, port: u16) -> Giftxd {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_giftxd"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GIFTX_") || k == "RUST_LOG" || k.starts_with("OTEL_") {
-            c.env_remove(k);
-        }
-    }
-    let mut child = c
-        .arg("--config")
-        .arg(dir.join("giftx.toml"))
-        .env("GIFTX_LISTEN", format!("127.0.0.1:{port}"))
-        .env("GIFTX_REDIS_URL", redis.url())
-        .env("GIFTX_HMAC_KEY_FILE", dir.join("hmac.key"))
-        .env("GIFTX_DELIVERABLE_KEYS_FILE", dir.join("deliverable.keys"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("giftxd ended early").unwrap();
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    let child = Giftxd(child);
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    child
-}
-
-async fn channel(port: u16) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 fn ts(seconds: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos: 0 }

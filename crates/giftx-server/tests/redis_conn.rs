@@ -2,10 +2,8 @@
 //! connection Redis closed fails no call once Redis answers again, and
 //! `rediss://` with an ACL user, the CA and the password given by file.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -15,85 +13,14 @@ use giftx_proto::v1::issuance_service_client::IssuanceServiceClient;
 use giftx_testkit::RedisServer;
 use tonic::transport::Channel;
 
+mod support;
+use support::{channel, free_port, start_giftxd, start_giftxd_with};
+
 const CONFIG: &str = r#"
 [providers.sim]
 kind = "simulated"
 latency_ms = 0
 "#;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A giftxd child process, killed when dropped so a failing test leaves
-/// no server behind.
-struct Giftxd(Child);
-
-impl Giftxd {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Giftxd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn start_giftxd(dir: &Path, redis: &RedisServer, port: u16) -> Giftxd {
-    start_giftxd_with(dir, port, &[("GIFTX_REDIS_URL", redis.url())])
-}
-
-fn start_giftxd_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Giftxd {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_giftxd"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GIFTX_") || k == "RUST_LOG" || k.starts_with("OTEL_") {
-            c.env_remove(k);
-        }
-    }
-    let mut child = c
-        .arg("--config")
-        .arg(dir.join("giftx.toml"))
-        .env("GIFTX_LISTEN", format!("127.0.0.1:{port}"))
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("GIFTX_HMAC_KEY_FILE", dir.join("hmac.key"))
-        .env("GIFTX_DELIVERABLE_KEYS_FILE", dir.join("deliverable.keys"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("giftxd ended early").unwrap();
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    let child = Giftxd(child);
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            if l.contains("WARN") || l.contains("ERROR") {
-                eprintln!("giftxd: {l}");
-            }
-        }
-    });
-    child
-}
-
-async fn channel(port: u16) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 fn files(dir: &Path) {
     std::fs::write(dir.join("giftx.toml"), CONFIG).unwrap();

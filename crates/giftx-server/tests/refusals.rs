@@ -4,10 +4,6 @@
 //! cannot serve now (stock out) frees the code at once instead of holding
 //! it PENDING for the reconciler.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -19,6 +15,9 @@ use giftx_proto::v1::operations_service_client::OperationsServiceClient;
 use giftx_testkit::RedisServer;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
+
+mod support;
+use support::{Giftxd, channel, free_port, start_giftxd};
 
 /// A simulated provider (`gift-reject`, a magic option id, is refused on
 /// every attempt) and a stock provider.
@@ -44,54 +43,6 @@ const NO_WORKERS: &str = r#"
 workers = false
 "#;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A giftxd child process, killed when dropped.
-struct Giftxd(Child);
-
-impl Drop for Giftxd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_giftxd(dir: &Path, redis: &RedisServer, port: u16) -> Giftxd {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_giftxd"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GIFTX_") || k == "RUST_LOG" || k.starts_with("OTEL_") {
-            c.env_remove(k);
-        }
-    }
-    let mut child = c
-        .arg("--config")
-        .arg(dir.join("giftx.toml"))
-        .env("GIFTX_LISTEN", format!("127.0.0.1:{port}"))
-        .env("GIFTX_REDIS_URL", redis.url())
-        .env("GIFTX_HMAC_KEY_FILE", dir.join("hmac.key"))
-        .env("GIFTX_DELIVERABLE_KEYS_FILE", dir.join("deliverable.keys"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("giftxd ended early").unwrap();
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    let child = Giftxd(child);
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    child
-}
-
 struct World {
     _redis: RedisServer,
     _dir: tempfile::TempDir,
@@ -114,11 +65,7 @@ async fn world(expiry: &str) -> World {
     std::fs::write(dir.path().join("deliverable.keys"), "ab".repeat(32)).unwrap();
     let port = free_port();
     let giftxd = start_giftxd(dir.path(), &redis, port);
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel(port).await;
     World {
         redis_url: redis.url(),
         _redis: redis,
