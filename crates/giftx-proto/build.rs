@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "exchange.proto",
         "expiry.proto",
         "operations.proto",
+        "access.proto",
     ]
     .map(|f| root.join("giftx/v1").join(f));
     for f in &files {

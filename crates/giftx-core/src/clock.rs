@@ -8,7 +8,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// An instant, in whole milliseconds since 1970-01-01T00:00:00Z.
 ///
 /// Milliseconds are the ledger's unit: deadlines compare at this grain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Timestamp(pub i64);
 
 impl Timestamp {

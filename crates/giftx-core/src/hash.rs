@@ -166,6 +166,28 @@ impl Hasher {
         )
     }
 
+    /// The hash an API token's secret is stored and checked under.
+    pub fn api_token(&self, secret: &[u8]) -> Digest {
+        self.mac(b"giftx/api-token/v1", &[secret])
+    }
+
+    /// A code as it is looked up for a caller of another tenant than the
+    /// code's: a hash no stored code has (another label), so the ledger
+    /// answers exactly as for a code that does not exist, and counts the
+    /// caller's wrong tries apart from the owner's.
+    pub fn foreign_code(&self, code: &Code, tenant: &str) -> Digest {
+        self.mac(
+            b"giftx/foreign-code/v1",
+            &[code.canonical().as_bytes(), tenant.as_bytes()],
+        )
+    }
+
+    /// The hash an end user's identity (`x-giftx-end-user`) is counted
+    /// under, scoped to a tenant.
+    pub fn end_user(&self, tenant: &str, who: &str) -> Digest {
+        self.mac(b"giftx/end-user/v1", &[tenant.as_bytes(), who.as_bytes()])
+    }
+
     /// A hash of arbitrary labelled parts, for fingerprints of requests.
     pub fn fingerprint(&self, parts: &[&[u8]]) -> Digest {
         self.mac(b"giftx/fingerprint/v1", parts)

@@ -83,6 +83,22 @@ id_type!(
     /// A configured provider's id (`[providers.<id>]`).
     ProviderId, digit_first = false
 );
+id_type!(
+    /// A tenant: the company whose campaigns, keys and audit events these
+    /// are. Every campaign belongs to one.
+    TenantId, digit_first = false
+);
+
+impl TenantId {
+    /// The tenant of everything created without authentication (and of
+    /// campaigns stored before tenants existed).
+    pub const DEFAULT: &'static str = "default";
+
+    /// [`TenantId::DEFAULT`].
+    pub fn default_tenant() -> TenantId {
+        TenantId(Self::DEFAULT.to_owned())
+    }
+}
 
 /// What a code may become, bound to a provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +126,9 @@ pub struct CampaignSpec {
     pub expire_time: Timestamp,
     /// What codes may become.
     pub options: Vec<RedemptionOption>,
+    /// Whose campaign it is: only principals of this tenant (and admins)
+    /// reach it.
+    pub tenant: TenantId,
 }
 
 /// A campaign as stored.

@@ -125,6 +125,7 @@ async fn main() {
             .expect("connect"),
     );
     let spec = CampaignSpec {
+        tenant: giftx_core::model::TenantId::default_tenant(),
         id: CampaignId::parse("id", "bench").expect("id"),
         display_name: "bench".into(),
         owner: "bench".into(),

@@ -127,6 +127,7 @@ async fn main() {
             .expect("connect"),
     );
     let spec = CampaignSpec {
+        tenant: giftx_core::model::TenantId::default_tenant(),
         id: CampaignId::parse("id", "refusals").expect("id"),
         display_name: "refusals".into(),
         owner: "bench".into(),

@@ -11,6 +11,7 @@
 //! sees a plaintext code, login key or email, and stores deliverables only
 //! as the sealed (encrypted) bytes the caller hands it.
 
+pub mod access;
 pub mod memory;
 pub use memory::MemoryLedger;
 pub mod redis;

@@ -109,6 +109,7 @@ const OPTIONS: [&str; 3] = ["gift-code", "book-card", "donation"];
 
 fn spec(id: &str, deadline: Timestamp) -> CampaignSpec {
     CampaignSpec {
+        tenant: giftx_core::model::TenantId::default_tenant(),
         id: cid(id),
         display_name: format!("Apology {id}"),
         owner: "benesse".into(),

@@ -57,6 +57,7 @@ async fn setup_with(timeout: Duration) -> Fx {
 
 fn spec(id: &str, deadline: Timestamp) -> CampaignSpec {
     CampaignSpec {
+        tenant: giftx_core::model::TenantId::default_tenant(),
         id: CampaignId::parse("id", id).unwrap(),
         display_name: "Apology".into(),
         owner: "owner".into(),

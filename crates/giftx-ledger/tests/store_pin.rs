@@ -20,6 +20,7 @@ const DEADLINE: Timestamp = Timestamp(1_418_601_600_000);
 
 fn spec(id: &str) -> CampaignSpec {
     CampaignSpec {
+        tenant: giftx_core::model::TenantId::default_tenant(),
         id: CampaignId::parse("id", id).unwrap(),
         display_name: "Apology".into(),
         owner: "owner".into(),

@@ -272,6 +272,161 @@ impl Default for TransportTunables {
     }
 }
 
+/// Who may call, over what (`[security]`): TLS, API keys, rate limits,
+/// the audit trail.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// PEM certificate chain served on the gRPC listener
+    /// (`GIFTX_TLS_CERT_FILE`); with the key, the listener speaks TLS
+    /// only. Re-read when it changes.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (`GIFTX_TLS_KEY_FILE`).
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates; set: every client must present a certificate
+    /// they sign (mTLS) (`GIFTX_TLS_CLIENT_CA_FILE`).
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Seconds between checks of the TLS files for changes
+    /// (`GIFTX_TLS_RELOAD_SECONDS`, default 10).
+    pub tls_reload_seconds: u64,
+    /// File holding the first admin's bearer token
+    /// (`GIFTX_ADMIN_TOKEN_FILE`); set: every call but health and
+    /// reflection needs a token. Only its keyed hash is kept.
+    pub admin_token_file: Option<PathBuf>,
+    /// The tenant of that admin (`GIFTX_ADMIN_TENANT`, default `default`).
+    pub admin_tenant: String,
+    /// Serve on a non-loopback address without TLS and authentication
+    /// (`GIFTX_INSECURE`, default false): for a network you trust
+    /// entirely. Logged loudly at start.
+    pub insecure: bool,
+    /// Calls per second per portal key (`GIFTX_LIMIT_PORTAL_RPS`, default
+    /// 500; 0: unlimited), shared by every giftxd on the ledger.
+    pub portal_rps: f64,
+    /// Calls a portal key may make at once (`GIFTX_LIMIT_PORTAL_BURST`,
+    /// default 1000).
+    pub portal_burst: u32,
+    /// Calls per second per operator or admin key
+    /// (`GIFTX_LIMIT_OPERATOR_RPS`, default 50; 0: unlimited).
+    pub operator_rps: f64,
+    /// Calls an operator or admin key may make at once
+    /// (`GIFTX_LIMIT_OPERATOR_BURST`, default 100).
+    pub operator_burst: u32,
+    /// Failed verifications an end user (`x-giftx-end-user`) may have in a
+    /// window, across all codes, before its calls are refused
+    /// (`GIFTX_END_USER_MAX_FAILURES`, default 20; 0: no limit).
+    pub end_user_max_failures: u32,
+    /// The window's length in seconds (`GIFTX_END_USER_WINDOW_SECONDS`,
+    /// default 600), from the first failure in it.
+    pub end_user_window_seconds: u64,
+    /// Milliseconds a key's record is trusted once read
+    /// (`GIFTX_AUTH_CACHE_MS`, default 2000): a revocation reaches every
+    /// giftxd within it.
+    pub auth_cache_ms: u64,
+    /// Days audit events are kept (`GIFTX_AUDIT_RETENTION_DAYS`, default
+    /// 400).
+    pub audit_retention_days: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_reload_seconds: 10,
+            admin_token_file: None,
+            admin_tenant: giftx_core::model::TenantId::DEFAULT.to_owned(),
+            insecure: false,
+            portal_rps: 500.0,
+            portal_burst: 1000,
+            operator_rps: 50.0,
+            operator_burst: 100,
+            end_user_max_failures: 20,
+            end_user_window_seconds: 600,
+            auth_cache_ms: 2000,
+            audit_retention_days: 400,
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// TLS is configured.
+    pub fn tls(&self) -> bool {
+        self.tls_cert_file.is_some()
+    }
+
+    /// Authentication is on.
+    pub fn auth(&self) -> bool {
+        self.admin_token_file.is_some()
+    }
+
+    fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let path = |k: &str| get(k).map(|v| PathBuf::from(v.trim()));
+        if let Some(v) = path("GIFTX_TLS_CERT_FILE") {
+            self.tls_cert_file = Some(v);
+        }
+        if let Some(v) = path("GIFTX_TLS_KEY_FILE") {
+            self.tls_key_file = Some(v);
+        }
+        if let Some(v) = path("GIFTX_TLS_CLIENT_CA_FILE") {
+            self.tls_client_ca_file = Some(v);
+        }
+        if let Some(v) = path("GIFTX_ADMIN_TOKEN_FILE") {
+            self.admin_token_file = Some(v);
+        }
+        if let Some(v) = get("GIFTX_ADMIN_TENANT") {
+            self.admin_tenant = v.trim().to_owned();
+        }
+        macro_rules! num {
+            ($($var:literal => $field:ident),* $(,)?) => {
+                $(if let Some(v) = get($var) {
+                    self.$field = env_parse($var, &v)?;
+                })*
+            };
+        }
+        num! {
+            "GIFTX_TLS_RELOAD_SECONDS" => tls_reload_seconds,
+            "GIFTX_INSECURE" => insecure,
+            "GIFTX_LIMIT_PORTAL_RPS" => portal_rps,
+            "GIFTX_LIMIT_PORTAL_BURST" => portal_burst,
+            "GIFTX_LIMIT_OPERATOR_RPS" => operator_rps,
+            "GIFTX_LIMIT_OPERATOR_BURST" => operator_burst,
+            "GIFTX_END_USER_MAX_FAILURES" => end_user_max_failures,
+            "GIFTX_END_USER_WINDOW_SECONDS" => end_user_window_seconds,
+            "GIFTX_AUTH_CACHE_MS" => auth_cache_ms,
+            "GIFTX_AUDIT_RETENTION_DAYS" => audit_retention_days,
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return bad("GIFTX_TLS_CERT_FILE and GIFTX_TLS_KEY_FILE go together: set both or neither");
+        }
+        if self.tls_client_ca_file.is_some() && !self.tls() {
+            return bad("GIFTX_TLS_CLIENT_CA_FILE needs TLS: set GIFTX_TLS_CERT_FILE and GIFTX_TLS_KEY_FILE too");
+        }
+        if self.tls_reload_seconds == 0 {
+            return bad("GIFTX_TLS_RELOAD_SECONDS must be at least 1");
+        }
+        if let Err(v) = giftx_core::model::TenantId::parse("GIFTX_ADMIN_TENANT", &self.admin_tenant) {
+            return Err(ConfigError::Invalid(format!("GIFTX_ADMIN_TENANT {:?} {}", self.admin_tenant, v.description)));
+        }
+        let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
+        if !rate_ok(self.portal_rps) || !rate_ok(self.operator_rps) {
+            return bad("GIFTX_LIMIT_PORTAL_RPS and GIFTX_LIMIT_OPERATOR_RPS must be 0 (unlimited) or positive");
+        }
+        if self.portal_burst == 0 || self.operator_burst == 0 {
+            return bad("GIFTX_LIMIT_PORTAL_BURST and GIFTX_LIMIT_OPERATOR_BURST must be at least 1");
+        }
+        if self.end_user_window_seconds == 0 || self.audit_retention_days == 0 {
+            return bad("GIFTX_END_USER_WINDOW_SECONDS and GIFTX_AUDIT_RETENTION_DAYS must be at least 1");
+        }
+        Ok(())
+    }
+}
+
 /// Exchange tunables (`[exchange]`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -369,6 +524,12 @@ impl ExpiryTunables {
 pub struct ProviderConfig {
     /// Adapter kind: `select`, `simulated`, `shipment`, `donation`, …
     pub kind: String,
+    /// The tenant that owns the provider: only its campaigns may use it,
+    /// only its operators (and admins) import or read its stock. Unset: a
+    /// shared provider, any tenant's campaigns may use it, and its stock
+    /// is an admin's business.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Everything else in the table, for the adapter.
     #[serde(flatten)]
     pub settings: toml::Table,
@@ -379,6 +540,7 @@ impl ProviderConfig {
     pub fn of_kind(kind: &str) -> Self {
         ProviderConfig {
             kind: kind.to_owned(),
+            tenant: None,
             settings: toml::Table::new(),
         }
     }
@@ -468,6 +630,8 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     /// Configured providers by id; empty: [`default_providers`].
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// TLS, API keys, rate limits, audit.
+    pub security: SecurityConfig,
 }
 
 impl Default for Config {
@@ -491,6 +655,7 @@ impl Default for Config {
             shutdown_drain_seconds: 0,
             shutdown_grace_seconds: 30,
             providers: BTreeMap::new(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -688,6 +853,7 @@ impl Config {
         if let Some(v) = get("GIFTX_KEEPALIVE_TIMEOUT_SECONDS") {
             t.keepalive_timeout_seconds = env_parse("GIFTX_KEEPALIVE_TIMEOUT_SECONDS", &v)?;
         }
+        self.security.apply_env(&get)?;
         Ok(())
     }
 
@@ -700,6 +866,7 @@ impl Config {
         if self.services.is_empty() {
             return bad("services: name at least one of issuance, exchange, expiry".into());
         }
+        self.security.validate()?;
         if !(1_000..=1_000_000).contains(&self.issuance.chunk_size) {
             return bad(format!(
                 "issuance.chunk_size {} is outside 1000..=1000000",

@@ -197,6 +197,7 @@ pub fn campaign_to_proto(c: &Campaign) -> pb::Campaign {
         owner: c.spec.owner.clone(),
         update_time: Some(timestamp_to_proto(c.update_time)),
         code_series: c.series.to_string(),
+        tenant: c.spec.tenant.to_string(),
     }
 }
 
@@ -618,6 +619,8 @@ pub fn campaign_spec_from_request(
                 face_value,
                 expire_time,
                 options,
+                // The caller's tenant, set by CreateCampaign.
+                tenant: giftx_core::model::TenantId::default_tenant(),
             })
         }
         _ => Err(v),

@@ -33,6 +33,7 @@ pub fn demo_specs(state: &AppState) -> Result<[CampaignSpec; 2], ApiError> {
     let jpy = Currency::from_code("JPY").ok_or_else(|| ApiError::internal("JPY unknown"))?;
     let expire_time = state.now().plus(YEAR);
     let select = CampaignSpec {
+        tenant: giftx_core::model::TenantId::default_tenant(),
         id: CampaignId::parse("campaign_id", DEMO_SELECT_CAMPAIGN)?,
         display_name: "Select gift (500 JPY e-money)".to_owned(),
         owner: "demo".to_owned(),
@@ -45,6 +46,7 @@ pub fn demo_specs(state: &AppState) -> Result<[CampaignSpec; 2], ApiError> {
         ],
     };
     let apology = CampaignSpec {
+        tenant: giftx_core::model::TenantId::default_tenant(),
         id: CampaignId::parse("campaign_id", DEMO_CAMPAIGN)?,
         display_name: "Apology gift 2014".to_owned(),
         owner: "demo".to_owned(),

@@ -11,6 +11,8 @@
 //! - [`issuance`], [`exchange`], [`expiry`]: the three services.
 //! - [`demo`]: the demo campaigns seeded on the embedded default.
 
+pub mod access;
+pub mod auth;
 pub mod background;
 pub mod config;
 pub mod convert;
@@ -27,6 +29,7 @@ pub mod sealer;
 pub mod state;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;
 pub mod workers;
 
@@ -74,6 +77,12 @@ pub enum ServerError {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Asked to serve a network without TLS and authentication.
+    #[error("{0}")]
+    Insecure(String),
+    /// The TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -202,10 +211,15 @@ pub async fn build_state(
     };
     let sealer = Arc::new(sealer);
     let ledger_config = config.ledger.ledger_config();
-    let (ledger, store): (Arc<dyn Ledger>, Arc<dyn ProviderStore>) = match &config.redis_url {
+    let (ledger, store, access): (
+        Arc<dyn Ledger>,
+        Arc<dyn ProviderStore>,
+        Arc<dyn giftx_ledger::access::AccessStore>,
+    ) = match &config.redis_url {
         None => (
             Arc::new(MemoryLedger::new(ledger_config)),
             Arc::new(MemoryProviderStore::new()),
+            Arc::new(giftx_ledger::access::MemoryAccessStore::new()),
         ),
         Some(url) => {
             let options = redis_options(&config)?;
@@ -214,7 +228,8 @@ pub async fn build_state(
                     .await
                     .map_err(|e| ServerError::Ledger(format!("cannot connect to Redis: {e}")))?;
             let store = Arc::new(redis.provider_store());
-            (Arc::new(redis), store)
+            let access = Arc::new(redis.access_store());
+            (Arc::new(redis), store, access)
         }
     };
     let provider_set = providers::build(
@@ -236,10 +251,13 @@ pub async fn build_state(
         config.exchange.settings(),
         instance_id.clone(),
     ));
+    let auth = auth::Auth::new(&config.security, access, hasher.clone(), clock.clone())
+        .map_err(ServerError::Key)?;
     let engine = state::Engine {
         instance_id,
         exchanger,
         provider_set: Arc::new(provider_set),
+        auth: Arc::new(auth),
     };
     let state = Arc::new(AppState::new(ledger, hasher, clock, config, engine));
     check_campaign_providers(&state).await?;
@@ -362,7 +380,45 @@ fn grpc_names(served: &[ServiceKind]) -> Vec<&'static str> {
     if served.contains(&ServiceKind::Issuance) {
         names.push(operations::SERVICE_NAME);
     }
+    // Key management and the audit trail: on every giftxd.
+    names.push(access::SERVICE_NAME);
     names
+}
+
+/// Secure defaults: without TLS and authentication giftxd serves only a
+/// loopback address, unless `GIFTX_INSECURE=true` says the network is
+/// trusted (logged loudly).
+fn check_exposure(
+    security: &config::SecurityConfig,
+    addr: std::net::SocketAddr,
+) -> Result<(), ServerError> {
+    let auth = security.auth();
+    let tls = security.tls();
+    if !auth && addr.ip().is_loopback() {
+        tracing::info!(
+            "no GIFTX_ADMIN_TOKEN_FILE: serving without authentication, on loopback only"
+        );
+    }
+    if addr.ip().is_loopback() || (auth && tls) {
+        return Ok(());
+    }
+    let missing = match (tls, auth) {
+        (false, false) => "TLS (GIFTX_TLS_CERT_FILE, GIFTX_TLS_KEY_FILE) and authentication (GIFTX_ADMIN_TOKEN_FILE)",
+        (false, true) => "TLS (GIFTX_TLS_CERT_FILE, GIFTX_TLS_KEY_FILE): tokens would cross the network in clear",
+        _ => "authentication (GIFTX_ADMIN_TOKEN_FILE): anyone who reaches the port could mint codes",
+    };
+    if security.insecure {
+        tracing::warn!(
+            "INSECURE: serving {addr}, which is not a loopback address, without {missing}, \
+             because GIFTX_INSECURE=true. Anyone who reaches this port is trusted."
+        );
+        return Ok(());
+    }
+    Err(ServerError::Insecure(format!(
+        "refusing to serve {addr} without {missing}. Configure them (see OPERATING.md, \
+         \"Trust\"), listen on a loopback address (GIFTX_LISTEN=127.0.0.1:50051), or set \
+         GIFTX_INSECURE=true if every client that can reach this address is trusted"
+    )))
 }
 
 /// Runs giftxd on `listener` until `shutdown` resolves, with the system
@@ -395,6 +451,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
     let served: Vec<ServiceKind> = state.config.services.clone();
+    check_exposure(&state.config.security, addr)?;
 
     // Metrics first, so a port in use stops start-up instead of surfacing
     // later.
@@ -445,17 +502,33 @@ pub async fn serve(
         // before the per-RPC span and metrics (transport.rs).
         .layer(transport::GrpcGuardLayer)
         .layer(telemetry::RpcTraceLayer)
+        // Inside the span, so refusals are traced, counted and audited.
+        .layer(auth::AuthLayer(state.auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_optional_service(issuance)
         .add_optional_service(operations)
         .add_optional_service(exchange)
-        .add_optional_service(expiry);
+        .add_optional_service(expiry)
+        .add_service(access::server(state.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // Connection cap, idle timeout, back-off on EMFILE (transport.rs).
-    let incoming = transport::incoming(listener, &state.config.transport);
+    let (tls_stop, tls_stop_rx) = tokio::sync::watch::channel(false);
+    let tls = match tls::TlsFiles::from_config(&state.config.security) {
+        Some(files) => Some(
+            tls::TlsState::start(
+                files,
+                Duration::from_secs(state.config.security.tls_reload_seconds),
+                tls_stop_rx,
+            )
+            .map_err(ServerError::Tls)?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    // Connection cap, idle timeout, back-off on EMFILE, TLS (transport.rs).
+    let incoming = transport::incoming(listener, &state.config.transport, tls);
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));
@@ -494,11 +567,11 @@ pub async fn serve(
         .join(", ");
     if state.config.seeds_demo() {
         tracing::info!(
-            "listening on {addr} ({ledger_kind}, demo campaign {} seeded; services: {services})",
+            "listening on {scheme}://{addr} ({ledger_kind}, demo campaign {} seeded; services: {services})",
             demo::DEMO_CAMPAIGN
         );
     } else {
-        tracing::info!("listening on {addr} ({ledger_kind}; services: {services})");
+        tracing::info!("listening on {scheme}://{addr} ({ledger_kind}; services: {services})");
     }
     if let Some(m) = &metrics_endpoint {
         tracing::info!("metrics on http://{}/metrics", m.local_addr());
@@ -560,6 +633,7 @@ pub async fn serve(
     if let Some(m) = metrics_endpoint {
         m.stop().await;
     }
+    let _ = tls_stop.send(true);
     tracing::info!("stopped");
     Ok(())
 }

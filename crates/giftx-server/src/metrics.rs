@@ -111,6 +111,10 @@ pub struct Metrics {
     script_duration: Family<Labels, Histogram, fn() -> Histogram>,
     script_errors: Family<Labels, Counter>,
     protocol_errors: Family<Labels, Counter>,
+    auth_refused: Family<Labels, Counter>,
+    audit_dropped: Counter,
+    tls_handshake_failures: Counter,
+    tls_reloads: Family<Labels, Counter>,
     connections_open: Gauge,
     connections_refused: Counter,
     connections_idle_closed: Counter,
@@ -198,6 +202,10 @@ impl Metrics {
             script_duration: Family::new_with_constructor(script_histogram),
             script_errors: Family::default(),
             protocol_errors: Family::default(),
+            auth_refused: Family::default(),
+            audit_dropped: Counter::default(),
+            tls_handshake_failures: Counter::default(),
+            tls_reloads: Family::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             connections_idle_closed: Counter::default(),
@@ -290,6 +298,28 @@ impl Metrics {
             "Requests refused for breaking the gRPC protocol (method, content_type, \
              compressed_flag_without_encoding): the client's mistake, not counted as RPCs",
             m.protocol_errors.clone(),
+        );
+        registry.register(
+            "giftx_auth_refused",
+            "Calls refused by authentication, role or limits (reason: API_KEY_MISSING, \
+             API_KEY_INVALID, API_KEY_REVOKED, API_KEY_EXPIRED, ROLE_NOT_ALLOWED, RATE_LIMITED, \
+             END_USER_THROTTLED)",
+            m.auth_refused.clone(),
+        );
+        registry.register(
+            "giftx_audit_dropped",
+            "Audit events that could not be written to the ledger (they are in the log)",
+            m.audit_dropped.clone(),
+        );
+        registry.register(
+            "giftx_tls_handshake_failures",
+            "TLS handshakes on the gRPC listener that failed or timed out",
+            m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "giftx_tls_reloads",
+            "Reloads of the TLS certificate, key and client CA files (result: ok, error)",
+            m.tls_reloads.clone(),
         );
         registry.register(
             "giftx_connections_open",
@@ -411,6 +441,30 @@ impl Metrics {
     pub fn protocol_error(&self, reason: &'static str) {
         self.protocol_errors
             .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// A call was refused by authentication, its role or a limit.
+    pub fn auth_refused(&self, reason: &'static str) {
+        self.auth_refused
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// `n` audit events could not be written.
+    pub fn audit_dropped(&self, n: usize) {
+        self.audit_dropped.inc_by(n as u64);
+    }
+
+    /// A TLS handshake failed or timed out.
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
+    }
+
+    /// The TLS files were reloaded (`ok`) or could not be (`error`).
+    pub fn tls_reloaded(&self, result: &'static str) {
+        self.tls_reloads
+            .get_or_create(&vec![("result", result.to_owned())])
             .inc();
     }
 

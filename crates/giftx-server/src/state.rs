@@ -10,6 +10,7 @@ use giftx_core::{Clock, DomainError, Hasher, Series, Timestamp};
 use giftx_ledger::Ledger;
 use tonic::Status;
 
+use crate::auth::{Auth, Principal};
 use crate::config::{Config, ProviderConfig};
 use crate::exchanger::Exchanger;
 use crate::providers::ProviderSet;
@@ -33,6 +34,8 @@ pub struct Engine {
     pub exchanger: Arc<Exchanger>,
     /// The providers.
     pub provider_set: Arc<ProviderSet>,
+    /// Keys, roles, limits, audit.
+    pub auth: Arc<Auth>,
 }
 
 /// A token naming this process in leases: unique even for two giftxd in
@@ -62,6 +65,8 @@ pub struct AppState {
     pub exchanger: Arc<Exchanger>,
     /// The provider adapters, their store and simulator handles.
     pub provider_set: Arc<ProviderSet>,
+    /// Keys, roles, limits, audit.
+    pub auth: Arc<Auth>,
     cache: Mutex<CampaignCache>,
 }
 
@@ -95,6 +100,7 @@ impl AppState {
             instance_id: engine.instance_id,
             exchanger: engine.exchanger,
             provider_set: engine.provider_set,
+            auth: engine.auth,
             cache: Mutex::new(CampaignCache::default()),
         }
     }
@@ -151,6 +157,38 @@ impl AppState {
         match self.ledger.get_campaign(id).await? {
             Some(c) => Ok(self.remember_campaign(c)),
             None => Err(DomainError::CampaignNotFound.into()),
+        }
+    }
+
+    /// A campaign by id, as `p` may see it: one of another tenant is
+    /// NOT_FOUND, exactly as one that does not exist.
+    ///
+    /// # Errors
+    /// As [`AppState::campaign`].
+    pub async fn campaign_for(
+        &self,
+        p: &Principal,
+        id: &CampaignId,
+    ) -> Result<Arc<Campaign>, ApiError> {
+        let c = self.campaign(id).await?;
+        if p.reaches(&c.spec.tenant) {
+            Ok(c)
+        } else {
+            Err(DomainError::CampaignNotFound.into())
+        }
+    }
+
+    /// May `p` use provider `id` for its campaigns (a shared provider, or
+    /// one of its tenant)? Operators of a tenant may import and read the
+    /// stock of its own providers only; admins of any.
+    pub fn provider_for(&self, p: &Principal, id: &str, for_stock: bool) -> bool {
+        let Some(cfg) = self.providers.get(id) else {
+            return false;
+        };
+        match (&cfg.tenant, p.scope()) {
+            (_, None) => true,
+            (Some(owner), Some(t)) => owner == t.as_str(),
+            (None, Some(_)) => !for_stock,
         }
     }
 

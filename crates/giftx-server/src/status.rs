@@ -43,6 +43,15 @@ pub enum ApiError {
         /// For humans.
         message: String,
     },
+    /// A resource the domain enum has no variant for (e.g.
+    /// `API_KEY_NOT_FOUND`) does not exist.
+    #[error("{message}")]
+    NotFound {
+        /// The `ErrorInfo` reason.
+        reason: &'static str,
+        /// For humans.
+        message: String,
+    },
 }
 
 impl From<FieldViolation> for ApiError {
@@ -184,6 +193,11 @@ impl ApiError {
                 let mut d = ErrorDetails::new();
                 d.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
                 return Status::with_error_details(Code::FailedPrecondition, message, d);
+            }
+            ApiError::NotFound { reason, message } => {
+                let mut d = ErrorDetails::new();
+                d.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+                return Status::with_error_details(Code::NotFound, message, d);
             }
         };
         let mut details = ErrorDetails::new();

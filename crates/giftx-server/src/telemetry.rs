@@ -658,6 +658,8 @@ struct Finish {
     /// Set by [`crate::transport::GrpcGuard`] when the request broke the
     /// protocol: counted as the client's protocol error, not as an RPC.
     fault: Option<crate::transport::ProtocolFault>,
+    /// Filled by [`crate::auth::AuthLayer`] for audited calls.
+    audit: Option<crate::auth::AuditSlot>,
 }
 
 impl Finish {
@@ -668,6 +670,19 @@ impl Finish {
         self.done = true;
         let name = code_name(code);
         self.span.record("rpc.grpc.status_code", code);
+        if let Some(slot) = &self.audit {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let cx = self.span.context();
+            let sc = opentelemetry::trace::TraceContextExt::span(&cx)
+                .span_context()
+                .clone();
+            let trace_id = if sc.is_valid() {
+                sc.trace_id().to_string()
+            } else {
+                String::new()
+            };
+            slot.finish(name, trace_id);
+        }
         let elapsed = self.start.elapsed();
         if let Some(reason) = self.fault.as_ref().and_then(|f| f.reason()) {
             // The specification answers it INTERNAL, but the mistake is
@@ -730,9 +745,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_owned();
         let quiet = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
+        let audit = (!quiet).then(|| {
+            let slot = crate::auth::AuditSlot::default();
+            req.extensions_mut().insert(slot.clone());
+            slot
+        });
         let (service, method) = split_path(&path);
         let span = tracing::info_span!(
             "rpc",
@@ -767,6 +787,7 @@ where
                 .extensions()
                 .get::<crate::transport::ProtocolFault>()
                 .cloned(),
+            audit,
         };
         // Standard tower idiom: use the clone that was driven ready.
         let clone = self.inner.clone();

@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes};
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -104,9 +104,24 @@ pub struct ConnInfo {
     activity: Arc<Activity>,
 }
 
+/// The bytes of a connection: plain TCP, or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+macro_rules! io {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            Io::Plain($s) => $e,
+            Io::Tls($s) => $e,
+        }
+    };
+}
+
 /// An accepted connection: holds its permit, closes itself when idle.
 pub struct Conn {
-    tcp: TcpStream,
+    tcp: Io,
     info: ConnInfo,
     idle: Option<Duration>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -173,7 +188,8 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.tcp).poll_read(cx, buf) {
+        let read = io!(&mut this.tcp, t => Pin::new(t).poll_read(cx, buf));
+        match read {
             Poll::Pending => {
                 if this.poll_idle(cx) {
                     // End of input: the HTTP/2 connection ends; its client
@@ -199,15 +215,15 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        io!(&mut self.get_mut().tcp, t => Pin::new(t).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        io!(&mut self.get_mut().tcp, t => Pin::new(t).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        io!(&mut self.get_mut().tcp, t => Pin::new(t).poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -215,11 +231,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        io!(&mut self.get_mut().tcp, t => Pin::new(t).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        io!(&self.tcp, t => t.is_write_vectored())
     }
 }
 
@@ -239,11 +255,15 @@ struct Acceptor {
     refused_logged: Option<Instant>,
 }
 
-/// The accepted connections of `listener`, under the limits of `t`.
+/// The accepted connections of `listener`, under the limits of `t`; with
+/// `tls`, each after its TLS handshake, which runs in its own task (at
+/// most [`crate::tls::HANDSHAKE_TIMEOUT`]) so a slow client never holds
+/// up the others.
 pub fn incoming(
     listener: TcpListener,
     t: &TransportTunables,
-) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    tls: Option<crate::tls::TlsState>,
+) -> Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send + 'static>> {
     let acceptor = Acceptor {
         listener,
         permits: Arc::new(Semaphore::new(t.max_connections)),
@@ -252,14 +272,72 @@ pub fn incoming(
         backoff: BACKOFF_MIN,
         refused_logged: None,
     };
-    futures::stream::unfold(acceptor, |mut a| async move {
-        let conn = a.next().await;
-        Some((Ok(conn), a))
-    })
+    let Some(tls) = tls else {
+        return Box::pin(futures::stream::unfold(acceptor, |mut a| async move {
+            let conn = a.next().await;
+            Some((Ok(conn), a))
+        }));
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(64);
+    tokio::spawn(async move {
+        let mut a = acceptor;
+        loop {
+            let (tcp, conn) = tokio::select! {
+                c = a.accept() => c,
+                () = tx.closed() => return,
+            };
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let peer = conn.info.tcp.remote_addr();
+                match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(conn.with(Io::Tls(Box::new(stream)))).await;
+                    }
+                    Ok(Err(e)) => {
+                        metrics::global().tls_handshake_failed();
+                        tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics::global().tls_handshake_failed();
+                        tracing::debug!(?peer, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok))
+}
+
+/// An accepted connection before its bytes are known to flow (the TLS
+/// handshake): everything of a [`Conn`] but its stream.
+struct Pending {
+    info: ConnInfo,
+    idle: Option<Duration>,
+    permit: OwnedSemaphorePermit,
+    gauge: OpenGauge,
+}
+
+impl Pending {
+    fn with(self, tcp: Io) -> Conn {
+        Conn {
+            tcp,
+            info: self.info,
+            idle: self.idle,
+            timer: None,
+            _permit: self.permit,
+            _gauge: self.gauge,
+        }
+    }
 }
 
 impl Acceptor {
     async fn next(&mut self) -> Conn {
+        let (tcp, pending) = self.accept().await;
+        pending.with(Io::Plain(tcp))
+    }
+
+    async fn accept(&mut self) -> (TcpStream, Pending) {
         loop {
             match self.listener.accept().await {
                 Ok((tcp, _)) => {
@@ -287,14 +365,15 @@ impl Acceptor {
                         tcp: tcp.connect_info(),
                         activity: Activity::new(),
                     };
-                    return Conn {
+                    return (
                         tcp,
-                        info,
-                        idle: self.idle,
-                        timer: None,
-                        _permit: permit,
-                        _gauge: OpenGauge::new(),
-                    };
+                        Pending {
+                            info,
+                            idle: self.idle,
+                            permit,
+                            gauge: OpenGauge::new(),
+                        },
+                    );
                 }
                 Err(e) if lacks_resources(&e) => {
                     metrics::global().accept_backoff();

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use giftx_core::model::{
-    CampaignId, CampaignSpec, ExchangeState, OptionId, ProviderId, RedemptionOption,
+    CampaignId, CampaignSpec, ExchangeState, OptionId, ProviderId, RedemptionOption, TenantId,
 };
 use giftx_core::{Currency, Digest, Money, Series, Timestamp};
 use redis::Value;
@@ -121,6 +121,11 @@ struct SpecDto {
     currency: String,
     minor_units: i64,
     options: Vec<OptionDto>,
+    /// Absent for the default tenant, so the specs of campaigns stored
+    /// before tenants existed compare equal to what a retried create
+    /// writes now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
 }
 
 pub(crate) fn spec_json(spec: &CampaignSpec) -> Result<String, LedgerError> {
@@ -138,6 +143,7 @@ pub(crate) fn spec_json(spec: &CampaignSpec) -> Result<String, LedgerError> {
                 provider: o.provider.as_str().to_owned(),
             })
             .collect(),
+        tenant: (spec.tenant.as_str() != TenantId::DEFAULT).then(|| spec.tenant.to_string()),
     };
     serde_json::to_string(&dto).map_err(internal)
 }
@@ -185,6 +191,10 @@ pub(crate) fn campaign(h: &HashMap<String, Vec<u8>>) -> Result<CampaignInfo, Led
             face_value: Money::new(currency, dto.minor_units),
             expire_time: Timestamp(n("dl")?),
             options,
+            tenant: match dto.tenant {
+                Some(t) => TenantId::parse("tenant", &t).map_err(|e| internal(e.description))?,
+                None => TenantId::default_tenant(),
+            },
         },
         series,
         create_time: Timestamp(n("ct")?),

@@ -31,6 +31,7 @@
 //! can see once their campaign cache (at most [`RedisOptions::cache_ttl`]
 //! old) is refreshed.
 
+pub mod access;
 mod codec;
 mod conn;
 mod keys;
@@ -2176,6 +2177,7 @@ mod tests {
                 .unwrap(),
         );
         let spec = CampaignSpec {
+            tenant: giftx_core::model::TenantId::default_tenant(),
             id: CampaignId::parse("id", "sorry").unwrap(),
             display_name: "Apology".into(),
             owner: "owner".into(),
