@@ -925,6 +925,11 @@ impl Config {
             if let Err(v) = ProviderId::parse("providers", id) {
                 return bad(format!("[providers.{id}]: provider id {}", v.description));
             }
+            if let Some(t) = &p.tenant
+                && let Err(v) = giftx_core::model::TenantId::parse("tenant", t)
+            {
+                return bad(format!("[providers.{id}]: tenant {t:?} {}", v.description));
+            }
             if p.kind.trim().is_empty() {
                 return bad(format!("[providers.{id}]: kind must not be empty"));
             }

@@ -17,6 +17,7 @@ use crate::convert::{
     exchange_state_to_proto, money_to_proto, timestamp_to_proto,
 };
 use crate::exchanger::{ExchangeInput, ExchangeView};
+use crate::auth::{self, Principal};
 use crate::state::AppState;
 use crate::status::ApiError;
 
@@ -153,9 +154,13 @@ impl ExchangeApi {
         x
     }
 
-    async fn verify_impl(&self, req: pb::VerifyCodeRequest) -> Result<pb::CodeStatus, ApiError> {
+    async fn verify_impl(
+        &self,
+        p: &Principal,
+        req: pb::VerifyCodeRequest,
+    ) -> Result<pb::CodeStatus, ApiError> {
         let (code, key) = credentials(&req.code, &req.login_key)?;
-        let s = self.state.exchanger.verify(&code, &key).await?;
+        let s = self.state.exchanger.verify(&code, &key, p.scope()).await?;
         let c = &s.campaign;
         Ok(pb::CodeStatus {
             campaign: campaign_name(&c.spec.id),
@@ -182,7 +187,11 @@ impl ExchangeApi {
         })
     }
 
-    async fn exchange_impl(&self, req: pb::ExchangeRequest) -> Result<pb::Exchange, ApiError> {
+    async fn exchange_impl(
+        &self,
+        p: &Principal,
+        req: pb::ExchangeRequest,
+    ) -> Result<pb::Exchange, ApiError> {
         let mut v = Vec::new();
         let creds = credentials(&req.code, &req.login_key)
             .map_err(|e| v.extend(e))
@@ -223,11 +232,12 @@ impl ExchangeApi {
                     stop_mail: req.stop_mail,
                 },
                 shipping_address: address,
+                scope: p.scope().cloned(),
             })
             .await;
         let view = match result {
             Err(DomainError::ExchangeInFlight) => {
-                return Err(self.in_flight(&code, &login_key).await);
+                return Err(self.in_flight(p, &code, &login_key).await);
             }
             r => r?,
         };
@@ -238,8 +248,13 @@ impl ExchangeApi {
     /// for an operator, so "retry in a second" would be a lie
     /// (FAILED_PRECONDITION, `EXCHANGE_PARKED`, no RetryInfo); anything
     /// else is in flight and ends soon (ABORTED, `EXCHANGE_IN_FLIGHT`).
-    async fn in_flight(&self, code: &giftx_core::Code, key: &giftx_core::LoginKey) -> ApiError {
-        match self.state.exchanger.latest(code, key).await {
+    async fn in_flight(
+        &self,
+        p: &Principal,
+        code: &giftx_core::Code,
+        key: &giftx_core::LoginKey,
+    ) -> ApiError {
+        match self.state.exchanger.latest(code, key, p.scope()).await {
             Ok(v) if v.record.state == ExchangeState::Pending && v.record.parked => {
                 ApiError::Precondition {
                     reason: EXCHANGE_PARKED,
@@ -253,12 +268,26 @@ impl ExchangeApi {
         }
     }
 
+    /// Counts a failed verification against the end user: a wrong login
+    /// key or an unknown code (LOGIN_KEY_MISMATCH), or a locked code.
+    async fn counted<T>(&self, who: Option<&str>, r: &Result<T, ApiError>) {
+        if matches!(
+            r,
+            Err(ApiError::Domain(
+                DomainError::LoginKeyMismatch | DomainError::CodeLocked { .. }
+            ))
+        ) {
+            self.state.auth.end_user_failed(who).await;
+        }
+    }
+
     async fn get_exchange_impl(
         &self,
+        p: &Principal,
         req: pb::GetExchangeRequest,
     ) -> Result<pb::Exchange, ApiError> {
         let (code, key) = credentials(&req.code, &req.login_key)?;
-        let view = self.state.exchanger.latest(&code, &key).await?;
+        let view = self.state.exchanger.latest(&code, &key, p.scope()).await?;
         Ok(self.with_shipping(&view, Audience::Holder).await)
     }
 }
@@ -269,20 +298,35 @@ impl ExchangeService for ExchangeApi {
         &self,
         request: Request<pb::VerifyCodeRequest>,
     ) -> Result<Response<pb::CodeStatus>, Status> {
-        self.reply(self.verify_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        let who = self.state.auth.end_user(&p, &request);
+        self.state.auth.check_end_user(who.as_deref()).await?;
+        let r = self.verify_impl(&p, request.into_inner()).await;
+        self.counted(who.as_deref(), &r).await;
+        self.reply(r)
     }
 
     async fn exchange(
         &self,
         request: Request<pb::ExchangeRequest>,
     ) -> Result<Response<pb::Exchange>, Status> {
-        self.reply(self.exchange_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        let who = self.state.auth.end_user(&p, &request);
+        self.state.auth.check_end_user(who.as_deref()).await?;
+        let r = self.exchange_impl(&p, request.into_inner()).await;
+        self.counted(who.as_deref(), &r).await;
+        self.reply(r)
     }
 
     async fn get_exchange(
         &self,
         request: Request<pb::GetExchangeRequest>,
     ) -> Result<Response<pb::Exchange>, Status> {
-        self.reply(self.get_exchange_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        let who = self.state.auth.end_user(&p, &request);
+        self.state.auth.check_end_user(who.as_deref()).await?;
+        let r = self.get_exchange_impl(&p, request.into_inner()).await;
+        self.counted(who.as_deref(), &r).await;
+        self.reply(r)
     }
 }

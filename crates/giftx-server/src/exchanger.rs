@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use giftx_core::model::{
-    Campaign, CampaignId, CodeState, Deliverable, ExchangeState, PostalAddress, ProviderId,
+    Campaign, CampaignId, CodeState, Deliverable, ExchangeState, PostalAddress, ProviderId, TenantId,
 };
 use giftx_core::{Clock, Code, DomainError, Hasher, LoginKey, Series, Timestamp};
 use giftx_ledger::{
@@ -100,6 +100,9 @@ pub struct ExchangeInput {
     /// Where to mail the goods: required for (and only for) an option whose
     /// provider ships goods (deferred fulfilment).
     pub shipping_address: Option<PostalAddress>,
+    /// The caller's tenant, when it is limited to one: a code of another
+    /// tenant's campaign is then a code that does not exist.
+    pub scope: Option<TenantId>,
 }
 
 /// How a re-drive ended, for the reconciler's bookkeeping.
@@ -218,11 +221,25 @@ impl Exchanger {
         &self.settings
     }
 
-    fn code_ref(&self, code: &Code) -> CodeRef {
-        CodeRef {
+    /// The code as the ledger is asked about it. For a caller limited to
+    /// `scope`, a code of another tenant's campaign is looked up under a
+    /// hash no stored code has ([`Hasher::foreign_code`]): the ledger then
+    /// answers, counts wrong tries and locks exactly as for a code that
+    /// does not exist, and the owner's code is never touched. The
+    /// campaign is read (from the cache) for every scoped call, existing
+    /// or not, so both cost the same.
+    async fn code_ref(&self, code: &Code, scope: Option<&TenantId>) -> Result<CodeRef, DomainError> {
+        let digest = match scope {
+            None => self.hasher.code(code),
+            Some(t) => match self.campaign_by_series(code.series()).await? {
+                Some(c) if &c.spec.tenant != t => self.hasher.foreign_code(code, t.as_str()),
+                _ => self.hasher.code(code),
+            },
+        };
+        Ok(CodeRef {
             series: code.series(),
-            digest: self.hasher.code(code),
-        }
+            digest,
+        })
     }
 
     fn lease(&self, now: Timestamp) -> Lease {
@@ -306,13 +323,19 @@ impl Exchanger {
     ///
     /// # Errors
     /// `LoginKeyMismatch`, `CodeLocked`, `Unavailable`.
-    pub async fn verify(&self, code: &Code, key: &LoginKey) -> Result<CodeStatus, DomainError> {
+    pub async fn verify(
+        &self,
+        code: &Code,
+        key: &LoginKey,
+        scope: Option<&TenantId>,
+    ) -> Result<CodeStatus, DomainError> {
+        let code_ref = self.code_ref(code, scope).await?;
         let now = self.clock.now();
         // The ledger is asked even when the series is unknown, so an unknown
         // code costs the same as a wrong login key.
         let view = self
             .ledger
-            .verify(self.code_ref(code), self.hasher.login_key(code, key), now)
+            .verify(code_ref, self.hasher.login_key(code, key), now)
             .await
             .map_err(ledger_error)?;
         let campaign = self.campaign_of(code.series()).await?;
@@ -332,11 +355,17 @@ impl Exchanger {
     ///
     /// # Errors
     /// `LoginKeyMismatch`, `CodeLocked`, `ExchangeNotFound`, `Unavailable`.
-    pub async fn latest(&self, code: &Code, key: &LoginKey) -> Result<ExchangeView, DomainError> {
+    pub async fn latest(
+        &self,
+        code: &Code,
+        key: &LoginKey,
+        scope: Option<&TenantId>,
+    ) -> Result<ExchangeView, DomainError> {
+        let code_ref = self.code_ref(code, scope).await?;
         let now = self.clock.now();
         let rec = self
             .ledger
-            .latest_exchange(self.code_ref(code), self.hasher.login_key(code, key), now)
+            .latest_exchange(code_ref, self.hasher.login_key(code, key), now)
             .await
             .map_err(ledger_error)?;
         let campaign = self.campaign_of(code.series()).await?;
@@ -357,7 +386,7 @@ impl Exchanger {
         input: ExchangeInput,
     ) -> Result<ExchangeView, DomainError> {
         let now = self.clock.now();
-        let code_ref = self.code_ref(&input.code);
+        let code_ref = self.code_ref(&input.code, input.scope.as_ref()).await?;
         let login = self.hasher.login_key(&input.code, &input.login_key);
         let found = self
             .campaign_by_series(input.code.series())

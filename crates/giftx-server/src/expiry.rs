@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use giftx_core::FieldViolation;
+use giftx_core::{DomainError, FieldViolation};
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::expiry_service_server::ExpiryService;
 use tonic::{Request, Response, Status};
@@ -13,6 +13,7 @@ use tracing::Instrument as _;
 use crate::convert::{self, campaign_name, campaign_to_proto, money_to_proto, timestamp_to_proto};
 use crate::exchange::{Audience, exchange_to_proto};
 use crate::exchanger::ExchangeView;
+use crate::auth::{self, Principal};
 use crate::state::AppState;
 use crate::status::ApiError;
 
@@ -37,7 +38,11 @@ impl ExpiryApi {
         r.map(Response::new).map_err(|e| self.state.status(e))
     }
 
-    async fn extend_impl(&self, req: pb::ExtendCampaignRequest) -> Result<pb::Campaign, ApiError> {
+    async fn extend_impl(
+        &self,
+        p: &Principal,
+        req: pb::ExtendCampaignRequest,
+    ) -> Result<pb::Campaign, ApiError> {
         let mut v = Vec::new();
         let id = convert::parse_campaign_name("campaign", &req.campaign)
             .map_err(|e| v.push(e))
@@ -63,6 +68,7 @@ impl ExpiryApi {
         let (Some(id), Some(t), true) = (id, t, v.is_empty()) else {
             return Err(v.into());
         };
+        self.state.campaign_for(p, &id).await?;
         let bulk = crate::telemetry::bulk_span("extend_campaign");
         let c = self
             .state
@@ -75,9 +81,13 @@ impl ExpiryApi {
         Ok(campaign_to_proto(&self.state.remember_campaign(c)))
     }
 
-    async fn sweep_impl(&self, req: pb::SweepExpiredRequest) -> Result<pb::SweepReport, ApiError> {
+    async fn sweep_impl(
+        &self,
+        p: &Principal,
+        req: pb::SweepExpiredRequest,
+    ) -> Result<pb::SweepReport, ApiError> {
         let id = convert::parse_campaign_name("campaign", &req.campaign)?;
-        let campaign = self.state.campaign(&id).await?;
+        let campaign = self.state.campaign_for(p, &id).await?;
         let now = self.state.now();
         let bulk = crate::telemetry::bulk_span("sweep");
         let out = self
@@ -99,6 +109,7 @@ impl ExpiryApi {
 
     async fn list_pending_impl(
         &self,
+        p: &Principal,
         req: pb::ListPendingExchangesRequest,
     ) -> Result<pb::ListPendingExchangesResponse, ApiError> {
         let mut v = Vec::new();
@@ -133,6 +144,9 @@ impl ExpiryApi {
             let Some(c) = self.state.campaign_by_series(record.series).await? else {
                 continue;
             };
+            if !p.reaches(&c.spec.tenant) {
+                continue;
+            }
             exchanges.push(exchange_to_proto(
                 &ExchangeView {
                     record,
@@ -154,9 +168,21 @@ impl ExpiryApi {
 
     async fn reconcile_impl(
         &self,
+        p: &Principal,
         req: pb::ReconcileExchangeRequest,
     ) -> Result<pb::Exchange, ApiError> {
         let id = convert::parse_exchange_name("name", &req.name)?;
+        // Another tenant's exchange reads as one that does not exist.
+        let rec = self
+            .state
+            .ledger
+            .get_exchange(&id)
+            .await?
+            .ok_or(DomainError::ExchangeNotFound)?;
+        let campaign = self.state.campaign_by_series(rec.series).await?;
+        if campaign.is_none_or(|c| !p.reaches(&c.spec.tenant)) {
+            return Err(DomainError::ExchangeNotFound.into());
+        }
         let (view, outcome) = self.state.exchanger.reconcile(&id).await?;
         tracing::info!(exchange = %id.0, ?outcome, "reconciled on request");
         // An operator view: whoever knows an exchange name (ListPreferences
@@ -172,27 +198,34 @@ impl ExpiryService for ExpiryApi {
         &self,
         request: Request<pb::ExtendCampaignRequest>,
     ) -> Result<Response<pb::Campaign>, Status> {
-        self.reply(self.extend_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, request.get_ref().campaign.clone());
+        self.reply(self.extend_impl(&p, request.into_inner()).await)
     }
 
     async fn sweep_expired(
         &self,
         request: Request<pb::SweepExpiredRequest>,
     ) -> Result<Response<pb::SweepReport>, Status> {
-        self.reply(self.sweep_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, request.get_ref().campaign.clone());
+        self.reply(self.sweep_impl(&p, request.into_inner()).await)
     }
 
     async fn list_pending_exchanges(
         &self,
         request: Request<pb::ListPendingExchangesRequest>,
     ) -> Result<Response<pb::ListPendingExchangesResponse>, Status> {
-        self.reply(self.list_pending_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        self.reply(self.list_pending_impl(&p, request.into_inner()).await)
     }
 
     async fn reconcile_exchange(
         &self,
         request: Request<pb::ReconcileExchangeRequest>,
     ) -> Result<Response<pb::Exchange>, Status> {
-        self.reply(self.reconcile_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, request.get_ref().name.clone());
+        self.reply(self.reconcile_impl(&p, request.into_inner()).await)
     }
 }

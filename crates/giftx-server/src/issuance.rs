@@ -54,6 +54,7 @@ use crate::convert::{
     self, MAX_ISSUE_COUNT, batch_to_proto, campaign_name, campaign_to_proto, code_state_to_proto,
     money_to_proto, timestamp_to_proto,
 };
+use crate::auth::{self, Principal};
 use crate::state::AppState;
 use crate::status::ApiError;
 
@@ -61,6 +62,8 @@ use crate::status::ApiError;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Largest ListCampaigns page size (larger requests are coerced).
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Pages of all campaigns read at most to fill one tenant's page.
+const MAX_TENANT_SCANS: usize = 16;
 /// How many times colliding codes are regenerated before giving up.
 const COLLISION_ROUNDS: usize = 8;
 /// Chunks generated and stored concurrently ahead of the stream: while one
@@ -123,11 +126,15 @@ impl IssuanceApi {
 
     async fn create_campaign_impl(
         &self,
+        p: &Principal,
         req: pb::CreateCampaignRequest,
     ) -> Result<pb::Campaign, ApiError> {
         let now = self.state.now();
-        let spec =
-            convert::campaign_spec_from_request(&req, now, |p| self.state.provider_configured(p))?;
+        // A provider of another tenant reads as one not configured.
+        let mut spec = convert::campaign_spec_from_request(&req, now, |id| {
+            self.state.provider_for(p, id, false)
+        })?;
+        spec.tenant = p.tenant.clone();
         self.check_options(&spec).await?;
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
         let c = self
@@ -176,15 +183,17 @@ impl IssuanceApi {
 
     async fn get_campaign_impl(
         &self,
+        p: &Principal,
         req: pb::GetCampaignRequest,
     ) -> Result<pb::Campaign, ApiError> {
         let id = convert::parse_campaign_name("name", &req.name)?;
-        let c = self.state.campaign(&id).await?;
+        let c = self.state.campaign_for(p, &id).await?;
         Ok(campaign_to_proto(&c))
     }
 
     async fn list_campaigns_impl(
         &self,
+        p: &Principal,
         req: pb::ListCampaignsRequest,
     ) -> Result<pb::ListCampaignsResponse, ApiError> {
         let mut v = Vec::new();
@@ -194,26 +203,45 @@ impl IssuanceApi {
         let cursor = convert::decode_page_token(&self.state.hasher, "page_token", &req.page_token)
             .map_err(|e| v.push(e))
             .ok();
-        let (Some(size), Some(cursor)) = (size, cursor) else {
+        let (Some(size), Some(mut cursor)) = (size, cursor) else {
             return Err(v.into());
         };
-        let page = self
-            .state
-            .ledger
-            .list_campaigns(cursor.as_deref(), size)
-            .await?;
+        // Only the caller's tenant's campaigns; a page may take several
+        // of the ledger's (at most MAX_TENANT_SCANS, then a shorter page).
+        let mut campaigns = Vec::new();
+        for _ in 0..MAX_TENANT_SCANS {
+            let page = self
+                .state
+                .ledger
+                .list_campaigns(cursor.as_deref(), size)
+                .await?;
+            campaigns.extend(
+                page.items
+                    .iter()
+                    .filter(|c| p.reaches(&c.spec.tenant))
+                    .map(campaign_to_proto),
+            );
+            cursor = page.next;
+            if cursor.is_none() || campaigns.len() >= size {
+                break;
+            }
+        }
         Ok(pb::ListCampaignsResponse {
-            campaigns: page.items.iter().map(campaign_to_proto).collect(),
-            next_page_token: page
-                .next
+            campaigns,
+            next_page_token: cursor
                 .as_deref()
                 .map(|c| convert::encode_page_token(&self.state.hasher, c))
                 .unwrap_or_default(),
         })
     }
 
-    async fn get_batch_impl(&self, req: pb::GetBatchRequest) -> Result<pb::Batch, ApiError> {
+    async fn get_batch_impl(
+        &self,
+        p: &Principal,
+        req: pb::GetBatchRequest,
+    ) -> Result<pb::Batch, ApiError> {
         let (c, b) = convert::parse_batch_name("name", &req.name)?;
+        self.state.campaign_for(p, &c).await?;
         match self
             .state
             .ledger
@@ -225,8 +253,13 @@ impl IssuanceApi {
         }
     }
 
-    async fn void_batch_impl(&self, req: pb::VoidBatchRequest) -> Result<pb::Batch, ApiError> {
+    async fn void_batch_impl(
+        &self,
+        p: &Principal,
+        req: pb::VoidBatchRequest,
+    ) -> Result<pb::Batch, ApiError> {
         let (c, b) = convert::parse_batch_name("name", &req.name)?;
+        self.state.campaign_for(p, &c).await?;
         let bulk = crate::telemetry::bulk_span("void_batch");
         let batch = self
             .state
@@ -241,10 +274,11 @@ impl IssuanceApi {
 
     async fn get_campaign_stats_impl(
         &self,
+        p: &Principal,
         req: pb::GetCampaignStatsRequest,
     ) -> Result<pb::CampaignStats, ApiError> {
         let id = convert::parse_campaign_name("campaign", &req.campaign)?;
-        let campaign = self.state.campaign(&id).await?;
+        let campaign = self.state.campaign_for(p, &id).await?;
         let now = self.state.now();
         let counts = self.state.ledger.counts(&id, now).await?;
         let face = campaign.spec.face_value;
@@ -293,6 +327,7 @@ impl IssuanceApi {
 
     async fn issue_codes_impl(
         &self,
+        p: &Principal,
         req: pb::IssueCodesRequest,
         slot: StreamSlot,
     ) -> Result<IssueStream, ApiError> {
@@ -314,7 +349,7 @@ impl IssuanceApi {
             return Err(v.into());
         };
         let count = req.count.unsigned_abs();
-        let campaign = self.state.campaign(&campaign_id).await?;
+        let campaign = self.state.campaign_for(p, &campaign_id).await?;
         let batch = self
             .state
             .ledger
@@ -723,21 +758,26 @@ impl IssuanceService for IssuanceApi {
         &self,
         request: Request<pb::CreateCampaignRequest>,
     ) -> Result<Response<pb::Campaign>, Status> {
-        self.reply(self.create_campaign_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, format!("campaigns/{}", request.get_ref().campaign_id));
+        self.reply(self.create_campaign_impl(&p, request.into_inner()).await)
     }
 
     async fn get_campaign(
         &self,
         request: Request<pb::GetCampaignRequest>,
     ) -> Result<Response<pb::Campaign>, Status> {
-        self.reply(self.get_campaign_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, request.get_ref().name.clone());
+        self.reply(self.get_campaign_impl(&p, request.into_inner()).await)
     }
 
     async fn list_campaigns(
         &self,
         request: Request<pb::ListCampaignsRequest>,
     ) -> Result<Response<pb::ListCampaignsResponse>, Status> {
-        self.reply(self.list_campaigns_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        self.reply(self.list_campaigns_impl(&p, request.into_inner()).await)
     }
 
     type IssueCodesStream = IssueStream;
@@ -746,28 +786,36 @@ impl IssuanceService for IssuanceApi {
         &self,
         request: Request<pb::IssueCodesRequest>,
     ) -> Result<Response<Self::IssueCodesStream>, Status> {
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, request.get_ref().campaign.clone());
         let slot = self.stream_slot()?;
-        self.reply(self.issue_codes_impl(request.into_inner(), slot).await)
+        self.reply(self.issue_codes_impl(&p, request.into_inner(), slot).await)
     }
 
     async fn get_batch(
         &self,
         request: Request<pb::GetBatchRequest>,
     ) -> Result<Response<pb::Batch>, Status> {
-        self.reply(self.get_batch_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, request.get_ref().name.clone());
+        self.reply(self.get_batch_impl(&p, request.into_inner()).await)
     }
 
     async fn void_batch(
         &self,
         request: Request<pb::VoidBatchRequest>,
     ) -> Result<Response<pb::Batch>, Status> {
-        self.reply(self.void_batch_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, request.get_ref().name.clone());
+        self.reply(self.void_batch_impl(&p, request.into_inner()).await)
     }
 
     async fn get_campaign_stats(
         &self,
         request: Request<pb::GetCampaignStatsRequest>,
     ) -> Result<Response<pb::CampaignStats>, Status> {
-        self.reply(self.get_campaign_stats_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, request.get_ref().campaign.clone());
+        self.reply(self.get_campaign_stats_impl(&p, request.into_inner()).await)
     }
 }

@@ -30,6 +30,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::convert::{self, timestamp_from_proto, timestamp_to_proto};
+use crate::auth::{self, Principal};
 use crate::state::AppState;
 use crate::status::{ApiError, ERROR_DOMAIN};
 
@@ -172,12 +173,18 @@ impl OperationsApi {
         r.map(Response::new).map_err(|e| self.status(e))
     }
 
-    /// Checks that `provider` names a configured provider of `kind`.
-    fn provider(&self, provider: &str, kind: Kind) -> Result<ProviderId, OpsError> {
+    /// Checks that `provider` names a configured provider of `kind` that
+    /// `p` may work on: stock of its tenant's providers only (shared
+    /// stock is an admin's), orders of any provider its campaigns may
+    /// use (filtered by campaign). Any other reads as not configured.
+    fn provider(&self, p: &Principal, provider: &str, kind: Kind) -> Result<ProviderId, OpsError> {
         if provider.is_empty() {
             return Err(FieldViolation::new("provider", "must not be empty").into());
         }
         let id = ProviderId::parse("provider", provider)?;
+        if !self.state.provider_for(p, id.as_str(), kind == Kind::Stock) {
+            return Err(OpsError::ProviderNotFound(id.to_string()));
+        }
         match self.state.provider_set.configs.get(&id) {
             None => Err(OpsError::ProviderNotFound(id.to_string())),
             Some(c) if !kind.matches(c) => Err(FieldViolation::new(
@@ -257,6 +264,32 @@ impl OperationsApi {
         Ok(s)
     }
 
+    /// Does the order belong to a campaign `p` reaches? (`seen` caches the
+    /// answer per campaign across a page.)
+    async fn reaches_order(
+        &self,
+        p: &Principal,
+        o: &ShipmentOrder,
+        seen: &mut HashMap<String, bool>,
+    ) -> Result<bool, ApiError> {
+        if p.scope().is_none() {
+            return Ok(true);
+        }
+        if let Some(r) = seen.get(&o.campaign) {
+            return Ok(*r);
+        }
+        let r = match CampaignId::parse("campaign", &o.campaign) {
+            Ok(id) => match self.state.campaign_for(p, &id).await {
+                Ok(_) => true,
+                Err(ApiError::Domain(DomainError::CampaignNotFound)) => false,
+                Err(e) => return Err(e),
+            },
+            Err(_) => false,
+        };
+        seen.insert(o.campaign.clone(), r);
+        Ok(r)
+    }
+
     /// Validates one ImportStock message's items into import items.
     fn import_items(
         &self,
@@ -315,6 +348,7 @@ impl OperationsApi {
 
     async fn import_stock_impl(
         &self,
+        p: &Principal,
         mut stream: Streaming<pb::ImportStockRequest>,
     ) -> Result<pb::ImportStockResponse, OpsError> {
         let mut provider: Option<(String, ProviderId)> = None;
@@ -331,7 +365,7 @@ impl OperationsApi {
         while let Some(msg) = stream.message().await.map_err(OpsError::Stream)? {
             let id = match &provider {
                 None => {
-                    let id = self.provider(&msg.provider, Kind::Stock)?;
+                    let id = self.provider(p, &msg.provider, Kind::Stock)?;
                     provider = Some((msg.provider.clone(), id.clone()));
                     id
                 }
@@ -391,9 +425,10 @@ impl OperationsApi {
 
     async fn get_stock_status_impl(
         &self,
+        p: &Principal,
         req: pb::GetStockStatusRequest,
     ) -> Result<pb::StockStatus, OpsError> {
-        let id = self.provider(&req.provider, Kind::Stock)?;
+        let id = self.provider(p, &req.provider, Kind::Stock)?;
         let s = self.inventory(id).status().await.map_err(store_error)?;
         Ok(pb::StockStatus {
             provider: req.provider,
@@ -404,10 +439,11 @@ impl OperationsApi {
 
     async fn list_shipments_impl(
         &self,
+        p: &Principal,
         req: pb::ListShipmentsRequest,
     ) -> Result<pb::ListShipmentsResponse, OpsError> {
         let mut v = Vec::new();
-        let id = match self.provider(&req.provider, Kind::Shipment) {
+        let id = match self.provider(p, &req.provider, Kind::Shipment) {
             Ok(id) => Some(id),
             Err(OpsError::Api(ApiError::Domain(DomainError::InvalidArgument(e)))) => {
                 v.extend(e);
@@ -436,6 +472,7 @@ impl OperationsApi {
         let orders = self.orders(id);
         let mut shipments = Vec::new();
         let mut batches = HashMap::new();
+        let mut reach = HashMap::new();
         // With a filter a page of orders may hold few matches: read on
         // (boundedly) so callers rarely see short pages.
         for _ in 0..MAX_FILTER_SCANS {
@@ -445,7 +482,9 @@ impl OperationsApi {
                 .await
                 .map_err(store_error)?;
             for o in &page.orders {
-                shipments.push(self.shipment(o, &mut batches).await?);
+                if self.reaches_order(p, o, &mut reach).await? {
+                    shipments.push(self.shipment(o, &mut batches).await?);
+                }
             }
             cursor = page.next;
             if cursor.is_none() || shipments.len() >= size {
@@ -463,10 +502,11 @@ impl OperationsApi {
 
     async fn mark_shipped_impl(
         &self,
+        p: &Principal,
         req: pb::MarkShippedRequest,
     ) -> Result<pb::MarkShippedResponse, OpsError> {
         let mut v = Vec::new();
-        let id = match self.provider(&req.provider, Kind::Shipment) {
+        let id = match self.provider(p, &req.provider, Kind::Shipment) {
             Ok(id) => Some(id),
             Err(OpsError::Api(ApiError::Domain(DomainError::InvalidArgument(e)))) => {
                 v.extend(e);
@@ -518,8 +558,22 @@ impl OperationsApi {
             .filter(|r| seen.insert(r.clone()))
             .collect();
         let orders = self.orders(id);
+        // Orders of another tenant's campaigns read as unknown references.
+        let mut refs_reached = Vec::with_capacity(refs.len());
+        let mut foreign = Vec::new();
+        if p.scope().is_some() {
+            let mut reach = HashMap::new();
+            for r in refs {
+                match orders.get(&r).await.map_err(store_error)? {
+                    Some(o) if !self.reaches_order(p, &o, &mut reach).await? => foreign.push(r),
+                    _ => refs_reached.push(r),
+                }
+            }
+        } else {
+            refs_reached = refs;
+        }
         let results: Vec<(String, Result<MarkShipped, ProviderError>)> =
-            futures::stream::iter(refs)
+            futures::stream::iter(refs_reached)
                 .map(move |r| {
                     let orders = orders.clone();
                     let tracking = tracking.clone();
@@ -531,7 +585,10 @@ impl OperationsApi {
                 .buffered(MARK_CONCURRENCY)
                 .collect()
                 .await;
-        let mut out = pb::MarkShippedResponse::default();
+        let mut out = pb::MarkShippedResponse {
+            unknown_references: foreign,
+            ..pb::MarkShippedResponse::default()
+        };
         let mut failed: Option<ProviderError> = None;
         for (r, res) in results {
             match res {
@@ -559,6 +616,7 @@ impl OperationsApi {
 
     async fn list_preferences_impl(
         &self,
+        p: &Principal,
         req: pb::ListPreferencesRequest,
     ) -> Result<pb::ListPreferencesResponse, OpsError> {
         let mut v = Vec::new();
@@ -575,7 +633,7 @@ impl OperationsApi {
             return Err(v.into());
         };
         // NOT_FOUND for an unknown campaign, before any listing.
-        self.state.campaign(&campaign).await?;
+        self.state.campaign_for(p, &campaign).await?;
         let (preferences, next) =
             crate::preferences::list(&self.state, &campaign, cursor.as_deref(), size).await?;
         Ok(pb::ListPreferencesResponse {
@@ -626,34 +684,43 @@ impl OperationsService for OperationsApi {
         &self,
         request: Request<Streaming<pb::ImportStockRequest>>,
     ) -> Result<Response<pb::ImportStockResponse>, Status> {
-        self.reply(self.import_stock_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        self.reply(self.import_stock_impl(&p, request.into_inner()).await)
     }
 
     async fn get_stock_status(
         &self,
         request: Request<pb::GetStockStatusRequest>,
     ) -> Result<Response<pb::StockStatus>, Status> {
-        self.reply(self.get_stock_status_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, format!("providers/{}", request.get_ref().provider));
+        self.reply(self.get_stock_status_impl(&p, request.into_inner()).await)
     }
 
     async fn list_shipments(
         &self,
         request: Request<pb::ListShipmentsRequest>,
     ) -> Result<Response<pb::ListShipmentsResponse>, Status> {
-        self.reply(self.list_shipments_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, format!("providers/{}", request.get_ref().provider));
+        self.reply(self.list_shipments_impl(&p, request.into_inner()).await)
     }
 
     async fn mark_shipped(
         &self,
         request: Request<pb::MarkShippedRequest>,
     ) -> Result<Response<pb::MarkShippedResponse>, Status> {
-        self.reply(self.mark_shipped_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, format!("providers/{}", request.get_ref().provider));
+        self.reply(self.mark_shipped_impl(&p, request.into_inner()).await)
     }
 
     async fn list_preferences(
         &self,
         request: Request<pb::ListPreferencesRequest>,
     ) -> Result<Response<pb::ListPreferencesResponse>, Status> {
-        self.reply(self.list_preferences_impl(request.into_inner()).await)
+        let p = auth::principal(&request)?;
+        auth::note_resource(&request, request.get_ref().campaign.clone());
+        self.reply(self.list_preferences_impl(&p, request.into_inner()).await)
     }
 }

@@ -7,9 +7,13 @@
 //! - [`app`]: [`TestApp`] runs giftxd in-process on a free port with a
 //!   manual clock (embedded ledger, or a private Redis) and hands out
 //!   typed clients.
+//! - [`pki`]: [`TestPki`] makes a CA, a server certificate for
+//!   `127.0.0.1` and client certificates with the `openssl` CLI.
 
 pub mod app;
+pub mod pki;
 pub mod redis;
 
 pub use app::{TestApp, TestAppOptions};
+pub use pki::TestPki;
 pub use redis::RedisServer;
