@@ -87,6 +87,15 @@ const KNOWN_ENV: &[&str] = &[
     "GIFTX_IDLE_TIMEOUT_SECONDS",
     "GIFTX_KEEPALIVE_INTERVAL_SECONDS",
     "GIFTX_KEEPALIVE_TIMEOUT_SECONDS",
+    "GIFTX_HEALTH_LISTEN",
+    "GIFTX_TLS_CERT_FILE",
+    "GIFTX_TLS_KEY_FILE",
+    "GIFTX_TLS_CLIENT_CA_FILE",
+    "GIFTX_ADMIN_TOKEN_FILE",
+    "GIFTX_ADMIN_TENANT",
+    "GIFTX_LIMIT_PORTAL_RPS",
+    "GIFTX_LIMIT_OPERATOR_RPS",
+    "GIFTX_END_USER_MAX_FAILURES",
     "RUST_LOG",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_SERVICE_NAME",
@@ -571,11 +580,13 @@ fn kubernetes_workloads_are_probed_limited_and_hardened() {
                 );
             }
         }
+        // The listener speaks TLS, which Kubernetes' gRPC probes cannot:
+        // they ask the plaintext health-only listener.
         for probe in ["livenessProbe", "readinessProbe"] {
             assert_eq!(
                 c[probe]["grpc"]["port"].as_u64(),
-                Some(50051),
-                "{name}: {probe} is not a gRPC probe"
+                Some(50052),
+                "{name}: {probe} is not a gRPC probe of the health listener"
             );
         }
         assert_eq!(
@@ -648,6 +659,33 @@ fn kubernetes_workloads_are_probed_limited_and_hardened() {
         let loaded =
             loaded.unwrap_or_else(|e| panic!("{name}: giftxd refuses its configuration: {e}"));
         assert_eq!(loaded.listen.to_string(), "0.0.0.0:50051", "{name}");
+        // Secure: TLS and API keys, from Secrets; health for the probes.
+        assert!(loaded.security.tls() && loaded.security.auth(), "{name}: TLS and auth");
+        assert_eq!(
+            loaded.health_listen.map(|h| h.port()),
+            Some(50052),
+            "{name}"
+        );
+        for (var, secret) in [
+            ("GIFTX_TLS_CERT_FILE", "giftx-tls"),
+            ("GIFTX_ADMIN_TOKEN_FILE", "giftx-admin-token"),
+        ] {
+            let file = env.get(var).expect(var);
+            let dir = file.rsplit_once('/').unwrap().0;
+            let mount = c["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|m| s(m, "mountPath") == dir)
+                .unwrap_or_else(|| panic!("{name}: {dir} not mounted"));
+            let vol = pod["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| s(v, "name") == s(mount, "name"))
+                .unwrap();
+            assert_eq!(s(&vol["secret"], "secretName"), secret, "{name}: {var}");
+        }
 
         // Its Service, PDB (and HPA) select these pods.
         let svc = get("Service", name);

@@ -7,16 +7,118 @@ use clap::{Args, Parser, Subcommand};
 use giftx_core::Currency;
 use giftx_core::model::MAX_ISSUE_COUNT;
 
-use crate::rpc::DEFAULT_ADDR;
-use crate::time::{TypedTime, parse_duration, parse_typed_rfc3339};
+use crate::error::{Error, Result};
+use crate::rpc::{ConnectOptions, DEFAULT_ADDR, Token};
+use crate::time::{
+    TimeOrDuration, TypedTime, parse_duration, parse_time_or_duration, parse_typed_rfc3339,
+};
+
+/// The help heading of the flags saying how to reach giftxd.
+const CONNECTION: &str = "Connection";
+
+/// How giftctl reaches giftxd, shown at the end of `giftctl --help`.
+const CONNECTING: &str = "\
+Connecting:
+  --addr http://host:port   plaintext HTTP/2 (a bare host:port too)
+  --addr https://host:port  TLS: giftxd's certificate must be signed by the CA in
+                            --ca-cert (else by a public web CA) and name the host
+                            (DNS name or IP address) in --addr
+  --client-cert/--client-key present a client certificate (mTLS, when giftxd has
+                            GIFTX_TLS_CLIENT_CA_FILE); https:// only
+  --token / --token-file    the API key sent as `authorization: Bearer <token>` on
+                            every call (needed when giftxd has GIFTX_ADMIN_TOKEN_FILE);
+                            an admin creates keys with `giftctl keys create`
+Every flag above may also be set by its environment variable (GIFTX_ADDR,
+GIFTX_CA_CERT, GIFTX_CLIENT_CERT, GIFTX_CLIENT_KEY, GIFTX_TOKEN, GIFTX_TOKEN_FILE).";
+
+/// An API token as typed (`--token`, `GIFTX_TOKEN`): checked when used, and
+/// never shown (not by `Debug`, not in errors).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretArg(pub String);
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretArg(<redacted>)")
+    }
+}
+
+/// Takes a token as it is: a parse error would echo it.
+fn parse_secret(s: &str) -> Result<SecretArg, std::convert::Infallible> {
+    Ok(SecretArg(s.to_owned()))
+}
 
 /// giftctl: the giftx operator CLI.
 #[derive(Debug, Parser)]
-#[command(name = "giftctl", version, about, propagate_version = true)]
+#[command(
+    name = "giftctl",
+    version,
+    about,
+    propagate_version = true,
+    after_help = CONNECTING
+)]
 pub struct Cli {
-    /// giftxd's gRPC address.
-    #[arg(long, env = "GIFTX_ADDR", default_value = DEFAULT_ADDR, global = true)]
+    /// giftxd's gRPC address: http://host:port (plaintext) or
+    /// https://host:port (TLS).
+    #[arg(
+        long,
+        env = "GIFTX_ADDR",
+        default_value = DEFAULT_ADDR,
+        global = true,
+        help_heading = CONNECTION
+    )]
     pub addr: String,
+    /// PEM file of the CA certificate(s) to trust for giftxd's certificate
+    /// (https:// only); without it the public web CAs are trusted.
+    #[arg(
+        long,
+        env = "GIFTX_CA_CERT",
+        value_name = "FILE",
+        global = true,
+        help_heading = CONNECTION
+    )]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate (chain) to present to giftxd (mTLS); needs
+    /// --client-key; https:// only.
+    #[arg(
+        long,
+        env = "GIFTX_CLIENT_CERT",
+        value_name = "FILE",
+        global = true,
+        help_heading = CONNECTION
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "GIFTX_CLIENT_KEY",
+        value_name = "FILE",
+        global = true,
+        help_heading = CONNECTION
+    )]
+    pub client_key: Option<PathBuf>,
+    /// API token sent as `authorization: Bearer <token>` with every call.
+    /// Prefer --token-file or the environment: a command line is visible to
+    /// other users of the machine.
+    #[arg(
+        long,
+        env = "GIFTX_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = parse_secret,
+        global = true,
+        help_heading = CONNECTION
+    )]
+    pub token: Option<SecretArg>,
+    /// File holding the API token (surrounding whitespace ignored), e.g. a
+    /// mounted Kubernetes secret. Not together with --token.
+    #[arg(
+        long,
+        env = "GIFTX_TOKEN_FILE",
+        value_name = "FILE",
+        global = true,
+        help_heading = CONNECTION
+    )]
+    pub token_file: Option<PathBuf>,
     /// Print one JSON document per command (JSON lines for streams) instead
     /// of text for humans.
     #[arg(long, global = true)]
@@ -31,16 +133,57 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The UTC offset of a time typed in this command (`--deadline`), in
-    /// seconds: times are shown back in it.
+    /// The UTC offset of a time typed in this command (`--deadline`,
+    /// `--expires`, `--since`), in seconds: times are shown back in it.
     pub fn typed_offset(&self) -> Option<i32> {
         match &self.command {
             Command::Campaign(CampaignCommand::Create(a)) => Some(a.deadline.offset_seconds),
             Command::Campaign(CampaignCommand::Extend { deadline, .. }) => {
                 Some(deadline.offset_seconds)
             }
+            Command::Keys(KeysCommand::Create(a)) => {
+                a.expires.as_ref().and_then(TimeOrDuration::typed_offset)
+            }
+            Command::Audit(AuditCommand::List(a)) => {
+                a.since.as_ref().and_then(TimeOrDuration::typed_offset)
+            }
             _ => None,
         }
+    }
+
+    /// The API token: `--token` (`GIFTX_TOKEN`) or the file of
+    /// `--token-file` (`GIFTX_TOKEN_FILE`), not both.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when both are given or the token is malformed;
+    /// [`Error::Io`] when the file cannot be read.
+    pub fn token(&self) -> Result<Option<Token>> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => Err(Error::Invalid(
+                "both --token (GIFTX_TOKEN) and --token-file (GIFTX_TOKEN_FILE) are set: \
+                 give one"
+                    .to_owned(),
+            )),
+            (Some(t), None) => Token::new(&t.0, "--token (GIFTX_TOKEN)").map(Some),
+            (None, Some(path)) => {
+                Token::from_file(path, "--token-file (GIFTX_TOKEN_FILE)").map(Some)
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// How to reach giftxd, from the global flags.
+    ///
+    /// # Errors
+    /// As [`Cli::token`].
+    pub fn connect_options(&self) -> Result<ConnectOptions> {
+        Ok(ConnectOptions {
+            addr: self.addr.clone(),
+            ca_cert: self.ca_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            token: self.token()?,
+        })
     }
 }
 
@@ -78,6 +221,88 @@ pub enum Command {
     Preferences(PreferencesCommand),
     /// Walk the apology-gift story against giftxd's embedded demo campaign.
     Demo,
+    /// Create, list and revoke API keys (admin).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Read the audit trail: who called what, when, with what outcome.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// A key's role (access.proto's `Role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    /// ExchangeService only: what an apology portal needs.
+    Portal,
+    /// Campaigns, issuance, expiry, operations and the audit trail of its
+    /// tenant.
+    Operator,
+    /// Everything, in every tenant, and key management.
+    Admin,
+}
+
+/// `giftctl keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key; its token is printed this once (JSON field
+    /// `token` under --json).
+    Create(KeysCreateArgs),
+    /// List API keys (every page; never their tokens), with their state.
+    List {
+        /// Only the keys of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke an API key: its token is refused from then on.
+    Revoke {
+        /// The key's name, `apiKeys/ID`, or just the ID (16 hex digits).
+        name: String,
+    },
+}
+
+/// `giftctl keys create`.
+#[derive(Debug, Args)]
+pub struct KeysCreateArgs {
+    /// The tenant whose resources the key reaches (lower-case letters,
+    /// digits and hyphens).
+    #[arg(long)]
+    pub tenant: String,
+    /// What the key may do.
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// When the key stops working: an RFC 3339 time
+    /// (2027-01-01T00:00:00Z) or a duration from now (30d, 12h). Default:
+    /// never.
+    #[arg(long, value_parser = parse_time_or_duration, value_name = "TIME|DURATION")]
+    pub expires: Option<TimeOrDuration>,
+    /// Free text for people (who holds the key, what for).
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+/// `giftctl audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events, oldest first (every page). An operator sees its
+    /// own tenant's events.
+    List(AuditListArgs),
+}
+
+/// `giftctl audit list`.
+#[derive(Debug, Args)]
+pub struct AuditListArgs {
+    /// Only events at or after this time: RFC 3339 (2026-12-01T00:00:00Z)
+    /// or a duration ago (15m, 24h, 7d).
+    #[arg(long, value_parser = parse_time_or_duration, value_name = "TIME|DURATION")]
+    pub since: Option<TimeOrDuration>,
+    /// At most this many events.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Keep polling for new events every second (until interrupted); under
+    /// --json one event per line. Calls of ListAuditEvents (its own polls
+    /// among them) are not shown while following.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 /// `giftctl stock …`.
@@ -746,6 +971,91 @@ mod tests {
         assert_eq!(a.option_id, "emoney-a");
         assert_eq!(a.request_id, None);
         assert_eq!(a.credential.login_key, "KEY");
+    }
+
+    #[test]
+    fn command_line_parses_keys_audit_and_the_global_flags() {
+        let cli = Cli::try_parse_from([
+            "giftctl",
+            "--addr",
+            "https://giftxd.example:443",
+            "--ca-cert",
+            "ca.pem",
+            "--token",
+            "gx1.0123456789abcdef.s3cret",
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "operator",
+            "--expires",
+            "2027-01-01T09:00:00+09:00",
+        ])
+        .unwrap();
+        assert!(
+            !format!("{cli:?}").contains("s3cret"),
+            "the token never shows"
+        );
+        assert_eq!(cli.typed_offset(), Some(9 * 3600));
+        let opts = cli.connect_options().unwrap();
+        assert_eq!(opts.addr, "https://giftxd.example:443");
+        assert_eq!(
+            opts.ca_cert.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
+        assert_eq!(
+            opts.token.as_ref().map(Token::expose),
+            Some("gx1.0123456789abcdef.s3cret")
+        );
+        let Command::Keys(KeysCommand::Create(a)) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!((a.tenant.as_str(), a.role), ("acme", RoleArg::Operator));
+
+        // Global flags go after the subcommand too.
+        let cli = Cli::try_parse_from([
+            "giftctl",
+            "audit",
+            "list",
+            "--since",
+            "24h",
+            "--limit",
+            "5",
+            "--token-file",
+            "t",
+        ])
+        .unwrap();
+        let Command::Audit(AuditCommand::List(a)) = &cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(
+            a.since,
+            Some(TimeOrDuration::Relative(Duration::from_secs(86_400)))
+        );
+        assert_eq!(a.limit, Some(5));
+        assert_eq!(cli.token_file.as_deref(), Some(std::path::Path::new("t")));
+        assert!(
+            Cli::try_parse_from([
+                "giftctl", "keys", "create", "--tenant", "a", "--role", "root"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["giftctl", "audit", "list", "--limit", "0"]).is_err());
+
+        // --token and --token-file together: refused, the token unshown.
+        let cli = Cli::try_parse_from([
+            "giftctl",
+            "--token",
+            "s3cret",
+            "--token-file",
+            "t",
+            "keys",
+            "list",
+        ])
+        .unwrap();
+        let e = cli.token().unwrap_err().to_string();
+        assert!(e.contains("--token-file") && !e.contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -11,15 +11,15 @@ use crate::rpc;
 /// Why a giftctl command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// giftxd could not be reached.
-    #[error(
-        "cannot connect to giftxd at {addr}: {detail} (is giftxd running? set --addr or GIFTX_ADDR)"
-    )]
+    /// giftxd could not be reached, or the TLS handshake with it failed.
+    #[error("cannot connect to giftxd at {addr}: {detail} ({hint})")]
     Connect {
         /// The address tried.
         addr: String,
         /// The transport error and its causes, on one line.
         detail: String,
+        /// What to try (`is giftxd running? …`, which CA to trust, …).
+        hint: String,
     },
     /// An RPC answered with a non-OK status.
     #[error("{}", rpc::describe_rpc_failure(rpc, status))]
@@ -117,9 +117,11 @@ impl Error {
                     "text": text,
                 }})
             }
-            Error::Connect { addr, .. } => {
-                local("UNAVAILABLE", "GIFTXD_UNREACHABLE", json!({"addr": addr}))
-            }
+            Error::Connect { addr, hint, .. } => local(
+                "UNAVAILABLE",
+                "GIFTXD_UNREACHABLE",
+                json!({"addr": addr, "hint": hint}),
+            ),
             Error::Invalid(_) => local("INVALID_ARGUMENT", "INVALID_COMMAND_LINE", json!({})),
             Error::Io { context, source } => local(
                 "UNKNOWN",

@@ -14,7 +14,6 @@ use giftx_proto::v1::IssueCodesRequest;
 use giftx_proto::v1::issuance_service_client::IssuanceServiceClient;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::cli::IssueArgs;
 use crate::error::{Error, Result};
@@ -221,7 +220,7 @@ enum StreamFailure {
 }
 
 async fn stream_codes(
-    client: &mut IssuanceServiceClient<Channel>,
+    client: &mut IssuanceServiceClient<crate::rpc::Transport>,
     request: IssueCodesRequest,
     file: &mut VendorCsv,
     progress: &mut Progress,

@@ -1,10 +1,11 @@
 //! giftctl, the giftx operator CLI: a gRPC client of giftxd.
 //!
 //! - [`cli`]: the command line (clap) and the parsers of its values.
-//! - [`rpc`]: connecting to giftxd; one-line descriptions of failed calls
-//!   (AIP-193 details decoded).
+//! - [`rpc`]: connecting to giftxd (plaintext or TLS, mTLS, the API token
+//!   on every call); one-line descriptions of failed calls (AIP-193
+//!   details decoded, hints for authentication and TLS failures).
 //! - [`issuance`], [`issue`], [`expiry`], [`exchange`], [`operations`],
-//!   [`demo`]: the commands, one module per area.
+//!   [`access`], [`demo`]: the commands, one module per area.
 //! - [`stock_csv`]: the stock file an operator imports (CSV, maybe gzip).
 //! - [`vendor_csv`]: the print vendor's code file (CSV, maybe gzip),
 //!   written safely.
@@ -13,6 +14,7 @@
 //!   shown in.
 //! - [`confirm`]: confirmation before destructive commands.
 
+pub mod access;
 pub mod cli;
 pub mod confirm;
 pub mod demo;
@@ -47,7 +49,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     } else {
         time::DisplayZone::local()
     });
-    let mut clients = rpc::connect(&cli.addr).await?;
+    let mut clients = rpc::connect_with(&cli.connect_options()?).await?;
     let c = &mut clients;
     match cli.command {
         Command::Campaign(cmd) => issuance::campaign(c, out, cmd).await,
@@ -62,5 +64,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Shipments(cmd) => operations::shipments(c, out, cmd).await,
         Command::Preferences(cmd) => operations::preferences(c, out, cmd).await,
         Command::Demo => demo::run(c, out).await,
+        Command::Keys(cmd) => access::keys(c, out, cmd).await,
+        Command::Audit(cmd) => access::audit(c, out, cmd).await,
     }
 }

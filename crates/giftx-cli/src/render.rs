@@ -7,8 +7,9 @@ use std::io::{self, Write};
 
 use giftx_core::{Currency, Money as CoreMoney};
 use giftx_proto::v1::{
-    Batch, BatchState, Campaign, CampaignStats, CodeState, CodeStatus, Deliverable,
-    DeliverableKind, Exchange, ExchangeState, Money, RedemptionOption, SweepReport,
+    ApiKey, AuditEvent, Batch, BatchState, Campaign, CampaignStats, CodeState, CodeStatus,
+    Deliverable, DeliverableKind, Exchange, ExchangeState, Money, RedemptionOption, Role,
+    SweepReport,
 };
 use serde_json::{Value, json};
 
@@ -568,6 +569,202 @@ mod tests {
         assert_eq!(j["deliverable"]["value"]["minor_units"], 500);
         assert_eq!(j["create_time"], Value::Null);
     }
+}
+
+/// A role's name for people and JSON: `portal`, `operator`, `admin`
+/// (None when unspecified; its number when unknown).
+pub fn role(v: i32) -> Option<String> {
+    match Role::try_from(v) {
+        Ok(Role::Unspecified) => None,
+        Ok(r) => Some(short(r.as_str_name(), "ROLE_").to_ascii_lowercase()),
+        Err(_) => Some(v.to_string()),
+    }
+}
+
+/// A key's state at `now`: `revoked`, `expired` or `active`.
+pub fn api_key_state(k: &ApiKey, now: &prost_types::Timestamp) -> &'static str {
+    if k.revoke_time.is_some() {
+        "revoked"
+    } else if k
+        .expire_time
+        .as_ref()
+        .is_some_and(|t| !crate::time::is_after(t, now))
+    {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+/// An API key as JSON (never a token: keys do not hold one).
+pub fn api_key_json(k: &ApiKey, now: &prost_types::Timestamp) -> Value {
+    json!({
+        "name": k.name,
+        "tenant": k.tenant,
+        "role": role(k.role),
+        "state": api_key_state(k, now),
+        "create_time": time_json(k.create_time.as_ref()),
+        "expire_time": time_json(k.expire_time.as_ref()),
+        "revoke_time": time_json(k.revoke_time.as_ref()),
+        "description": k.description,
+    })
+}
+
+/// An API key for humans.
+pub fn api_key_text(w: &mut dyn Write, k: &ApiKey, now: &prost_types::Timestamp) -> io::Result<()> {
+    writeln!(w, "API key       {}", k.name)?;
+    writeln!(w, "tenant        {}", k.tenant)?;
+    writeln!(
+        w,
+        "role          {}",
+        role(k.role).as_deref().unwrap_or("-")
+    )?;
+    writeln!(w, "state         {}", api_key_state(k, now))?;
+    writeln!(w, "created       {}", time(k.create_time.as_ref()))?;
+    match &k.expire_time {
+        Some(t) => writeln!(w, "expires       {}", format_display(t))?,
+        None => writeln!(w, "expires       never")?,
+    }
+    if let Some(t) = &k.revoke_time {
+        writeln!(w, "revoked       {}", format_display(t))?;
+    }
+    if !k.description.is_empty() {
+        writeln!(w, "description   {}", k.description)?;
+    }
+    Ok(())
+}
+
+/// API keys for humans, one per line.
+pub fn api_keys_text(
+    w: &mut dyn Write,
+    list: &[ApiKey],
+    now: &prost_types::Timestamp,
+) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|k| {
+            vec![
+                k.name.clone(),
+                k.tenant.clone(),
+                role(k.role).unwrap_or_else(|| "-".to_owned()),
+                api_key_state(k, now).to_owned(),
+                time(k.create_time.as_ref()),
+                k.expire_time
+                    .as_ref()
+                    .map_or_else(|| "never".to_owned(), format_display),
+                if k.description.is_empty() {
+                    "-".to_owned()
+                } else {
+                    k.description.clone()
+                },
+            ]
+        })
+        .collect();
+    table(
+        w,
+        &[
+            "NAME",
+            "TENANT",
+            "ROLE",
+            "STATE",
+            "CREATED",
+            "EXPIRES",
+            "DESCRIPTION",
+        ],
+        &rows,
+        &[],
+    )?;
+    writeln!(w, "{} key(s)", list.len())
+}
+
+/// An audit event as JSON.
+pub fn audit_event_json(e: &AuditEvent) -> Value {
+    json!({
+        "id": e.id,
+        "time": time_json(e.time.as_ref()),
+        "principal": e.principal,
+        "tenant": e.tenant,
+        "role": role(e.role),
+        "method": e.method,
+        "resource": e.resource,
+        "outcome": e.outcome,
+        "trace_id": e.trace_id,
+    })
+}
+
+/// `/giftx.v1.IssuanceService/VoidBatch` → `IssuanceService/VoidBatch`.
+fn short_method(method: &str) -> &str {
+    method
+        .strip_prefix("/giftx.v1.")
+        .unwrap_or_else(|| method.strip_prefix('/').unwrap_or(method))
+}
+
+/// The columns of an audit event for humans.
+fn audit_row(e: &AuditEvent) -> Vec<String> {
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    vec![
+        time(e.time.as_ref()),
+        or_dash(&e.principal),
+        or_dash(&e.tenant),
+        role(e.role).unwrap_or_else(|| "-".to_owned()),
+        short_method(&e.method).to_owned(),
+        or_dash(&e.resource),
+        or_dash(&e.outcome),
+        or_dash(&e.trace_id),
+    ]
+}
+
+const AUDIT_HEADER: [&str; 8] = [
+    "TIME",
+    "PRINCIPAL",
+    "TENANT",
+    "ROLE",
+    "METHOD",
+    "RESOURCE",
+    "OUTCOME",
+    "TRACE ID",
+];
+
+/// Audit events for humans, one per line, oldest first.
+pub fn audit_events_text(w: &mut dyn Write, list: &[AuditEvent]) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = list.iter().map(audit_row).collect();
+    table(w, &AUDIT_HEADER, &rows, &[])?;
+    writeln!(w, "{} event(s)", list.len())
+}
+
+/// Column widths of `audit list --follow`, whose lines come one at a time
+/// (longer cells push the rest of their line right).
+const AUDIT_FOLLOW_WIDTHS: [usize; 7] = [24, 24, 12, 8, 36, 32, 17];
+
+fn follow_line(cells: &[String]) -> String {
+    let mut line = String::new();
+    for (i, cell) in cells.iter().enumerate() {
+        if i > 0 {
+            line.push_str("  ");
+        }
+        line.push_str(cell);
+        if let Some(width) = AUDIT_FOLLOW_WIDTHS.get(i) {
+            line.push_str(&" ".repeat(width.saturating_sub(cell.chars().count())));
+        }
+    }
+    line
+}
+
+/// The header of `audit list --follow`.
+pub fn audit_follow_header(w: &mut dyn Write) -> io::Result<()> {
+    let cells: Vec<String> = AUDIT_HEADER.iter().map(|h| (*h).to_owned()).collect();
+    writeln!(w, "{}", follow_line(&cells))
+}
+
+/// One audit event as a line of `audit list --follow`.
+pub fn audit_follow_line(w: &mut dyn Write, e: &AuditEvent) -> io::Result<()> {
+    writeln!(w, "{}", follow_line(&audit_row(e)))
 }
 
 /// Where a command's result goes: stdout, as text or as one JSON document.

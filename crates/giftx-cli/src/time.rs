@@ -274,6 +274,89 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A time on the command line given as an RFC 3339 instant or as a
+/// duration from now (`30d`, `12h`): `--expires`, `--since`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TimeOrDuration {
+    /// An RFC 3339 instant, as typed.
+    At(TypedTime),
+    /// A duration, counted from now (forward or back, as the flag says).
+    Relative(Duration),
+}
+
+impl TimeOrDuration {
+    /// The instant `now + d` for a duration (an instant as it is).
+    pub fn after(&self, now: &Timestamp) -> Timestamp {
+        self.resolve(now, 1)
+    }
+
+    /// The instant `now - d` for a duration (an instant as it is).
+    pub fn before(&self, now: &Timestamp) -> Timestamp {
+        self.resolve(now, -1)
+    }
+
+    fn resolve(&self, now: &Timestamp, sign: i64) -> Timestamp {
+        match self {
+            TimeOrDuration::At(t) => t.timestamp,
+            TimeOrDuration::Relative(d) => {
+                let total = i128::from(now.seconds) * 1_000_000_000
+                    + i128::from(now.nanos)
+                    + i128::from(sign) * i128::try_from(d.as_nanos()).unwrap_or(i128::MAX / 4);
+                Timestamp {
+                    seconds: i64::try_from(total.div_euclid(1_000_000_000))
+                        .unwrap_or(if total < 0 { i64::MIN } else { i64::MAX }),
+                    // Below 10^9 by construction.
+                    nanos: total.rem_euclid(1_000_000_000) as i32,
+                }
+            }
+        }
+    }
+
+    /// The offset an instant was typed in (none for a duration).
+    pub fn typed_offset(&self) -> Option<i32> {
+        match self {
+            TimeOrDuration::At(t) => Some(t.offset_seconds),
+            TimeOrDuration::Relative(_) => None,
+        }
+    }
+}
+
+/// Parses an RFC 3339 instant (`2027-01-01T00:00:00Z`) or a duration
+/// (`30d`, `12h`, `1h30m`).
+///
+/// # Errors
+/// A message saying what is wrong, for the command line.
+pub fn parse_time_or_duration(s: &str) -> Result<TimeOrDuration, String> {
+    if let Ok(d) = parse_duration(s) {
+        return Ok(TimeOrDuration::Relative(d));
+    }
+    parse_typed_rfc3339(s.trim())
+        .map(TimeOrDuration::At)
+        .map_err(|_| {
+            format!(
+                "'{s}' is neither an RFC 3339 time (e.g. 2027-01-01T00:00:00Z) nor a \
+                 duration (e.g. 30d, 12h, 90m)"
+            )
+        })
+}
+
+/// The current time as a protobuf timestamp.
+pub fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        // subsec_nanos() < 10^9.
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Whether `a` is strictly later than `b`.
+pub fn is_after(a: &Timestamp, b: &Timestamp) -> bool {
+    (a.seconds, a.nanos) > (b.seconds, b.nanos)
+}
+
 /// A [`Duration`] as protobuf's.
 pub fn to_proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -363,6 +446,37 @@ mod tests {
             DisplayZone::Local(tokyo).format(&typed.timestamp),
             "2027-12-15T00:00:00+09:00"
         );
+    }
+
+    #[test]
+    fn parses_times_or_durations_and_resolves_them() {
+        let now = parse_rfc3339("2026-01-10T00:00:00Z").unwrap();
+        let d = parse_time_or_duration("30d").unwrap();
+        assert_eq!(
+            d,
+            TimeOrDuration::Relative(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(format_rfc3339(&d.after(&now)), "2026-02-09T00:00:00Z");
+        assert_eq!(format_rfc3339(&d.before(&now)), "2025-12-11T00:00:00Z");
+        assert_eq!(d.typed_offset(), None);
+        let half = parse_time_or_duration("500ms").unwrap();
+        assert_eq!(
+            format_rfc3339(&half.before(&now)),
+            "2026-01-09T23:59:59.500Z"
+        );
+        let at = parse_time_or_duration("2027-01-01T09:00:00+09:00").unwrap();
+        assert_eq!(format_rfc3339(&at.after(&now)), "2027-01-01T00:00:00Z");
+        assert_eq!(at.before(&now), at.after(&now));
+        assert_eq!(at.typed_offset(), Some(9 * 3600));
+        for bad in ["", "tomorrow", "2027-01-01", "-3d"] {
+            let err = parse_time_or_duration(bad).unwrap_err();
+            assert!(
+                err.contains("RFC 3339") && err.contains("duration"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(is_after(&d.after(&now), &now));
+        assert!(!is_after(&now, &now));
     }
 
     #[test]

@@ -598,6 +598,10 @@ pub struct Config {
     pub redis_password_file: Option<PathBuf>,
     /// Where metrics are served, if anywhere (`GIFTX_METRICS_LISTEN`).
     pub metrics_listen: Option<SocketAddr>,
+    /// A second, plaintext listener serving `grpc.health.v1` only
+    /// (`GIFTX_HEALTH_LISTEN`), for probes that cannot speak TLS (such as
+    /// Kubernetes' gRPC probes) when the main listener does.
+    pub health_listen: Option<SocketAddr>,
     /// Services served (`GIFTX_SERVICES`, `--services`; default all).
     pub services: Vec<ServiceKind>,
     /// File holding the HMAC key (`GIFTX_HMAC_KEY_FILE`), at least 32
@@ -642,6 +646,7 @@ impl Default for Config {
             redis_ca_file: None,
             redis_password_file: None,
             metrics_listen: None,
+            health_listen: None,
             services: ServiceKind::ALL.to_vec(),
             hmac_key_file: None,
             deliverable_keys_file: None,
@@ -766,6 +771,9 @@ impl Config {
         }
         if let Some(v) = get("GIFTX_METRICS_LISTEN") {
             self.metrics_listen = Some(env_parse("GIFTX_METRICS_LISTEN", &v)?);
+        }
+        if let Some(v) = get("GIFTX_HEALTH_LISTEN") {
+            self.health_listen = Some(env_parse("GIFTX_HEALTH_LISTEN", &v)?);
         }
         if let Some(v) = get("GIFTX_SERVICES") {
             self.services = ServiceKind::parse_list(&v)?;

@@ -379,9 +379,10 @@ fn grpc_names(served: &[ServiceKind]) -> Vec<&'static str> {
     let mut names: Vec<&'static str> = served.iter().map(|s| s.grpc_name()).collect();
     if served.contains(&ServiceKind::Issuance) {
         names.push(operations::SERVICE_NAME);
+        // Key management and the audit trail: operator-internal too, so a
+        // portal-facing (exchange-only) giftxd exposes ExchangeService only.
+        names.push(access::SERVICE_NAME);
     }
-    // Key management and the audit trail: on every giftxd.
-    names.push(access::SERVICE_NAME);
     names
 }
 
@@ -477,6 +478,31 @@ pub async fn serve(
             .await;
     }
 
+    // Probes that cannot speak TLS ask a plaintext listener of their own,
+    // which serves health only (same statuses).
+    let (health_stop, health_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let health_endpoint = match state.config.health_listen {
+        Some(h) => {
+            let l = TcpListener::bind(h).await.map_err(|e| {
+                ServerError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("health listener {h}: {e}"),
+                ))
+            })?;
+            let local = l.local_addr()?;
+            let server = tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(l),
+                    async {
+                        let _ = health_stop_rx.await;
+                    },
+                );
+            Some((local, tokio::spawn(server)))
+        }
+        None => None,
+    };
+
     let reflection_v1 = reflection_builder(&served).build_v1()?;
     let reflection_v1alpha = reflection_builder(&served).build_v1alpha()?;
 
@@ -511,7 +537,7 @@ pub async fn serve(
         .add_optional_service(operations)
         .add_optional_service(exchange)
         .add_optional_service(expiry)
-        .add_service(access::server(state.clone()));
+        .add_optional_service(serves(ServiceKind::Issuance).then(|| access::server(state.clone())));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (tls_stop, tls_stop_rx) = tokio::sync::watch::channel(false);
@@ -576,6 +602,9 @@ pub async fn serve(
     if let Some(m) = &metrics_endpoint {
         tracing::info!("metrics on http://{}/metrics", m.local_addr());
     }
+    if let Some((h, _)) = &health_endpoint {
+        tracing::info!("health (only) on http://{h}");
+    }
 
     tokio::select! {
         res = &mut server => {
@@ -634,6 +663,10 @@ pub async fn serve(
         m.stop().await;
     }
     let _ = tls_stop.send(true);
+    let _ = health_stop.send(());
+    if let Some((_, h)) = health_endpoint {
+        let _ = h.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

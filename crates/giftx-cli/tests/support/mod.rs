@@ -89,6 +89,13 @@ impl Giftxd {
     /// Starts giftxd with `config` (TOML; may be empty) on a fresh Redis
     /// and waits until it listens.
     pub fn start(config: &str) -> Giftxd {
+        Giftxd::start_with(config, &[])
+    }
+
+    /// As [`Giftxd::start`], with more environment (`GIFTX_TLS_CERT_FILE`,
+    /// `GIFTX_ADMIN_TOKEN_FILE`, …). `addr` is `https://127.0.0.1:PORT`
+    /// when giftxd serves TLS.
+    pub fn start_with(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Giftxd {
         let redis = RedisServer::start();
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("giftx.toml"), config).expect("config");
@@ -112,20 +119,25 @@ impl Giftxd {
                 dir.path().join("deliverable.keys"),
             )
             .env("GIFTX_LOG_FORMAT", "text")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn giftxd");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        loop {
+        let scheme = loop {
             let line = lines
                 .next()
                 .expect("giftxd ended before listening")
                 .expect("read giftxd log");
             if line.contains("listening on") {
-                break;
+                break if line.contains("listening on https://") {
+                    "https"
+                } else {
+                    "http"
+                };
             }
-        }
+        };
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || {
             for l in lines.map_while(Result::ok) {
@@ -136,7 +148,7 @@ impl Giftxd {
         });
         Giftxd {
             child,
-            addr: format!("http://127.0.0.1:{port}"),
+            addr: format!("{scheme}://127.0.0.1:{port}"),
             dir,
             redis,
         }

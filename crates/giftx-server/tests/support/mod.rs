@@ -95,3 +95,27 @@ pub async fn channel(port: u16) -> Channel {
         .await
         .unwrap()
 }
+
+/// A channel to the giftxd on `port` over TLS, trusting `ca` (PEM file),
+/// presenting `identity` (certificate and key PEM files) when given.
+pub async fn tls_channel(
+    port: u16,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
