@@ -52,6 +52,7 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/python/requirements.txt "$venv/
   cp tests/python/requirements.txt "$venv/requirements.txt"
 fi
 GIFTXD=target/debug/giftxd "$venv/bin/python" tests/python/test_story.py
+GIFTXD=target/debug/giftxd GIFTCTL=target/debug/giftctl "$venv/bin/python" tests/python/test_trust.py
 
 # The apology portal in headless Chromium, against real giftxd and
 # giftx-portal processes.

@@ -660,7 +660,10 @@ fn kubernetes_workloads_are_probed_limited_and_hardened() {
             loaded.unwrap_or_else(|e| panic!("{name}: giftxd refuses its configuration: {e}"));
         assert_eq!(loaded.listen.to_string(), "0.0.0.0:50051", "{name}");
         // Secure: TLS and API keys, from Secrets; health for the probes.
-        assert!(loaded.security.tls() && loaded.security.auth(), "{name}: TLS and auth");
+        assert!(
+            loaded.security.tls() && loaded.security.auth(),
+            "{name}: TLS and auth"
+        );
         assert_eq!(
             loaded.health_listen.map(|h| h.port()),
             Some(50052),

@@ -703,9 +703,8 @@ fn roles_for_method(method: &str) -> &'static str {
 pub struct ServiceInfo {
     /// `giftx.v1.IssuanceService`.
     pub full_name: &'static str,
-    /// The `GIFTX_SERVICES` entry that serves it (OperationsService is
-    /// served wherever issuance is); empty for AccessService, which every
-    /// giftxd that has it serves.
+    /// The `GIFTX_SERVICES` entry that serves it (OperationsService and
+    /// AccessService are served wherever issuance is).
     pub giftx_services: &'static str,
 }
 
@@ -722,7 +721,7 @@ pub fn service_of(rpc: &str) -> Option<ServiceInfo> {
             ("giftx.v1.OperationsService", "issuance")
         }
         "CreateApiKey" | "ListApiKeys" | "RevokeApiKey" | "ListAuditEvents" => {
-            ("giftx.v1.AccessService", "")
+            ("giftx.v1.AccessService", "issuance")
         }
         _ => return None,
     };
@@ -747,11 +746,6 @@ pub fn service_not_served(rpc: &str, status: &tonic::Status) -> Option<ServiceIn
 /// service this giftxd does not serve, which service and how to reach one.
 pub fn describe_rpc_failure(rpc: &str, status: &tonic::Status) -> String {
     match service_not_served(rpc, status) {
-        Some(s) if s.giftx_services.is_empty() => format!(
-            "{rpc} failed: UNIMPLEMENTED: this giftxd does not serve {}: it is older than \
-             giftctl; upgrade giftxd",
-            s.full_name
-        ),
         Some(s) => format!(
             "{rpc} failed: UNIMPLEMENTED: this giftxd does not serve {}; point --addr \
              (GIFTX_ADDR) at a giftxd started with GIFTX_SERVICES including {}",

@@ -337,7 +337,10 @@ impl AccessStore for MemoryAccessStore {
         if m.failures.len() > 100_000 {
             m.failures.retain(|_, (_, end)| *end > now);
         }
-        let e = m.failures.entry(who.to_owned()).or_insert((0, now + window));
+        let e = m
+            .failures
+            .entry(who.to_owned())
+            .or_insert((0, now + window));
         if e.1 <= now {
             *e = (0, now + window);
         }

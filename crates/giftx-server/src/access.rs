@@ -76,7 +76,10 @@ impl AccessApi {
         r.map(Response::new).map_err(|e| self.state.status(e))
     }
 
-    async fn create(&self, req: pb::CreateApiKeyRequest) -> Result<pb::CreateApiKeyResponse, ApiError> {
+    async fn create(
+        &self,
+        req: pb::CreateApiKeyRequest,
+    ) -> Result<pb::CreateApiKeyResponse, ApiError> {
         let k = req.api_key.unwrap_or_default();
         let mut v = Vec::new();
         let tenant = TenantId::parse("api_key.tenant", &k.tenant)
@@ -99,7 +102,10 @@ impl AccessApi {
             Some(t) => match timestamp_from_proto("api_key.expire_time", t) {
                 Ok(t) if t > now => Some(t),
                 Ok(_) => {
-                    v.push(FieldViolation::new("api_key.expire_time", "must be in the future"));
+                    v.push(FieldViolation::new(
+                        "api_key.expire_time",
+                        "must be in the future",
+                    ));
                     None
                 }
                 Err(e) => {
@@ -109,7 +115,8 @@ impl AccessApi {
             },
             None => None,
         };
-        if let Err(e) = convert::check_text("api_key.description", &k.description, MAX_DESCRIPTION) {
+        if let Err(e) = convert::check_text("api_key.description", &k.description, MAX_DESCRIPTION)
+        {
             v.push(e);
         }
         let (Some(tenant), Some(role), true) = (tenant, role, v.is_empty()) else {
@@ -137,7 +144,11 @@ impl AccessApi {
             .map_err(|e| v.push(e))
             .ok();
         let tenant = (!req.tenant.is_empty())
-            .then(|| TenantId::parse("tenant", &req.tenant).map_err(|e| v.push(e)).ok())
+            .then(|| {
+                TenantId::parse("tenant", &req.tenant)
+                    .map_err(|e| v.push(e))
+                    .ok()
+            })
             .flatten();
         let (Some(size), Some(mut cursor)) = (size, cursor) else {
             return Err(v.into());
@@ -148,7 +159,12 @@ impl AccessApi {
         let mut keys = Vec::new();
         // A tenant filter may need several pages of all keys.
         for _ in 0..16 {
-            let page = self.state.auth.store().list_keys(cursor.as_deref(), size).await?;
+            let page = self
+                .state
+                .auth
+                .store()
+                .list_keys(cursor.as_deref(), size)
+                .await?;
             keys.extend(
                 page.items
                     .iter()
@@ -173,7 +189,9 @@ impl AccessApi {
             .name
             .strip_prefix("apiKeys/")
             .filter(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| FieldViolation::new("name", "must be apiKeys/{key_id} (16 hex digits)"))?;
+            .ok_or_else(|| {
+                FieldViolation::new("name", "must be apiKeys/{key_id} (16 hex digits)")
+            })?;
         let now = self.state.now();
         let rec = self.state.auth.store().revoke_key(id, now).await?;
         self.state.auth.forget(id);

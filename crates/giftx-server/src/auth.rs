@@ -216,7 +216,9 @@ impl AuditSink {
         );
         if self.tx.try_send(e).is_err() {
             crate::metrics::global().audit_dropped(1);
-            tracing::warn!("audit queue full: an event was dropped from the stream (it is in this log)");
+            tracing::warn!(
+                "audit queue full: an event was dropped from the stream (it is in this log)"
+            );
         }
     }
 }
@@ -465,7 +467,9 @@ impl Auth {
         self.lock_cache().remove(id);
     }
 
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Option<ApiKeyRecord>)>> {
+    fn lock_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Option<ApiKeyRecord>)>> {
         self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -535,7 +539,12 @@ impl Auth {
     }
 
     /// Checks one request: the principal, or the answer to send instead.
-    async fn admit(&self, headers: &http::HeaderMap, need: Needs, path: &str) -> Result<Arc<Principal>, (Status, Option<Arc<Principal>>)> {
+    async fn admit(
+        &self,
+        headers: &http::HeaderMap,
+        need: Needs,
+        path: &str,
+    ) -> Result<Arc<Principal>, (Status, Option<Arc<Principal>>)> {
         if !self.enabled {
             return Ok(Arc::new(Principal::anonymous()));
         }
@@ -549,13 +558,31 @@ impl Auth {
             .filter(|t| !t.is_empty());
         let Some(token) = token else {
             let f = AuthFailure::Missing;
-            return Err((error(tonic::Code::Unauthenticated, f.reason(), f.message(), &[], None), None));
+            return Err((
+                error(
+                    tonic::Code::Unauthenticated,
+                    f.reason(),
+                    f.message(),
+                    &[],
+                    None,
+                ),
+                None,
+            ));
         };
         let p = match self.authenticate(token).await {
             Ok(Ok(p)) => Arc::new(p),
             Ok(Err(f)) => {
                 crate::metrics::global().auth_refused(f.reason());
-                return Err((error(tonic::Code::Unauthenticated, f.reason(), f.message(), &[], None), None));
+                return Err((
+                    error(
+                        tonic::Code::Unauthenticated,
+                        f.reason(),
+                        f.message(),
+                        &[],
+                        None,
+                    ),
+                    None,
+                ));
             }
             Err(s) => return Err((s, None)),
         };
@@ -752,7 +779,10 @@ mod tests {
         let a = "/giftx.v1.AccessService/ListAuditEvents";
         let h = "/grpc.health.v1.Health/Check";
         assert_eq!(needs(h), Needs::Open);
-        assert_eq!(needs("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), Needs::Open);
+        assert_eq!(
+            needs("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            Needs::Open
+        );
         assert_eq!(needs("/nope/x"), Needs::Unknown);
         let table = [
             (Role::Portal, [true, false, false, false]),
@@ -763,7 +793,10 @@ mod tests {
             let got = [p, o, k, a].map(|m| allowed(role, needs(m)));
             assert_eq!(got, want, "{role:?}");
         }
-        for s in ["ExpiryService/ExtendCampaign", "OperationsService/ImportStock"] {
+        for s in [
+            "ExpiryService/ExtendCampaign",
+            "OperationsService/ImportStock",
+        ] {
             assert_eq!(needs(&format!("/giftx.v1.{s}")), Needs::Operator);
         }
     }

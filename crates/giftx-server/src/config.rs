@@ -402,26 +402,40 @@ impl SecurityConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
-            return bad("GIFTX_TLS_CERT_FILE and GIFTX_TLS_KEY_FILE go together: set both or neither");
+            return bad(
+                "GIFTX_TLS_CERT_FILE and GIFTX_TLS_KEY_FILE go together: set both or neither",
+            );
         }
         if self.tls_client_ca_file.is_some() && !self.tls() {
-            return bad("GIFTX_TLS_CLIENT_CA_FILE needs TLS: set GIFTX_TLS_CERT_FILE and GIFTX_TLS_KEY_FILE too");
+            return bad(
+                "GIFTX_TLS_CLIENT_CA_FILE needs TLS: set GIFTX_TLS_CERT_FILE and GIFTX_TLS_KEY_FILE too",
+            );
         }
         if self.tls_reload_seconds == 0 {
             return bad("GIFTX_TLS_RELOAD_SECONDS must be at least 1");
         }
-        if let Err(v) = giftx_core::model::TenantId::parse("GIFTX_ADMIN_TENANT", &self.admin_tenant) {
-            return Err(ConfigError::Invalid(format!("GIFTX_ADMIN_TENANT {:?} {}", self.admin_tenant, v.description)));
+        if let Err(v) = giftx_core::model::TenantId::parse("GIFTX_ADMIN_TENANT", &self.admin_tenant)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "GIFTX_ADMIN_TENANT {:?} {}",
+                self.admin_tenant, v.description
+            )));
         }
         let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
         if !rate_ok(self.portal_rps) || !rate_ok(self.operator_rps) {
-            return bad("GIFTX_LIMIT_PORTAL_RPS and GIFTX_LIMIT_OPERATOR_RPS must be 0 (unlimited) or positive");
+            return bad(
+                "GIFTX_LIMIT_PORTAL_RPS and GIFTX_LIMIT_OPERATOR_RPS must be 0 (unlimited) or positive",
+            );
         }
         if self.portal_burst == 0 || self.operator_burst == 0 {
-            return bad("GIFTX_LIMIT_PORTAL_BURST and GIFTX_LIMIT_OPERATOR_BURST must be at least 1");
+            return bad(
+                "GIFTX_LIMIT_PORTAL_BURST and GIFTX_LIMIT_OPERATOR_BURST must be at least 1",
+            );
         }
         if self.end_user_window_seconds == 0 || self.audit_retention_days == 0 {
-            return bad("GIFTX_END_USER_WINDOW_SECONDS and GIFTX_AUDIT_RETENTION_DAYS must be at least 1");
+            return bad(
+                "GIFTX_END_USER_WINDOW_SECONDS and GIFTX_AUDIT_RETENTION_DAYS must be at least 1",
+            );
         }
         Ok(())
     }

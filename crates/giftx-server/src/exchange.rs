@@ -12,12 +12,12 @@ use giftx_providers::ProviderConfig;
 use giftx_providers::shipment::ShipmentOrders;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{self, Principal};
 use crate::convert::{
     self, campaign_name, code_state_to_proto, deliverable_kind_to_proto, exchange_name,
     exchange_state_to_proto, money_to_proto, timestamp_to_proto,
 };
 use crate::exchanger::{ExchangeInput, ExchangeView};
-use crate::auth::{self, Principal};
 use crate::state::AppState;
 use crate::status::ApiError;
 

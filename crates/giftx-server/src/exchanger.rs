@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use giftx_core::model::{
-    Campaign, CampaignId, CodeState, Deliverable, ExchangeState, PostalAddress, ProviderId, TenantId,
+    Campaign, CampaignId, CodeState, Deliverable, ExchangeState, PostalAddress, ProviderId,
+    TenantId,
 };
 use giftx_core::{Clock, Code, DomainError, Hasher, LoginKey, Series, Timestamp};
 use giftx_ledger::{
@@ -228,7 +229,11 @@ impl Exchanger {
     /// does not exist, and the owner's code is never touched. The
     /// campaign is read (from the cache) for every scoped call, existing
     /// or not, so both cost the same.
-    async fn code_ref(&self, code: &Code, scope: Option<&TenantId>) -> Result<CodeRef, DomainError> {
+    async fn code_ref(
+        &self,
+        code: &Code,
+        scope: Option<&TenantId>,
+    ) -> Result<CodeRef, DomainError> {
         let digest = match scope {
             None => self.hasher.code(code),
             Some(t) => match self.campaign_by_series(code.series()).await? {

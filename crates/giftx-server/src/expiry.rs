@@ -10,10 +10,10 @@ use giftx_proto::v1::expiry_service_server::ExpiryService;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
+use crate::auth::{self, Principal};
 use crate::convert::{self, campaign_name, campaign_to_proto, money_to_proto, timestamp_to_proto};
 use crate::exchange::{Audience, exchange_to_proto};
 use crate::exchanger::ExchangeView;
-use crate::auth::{self, Principal};
 use crate::state::AppState;
 use crate::status::ApiError;
 

@@ -50,11 +50,11 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
+use crate::auth::{self, Principal};
 use crate::convert::{
     self, MAX_ISSUE_COUNT, batch_to_proto, campaign_name, campaign_to_proto, code_state_to_proto,
     money_to_proto, timestamp_to_proto,
 };
-use crate::auth::{self, Principal};
 use crate::state::AppState;
 use crate::status::ApiError;
 
@@ -759,7 +759,10 @@ impl IssuanceService for IssuanceApi {
         request: Request<pb::CreateCampaignRequest>,
     ) -> Result<Response<pb::Campaign>, Status> {
         let p = auth::principal(&request)?;
-        auth::note_resource(&request, format!("campaigns/{}", request.get_ref().campaign_id));
+        auth::note_resource(
+            &request,
+            format!("campaigns/{}", request.get_ref().campaign_id),
+        );
         self.reply(self.create_campaign_impl(&p, request.into_inner()).await)
     }
 

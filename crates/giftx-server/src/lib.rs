@@ -404,9 +404,15 @@ fn check_exposure(
         return Ok(());
     }
     let missing = match (tls, auth) {
-        (false, false) => "TLS (GIFTX_TLS_CERT_FILE, GIFTX_TLS_KEY_FILE) and authentication (GIFTX_ADMIN_TOKEN_FILE)",
-        (false, true) => "TLS (GIFTX_TLS_CERT_FILE, GIFTX_TLS_KEY_FILE): tokens would cross the network in clear",
-        _ => "authentication (GIFTX_ADMIN_TOKEN_FILE): anyone who reaches the port could mint codes",
+        (false, false) => {
+            "TLS (GIFTX_TLS_CERT_FILE, GIFTX_TLS_KEY_FILE) and authentication (GIFTX_ADMIN_TOKEN_FILE)"
+        }
+        (false, true) => {
+            "TLS (GIFTX_TLS_CERT_FILE, GIFTX_TLS_KEY_FILE): tokens would cross the network in clear"
+        }
+        _ => {
+            "authentication (GIFTX_ADMIN_TOKEN_FILE): anyone who reaches the port could mint codes"
+        }
     };
     if security.insecure {
         tracing::warn!(
@@ -552,7 +558,17 @@ pub async fn serve(
         ),
         None => None,
     };
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    // Said inside the parentheses: tools read the address after
+    // "listening on ".
+    let sec = &state.config.security;
+    let trust = match (sec.tls(), sec.tls_client_ca_file.is_some(), sec.auth()) {
+        (false, _, false) => "",
+        (false, _, true) => ", API keys",
+        (true, false, false) => ", TLS",
+        (true, false, true) => ", TLS, API keys",
+        (true, true, false) => ", mTLS",
+        (true, true, true) => ", mTLS, API keys",
+    };
     // Connection cap, idle timeout, back-off on EMFILE, TLS (transport.rs).
     let incoming = transport::incoming(listener, &state.config.transport, tls);
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -593,11 +609,11 @@ pub async fn serve(
         .join(", ");
     if state.config.seeds_demo() {
         tracing::info!(
-            "listening on {scheme}://{addr} ({ledger_kind}, demo campaign {} seeded; services: {services})",
+            "listening on {addr} ({ledger_kind}{trust}, demo campaign {} seeded; services: {services})",
             demo::DEMO_CAMPAIGN
         );
     } else {
-        tracing::info!("listening on {scheme}://{addr} ({ledger_kind}; services: {services})");
+        tracing::info!("listening on {addr} ({ledger_kind}{trust}; services: {services})");
     }
     if let Some(m) = &metrics_endpoint {
         tracing::info!("metrics on http://{}/metrics", m.local_addr());

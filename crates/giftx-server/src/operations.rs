@@ -29,8 +29,8 @@ use giftx_providers::stock::{ImportItem, StockEntry, StockInventory};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::convert::{self, timestamp_from_proto, timestamp_to_proto};
 use crate::auth::{self, Principal};
+use crate::convert::{self, timestamp_from_proto, timestamp_to_proto};
 use crate::state::AppState;
 use crate::status::{ApiError, ERROR_DOMAIN};
 
@@ -693,7 +693,10 @@ impl OperationsService for OperationsApi {
         request: Request<pb::GetStockStatusRequest>,
     ) -> Result<Response<pb::StockStatus>, Status> {
         let p = auth::principal(&request)?;
-        auth::note_resource(&request, format!("providers/{}", request.get_ref().provider));
+        auth::note_resource(
+            &request,
+            format!("providers/{}", request.get_ref().provider),
+        );
         self.reply(self.get_stock_status_impl(&p, request.into_inner()).await)
     }
 
@@ -702,7 +705,10 @@ impl OperationsService for OperationsApi {
         request: Request<pb::ListShipmentsRequest>,
     ) -> Result<Response<pb::ListShipmentsResponse>, Status> {
         let p = auth::principal(&request)?;
-        auth::note_resource(&request, format!("providers/{}", request.get_ref().provider));
+        auth::note_resource(
+            &request,
+            format!("providers/{}", request.get_ref().provider),
+        );
         self.reply(self.list_shipments_impl(&p, request.into_inner()).await)
     }
 
@@ -711,7 +717,10 @@ impl OperationsService for OperationsApi {
         request: Request<pb::MarkShippedRequest>,
     ) -> Result<Response<pb::MarkShippedResponse>, Status> {
         let p = auth::principal(&request)?;
-        auth::note_resource(&request, format!("providers/{}", request.get_ref().provider));
+        auth::note_resource(
+            &request,
+            format!("providers/{}", request.get_ref().provider),
+        );
         self.reply(self.mark_shipped_impl(&p, request.into_inner()).await)
     }
 

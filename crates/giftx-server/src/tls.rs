@@ -90,12 +90,11 @@ impl Contents {
             (Some(pem), Some(path)) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in CertificateDer::pem_slice_iter(pem) {
-                    let c = c.map_err(|e| {
-                        format!("GIFTX_TLS_CLIENT_CA_FILE {}: {e}", path.display())
-                    })?;
-                    roots.add(c).map_err(|e| {
-                        format!("GIFTX_TLS_CLIENT_CA_FILE {}: {e}", path.display())
-                    })?;
+                    let c =
+                        c.map_err(|e| format!("GIFTX_TLS_CLIENT_CA_FILE {}: {e}", path.display()))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("GIFTX_TLS_CLIENT_CA_FILE {}: {e}", path.display()))?;
                 }
                 if roots.is_empty() {
                     return Err(format!(

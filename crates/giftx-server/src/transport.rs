@@ -290,7 +290,9 @@ pub fn incoming(
             let tx = tx.clone();
             tokio::spawn(async move {
                 let peer = conn.info.tcp.remote_addr();
-                match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                    .await
+                {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(conn.with(Io::Tls(Box::new(stream)))).await;
                     }

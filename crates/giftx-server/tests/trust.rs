@@ -137,7 +137,12 @@ fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
-async fn create_key(ch: &Channel, tenant: &str, role: pb::Role, expire_in: Option<i64>) -> (String, String) {
+async fn create_key(
+    ch: &Channel,
+    tenant: &str,
+    role: pb::Role,
+    expire_in: Option<i64>,
+) -> (String, String) {
     let r = AccessServiceClient::new(ch.clone())
         .create_api_key(with(
             pb::CreateApiKeyRequest {
@@ -190,7 +195,13 @@ fn campaign(id: &str, options: &[(&str, &str)]) -> pb::CreateCampaignRequest {
     }
 }
 
-async fn issue(ch: &Channel, token: &str, campaign: &str, batch: &str, n: i64) -> Result<Vec<pb::IssuedCode>, Status> {
+async fn issue(
+    ch: &Channel,
+    token: &str,
+    campaign: &str,
+    batch: &str,
+    n: i64,
+) -> Result<Vec<pb::IssuedCode>, Status> {
     let stream = IssuanceServiceClient::new(ch.clone())
         .issue_codes(with(
             pb::IssueCodesRequest {
@@ -289,7 +300,10 @@ impl Rpc {
     }
 
     fn admin_only(self) -> bool {
-        matches!(self, Rpc::CreateApiKey | Rpc::ListApiKeys | Rpc::RevokeApiKey)
+        matches!(
+            self,
+            Rpc::CreateApiKey | Rpc::ListApiKeys | Rpc::RevokeApiKey
+        )
     }
 }
 
@@ -303,7 +317,13 @@ struct Target {
 
 /// What a call returned that matters to the matrix: its status, and for
 /// the listings whether any of tenant A's resources came back.
-async fn call(ch: &Channel, rpc: Rpc, token: Option<&str>, n: usize, t: &Target) -> Result<bool, Status> {
+async fn call(
+    ch: &Channel,
+    rpc: Rpc,
+    token: Option<&str>,
+    n: usize,
+    t: &Target,
+) -> Result<bool, Status> {
     let a_campaign = "campaigns/acme-camp".to_owned();
     let batch = format!("{a_campaign}/batches/b1");
     let issuance = || IssuanceServiceClient::new(ch.clone());
@@ -315,7 +335,10 @@ async fn call(ch: &Channel, rpc: Rpc, token: Option<&str>, n: usize, t: &Target)
     match rpc {
         Rpc::CreateCampaign => {
             issuance()
-                .create_campaign(with(campaign(&format!("matrix-{n}"), &[("gift", "sim")]), token))
+                .create_campaign(with(
+                    campaign(&format!("matrix-{n}"), &[("gift", "sim")]),
+                    token,
+                ))
                 .await?;
             none
         }
@@ -330,7 +353,9 @@ async fn call(ch: &Channel, rpc: Rpc, token: Option<&str>, n: usize, t: &Target)
                 .list_campaigns(with(pb::ListCampaignsRequest::default(), token))
                 .await?
                 .into_inner();
-            Ok(r.campaigns.iter().any(|c| c.name == a_campaign || c.tenant == "acme"))
+            Ok(r.campaigns
+                .iter()
+                .any(|c| c.name == a_campaign || c.tenant == "acme"))
         }
         Rpc::IssueCodes => {
             let stream = issuance()
@@ -367,7 +392,12 @@ async fn call(ch: &Channel, rpc: Rpc, token: Option<&str>, n: usize, t: &Target)
         }
         Rpc::GetCampaignStats => {
             issuance()
-                .get_campaign_stats(with(pb::GetCampaignStatsRequest { campaign: a_campaign }, token))
+                .get_campaign_stats(with(
+                    pb::GetCampaignStatsRequest {
+                        campaign: a_campaign,
+                    },
+                    token,
+                ))
                 .await?;
             Ok(true)
         }
@@ -428,7 +458,12 @@ async fn call(ch: &Channel, rpc: Rpc, token: Option<&str>, n: usize, t: &Target)
         }
         Rpc::SweepExpired => {
             expiry()
-                .sweep_expired(with(pb::SweepExpiredRequest { campaign: a_campaign }, token))
+                .sweep_expired(with(
+                    pb::SweepExpiredRequest {
+                        campaign: a_campaign,
+                    },
+                    token,
+                ))
                 .await?;
             Ok(true)
         }
@@ -596,7 +631,10 @@ async fn every_rpc_answers_every_principal_as_documented_and_tenants_never_meet(
         spare.push(create_key(&ch, "acme", pb::Role::Portal, None).await.0);
     }
     AccessServiceClient::new(ch.clone())
-        .revoke_api_key(with(pb::RevokeApiKeyRequest { name: revoked_name }, Some(ADMIN)))
+        .revoke_api_key(with(
+            pb::RevokeApiKeyRequest { name: revoked_name },
+            Some(ADMIN),
+        ))
         .await
         .unwrap();
 
@@ -645,7 +683,6 @@ async fn every_rpc_answers_every_principal_as_documented_and_tenants_never_meet(
     for rpc in RPCS {
         for (who, token) in principals {
             n += 1;
-            let started = Instant::now();
             let got = match tokio::time::timeout(
                 Duration::from_secs(20),
                 call(&ch, rpc, token, n, &target),
@@ -658,9 +695,6 @@ async fn every_rpc_answers_every_principal_as_documented_and_tenants_never_meet(
                     continue;
                 }
             };
-            if started.elapsed() > Duration::from_millis(300) {
-                eprintln!("slow: {rpc:?} as {who:?}: {:?}", started.elapsed());
-            }
             let denied = |c: Code, r: &str| match &got {
                 Err(s) if s.code() == c && reason(s) == r => None,
                 other => Some(format!("want {c:?} {r}, got {other:?}")),
@@ -683,7 +717,9 @@ async fn every_rpc_answers_every_principal_as_documented_and_tenants_never_meet(
                 },
                 // Allowed: any answer but an authentication or role refusal.
                 _ => match &got {
-                    Err(s) if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+                    Err(s)
+                        if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) =>
+                    {
                         Some(format!("refused: {s:?}"))
                     }
                     Err(s) if s.code() == Code::Internal || s.code() == Code::Unknown => {
@@ -697,7 +733,12 @@ async fn every_rpc_answers_every_principal_as_documented_and_tenants_never_meet(
             }
         }
     }
-    assert!(failures.is_empty(), "{} wrong answers:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} wrong answers:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // Tenant B's portal: tenant A's code is a code that does not exist,
     // and hammering it does not lock it for tenant A.
@@ -727,11 +768,22 @@ async fn every_rpc_answers_every_principal_as_documented_and_tenants_never_meet(
         ))
         .await
         .unwrap_err();
-    assert_eq!((a.code(), reason(&a)), (b.code(), reason(&b)), "{a:?} vs {b:?}");
-    assert!(matches!(a.code(), Code::NotFound | Code::InvalidArgument), "{a:?}");
+    assert_eq!(
+        (a.code(), reason(&a)),
+        (b.code(), reason(&b)),
+        "{a:?} vs {b:?}"
+    );
+    assert!(
+        matches!(a.code(), Code::NotFound | Code::InvalidArgument),
+        "{a:?}"
+    );
     for _ in 0..15 {
-        let _ = exchange_b.verify_code(with(foreign.clone(), Some(&portal_b))).await;
-        let _ = exchange_b.verify_code(with(unknown.clone(), Some(&portal_b))).await;
+        let _ = exchange_b
+            .verify_code(with(foreign.clone(), Some(&portal_b)))
+            .await;
+        let _ = exchange_b
+            .verify_code(with(unknown.clone(), Some(&portal_b)))
+            .await;
     }
     let mine = ExchangeServiceClient::new(ch.clone())
         .verify_code(with(foreign.clone(), Some(&portal_a)))
@@ -757,11 +809,13 @@ async fn every_rpc_answers_every_principal_as_documented_and_tenants_never_meet(
                 .await
                 .unwrap()
                 .into_inner();
-            if r.events.is_empty() {
-                break;
-            }
+            // Each listing is audited too: a short page is the end.
+            let short = r.events.len() < 1000;
             events.extend(r.events);
             token = r.next_page_token;
+            if short {
+                break;
+            }
         }
         // Each operator or admin method, called by the bootstrap admin
         // (tenant ops) and by keys of tenants acme and bravo: audited
@@ -769,7 +823,11 @@ async fn every_rpc_answers_every_principal_as_documented_and_tenants_never_meet(
         let mut missing = Vec::new();
         for r in RPCS.iter().filter(|r| !r.portal()) {
             let m = r.method();
-            for (p, t) in [("bootstrap", "ops"), ("apiKeys/", "acme"), ("apiKeys/", "bravo")] {
+            for (p, t) in [
+                ("bootstrap", "ops"),
+                ("apiKeys/", "acme"),
+                ("apiKeys/", "bravo"),
+            ] {
                 if !events
                     .iter()
                     .any(|e| e.method == m && e.principal.starts_with(p) && e.tenant == t)
@@ -783,7 +841,9 @@ async fn every_rpc_answers_every_principal_as_documented_and_tenants_never_meet(
             .filter(|e| e.principal == "unauthenticated" && e.outcome == "UNAUTHENTICATED")
             .count();
         if missing.is_empty() && unauthenticated >= 20 {
-            let b_saw_a = events.iter().any(|e| e.tenant == "bravo" && e.resource.contains("acme") && e.outcome == "OK");
+            let b_saw_a = events
+                .iter()
+                .any(|e| e.tenant == "bravo" && e.resource.contains("acme") && e.outcome == "OK");
             assert!(!b_saw_a, "an OK call of tenant B on tenant A's resource");
             break;
         }
@@ -806,7 +866,11 @@ async fn every_rpc_answers_every_principal_as_documented_and_tenants_never_meet(
         .unwrap()
         .into_inner();
     assert!(!mine.events.is_empty());
-    assert!(mine.events.iter().all(|e| e.tenant == "bravo"), "{:?}", mine.events);
+    assert!(
+        mine.events.iter().all(|e| e.tenant == "bravo"),
+        "{:?}",
+        mine.events
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -894,7 +958,11 @@ async fn rate_limits_and_end_user_velocity_trip_recover_and_hold_across_replicas
         .verify_code(as_user(good.clone(), "203.0.113.7"))
         .await
         .unwrap_err();
-    assert_eq!((s.code(), reason(&s).as_str()), (Code::ResourceExhausted, "END_USER_THROTTLED"), "{s:?}");
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::ResourceExhausted, "END_USER_THROTTLED"),
+        "{s:?}"
+    );
     assert!(s.get_details_retry_info().is_some());
     ExchangeServiceClient::new(a.clone())
         .verify_code(as_user(good.clone(), "198.51.100.1"))
@@ -952,7 +1020,10 @@ async fn mtls_requires_a_client_certificate_and_certificates_reload() {
     // Without a client certificate the handshake (or the first call) fails.
     match tls_channel(port, &one.ca(), None).await {
         Err(_) => {}
-        Ok(ch) => assert!(health(ch).await.is_err(), "served a client without a certificate"),
+        Ok(ch) => assert!(
+            health(ch).await.is_err(),
+            "served a client without a certificate"
+        ),
     }
     let ch = tls_channel(port, &one.ca(), Some((&client_cert, &client_key)))
         .await
@@ -969,12 +1040,18 @@ async fn mtls_requires_a_client_certificate_and_certificates_reload() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "the new certificate was never served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     match tls_channel(port, &one.ca(), Some((&client_cert, &client_key))).await {
         Err(_) => {}
-        Ok(ch) => assert!(health(ch).await.is_err(), "the old certificate is still served"),
+        Ok(ch) => assert!(
+            health(ch).await.is_err(),
+            "the old certificate is still served"
+        ),
     }
     // A broken rotation (a key that does not match) keeps the current one.
     std::fs::copy(one.server_key(), live.join("server.key")).unwrap();
@@ -1005,7 +1082,10 @@ fn a_network_address_needs_tls_and_authentication_or_an_explicit_insecure() {
     let token = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token.path(), ADMIN).unwrap();
     let token_path = token.path().to_str().unwrap().to_owned();
-    for env in [vec![], vec![("GIFTX_ADMIN_TOKEN_FILE", token_path.as_str())]] {
+    for env in [
+        vec![],
+        vec![("GIFTX_ADMIN_TOKEN_FILE", token_path.as_str())],
+    ] {
         let out = run_giftxd(&format!("0.0.0.0:{}", free_port()), &env)
             .wait_with_output()
             .unwrap();

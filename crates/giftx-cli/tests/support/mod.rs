@@ -125,19 +125,17 @@ impl Giftxd {
             .spawn()
             .expect("spawn giftxd");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let scheme = loop {
+        loop {
             let line = lines
                 .next()
                 .expect("giftxd ended before listening")
                 .expect("read giftxd log");
             if line.contains("listening on") {
-                break if line.contains("listening on https://") {
-                    "https"
-                } else {
-                    "http"
-                };
+                break;
             }
-        };
+        }
+        let tls = env.iter().any(|(k, _)| *k == "GIFTX_TLS_CERT_FILE");
+        let scheme = if tls { "https" } else { "http" };
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || {
             for l in lines.map_while(Result::ok) {

@@ -168,7 +168,8 @@ impl AccessStore for RedisAccessStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<ApiKeyRecord>, LedgerError> {
-        let skip: usize = cursor.map_or(Ok(0), |c| c.parse().map_err(|_| internal("bad cursor")))?;
+        let skip: usize =
+            cursor.map_or(Ok(0), |c| c.parse().map_err(|_| internal("bad cursor")))?;
         let mut cmd = redis::cmd("ZREVRANGE");
         cmd.arg(ORDER).arg(skip).arg(skip + limit);
         let Value::Array(ids) = self.read("access list_keys", cmd).await? else {
@@ -271,9 +272,7 @@ impl AccessStore for RedisAccessStore {
     async fn add_failure(&self, who: &str, window: Duration) -> Result<u32, LedgerError> {
         let key = format!("{{eu:{who}}}");
         let ms = window.as_millis().max(1).to_string();
-        let (_, v) = self
-            .run(&SCRIPTS.fail, &[&key], &[ms.as_bytes()])
-            .await?;
+        let (_, v) = self.run(&SCRIPTS.fail, &[&key], &[ms.as_bytes()]).await?;
         let n = int(v.get(1).ok_or_else(|| internal("short reply"))?)?;
         u32::try_from(n).map_err(internal)
     }
