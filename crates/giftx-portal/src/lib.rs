@@ -42,7 +42,7 @@ use crate::pages::{FieldErrors, OptionsView, Problem};
 use crate::seal::{Carried, Choice, Keys};
 
 /// The portal's settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Settings {
     /// Where giftxd's ExchangeService is (`http://host:port`).
     pub giftx_addr: String,
@@ -50,6 +50,27 @@ pub struct Settings {
     pub secure_cookies: bool,
     /// Deadline of one call to giftxd.
     pub rpc_timeout: Duration,
+    /// The portal's API key (a `portal` key of its tenant), sent as
+    /// `authorization: Bearer` on every call (`GIFTX_TOKEN`,
+    /// `GIFTX_TOKEN_FILE`).
+    pub token: Option<String>,
+    /// PEM CA certificate(s) giftxd's TLS certificate is checked against
+    /// for an `https://` address (`GIFTX_CA_CERT`); unset: the public web
+    /// roots.
+    pub ca_cert_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Settings")
+            .field("giftx_addr", &self.giftx_addr)
+            .field("secure_cookies", &self.secure_cookies)
+            .field("rpc_timeout", &self.rpc_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 impl Default for Settings {
@@ -58,6 +79,8 @@ impl Default for Settings {
             giftx_addr: "http://127.0.0.1:50051".to_owned(),
             secure_cookies: false,
             rpc_timeout: Duration::from_secs(15),
+            token: None,
+            ca_cert_pem: None,
         }
     }
 }
@@ -71,11 +94,36 @@ pub enum StartError {
     /// The CSPRNG failed.
     #[error("{0}")]
     Keys(#[from] seal::SealError),
+    /// The TLS settings cannot be used.
+    #[error("TLS to giftxd: {0}")]
+    Tls(String),
+    /// The token cannot be sent as metadata.
+    #[error("GIFTX_TOKEN holds characters a header cannot carry")]
+    Token,
 }
+
+/// Adds the portal's bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut r: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+type Client =
+    ExchangeServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
 /// The shared state of the handlers.
 pub struct Portal {
-    client: ExchangeServiceClient<Channel>,
+    client: Client,
     keys: Keys,
     settings: Settings,
 }
@@ -112,13 +160,36 @@ impl Portal {
         } else {
             format!("http://{}", settings.giftx_addr)
         };
-        let channel = Endpoint::from_shared(uri)
+        let tls = uri.starts_with("https://");
+        let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|_| StartError::Addr(settings.giftx_addr.clone()))?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(settings.rpc_timeout)
-            .connect_lazy();
+            .timeout(settings.rpc_timeout);
+        if tls {
+            let mut cfg = tonic::transport::ClientTlsConfig::new();
+            cfg = match &settings.ca_cert_pem {
+                Some(pem) => cfg.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                None => cfg.with_webpki_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+        } else if settings.ca_cert_pem.is_some() {
+            return Err(StartError::Tls(
+                "GIFTX_CA_CERT is set but GIFTX_ADDR is not https://".into(),
+            ));
+        }
+        let bearer = match &settings.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| StartError::Token)?,
+            ),
+            None => None,
+        };
+        let channel = endpoint.connect_lazy();
         Ok(Arc::new(Portal {
-            client: ExchangeServiceClient::new(channel),
+            client: ExchangeServiceClient::with_interceptor(channel, Bearer(bearer)),
             keys: Keys::random()?,
             settings,
         }))

@@ -2,7 +2,9 @@
 //!
 //! Settings (environment): `GIFTX_PORTAL_LISTEN` (default
 //! `127.0.0.1:8080`), `GIFTX_ADDR` (giftxd, default
-//! `http://127.0.0.1:50051`), `GIFTX_PORTAL_SECURE_COOKIES` (`true` behind
+//! `http://127.0.0.1:50051`; `https://` for TLS, checked against
+//! `GIFTX_CA_CERT` when set), `GIFTX_TOKEN` or `GIFTX_TOKEN_FILE` (the
+//! portal's API key, a `portal` key), `GIFTX_PORTAL_SECURE_COOKIES` (`true` behind
 //! HTTPS), `GIFTX_LOG` / `RUST_LOG` (default `info`). Logs go to stderr.
 
 use std::net::SocketAddr;
@@ -42,6 +44,24 @@ async fn run() -> Result<(), String> {
     let mut settings = Settings::default();
     if let Some(a) = env("GIFTX_ADDR") {
         settings.giftx_addr = a;
+    }
+    settings.token = match (env("GIFTX_TOKEN"), env("GIFTX_TOKEN_FILE")) {
+        (Some(_), Some(_)) => {
+            return Err("set GIFTX_TOKEN or GIFTX_TOKEN_FILE, not both".into());
+        }
+        (Some(t), None) => Some(t.trim().to_owned()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| format!("cannot read GIFTX_TOKEN_FILE {f}: {e}"))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if let Some(f) = env("GIFTX_CA_CERT") {
+        settings.ca_cert_pem = Some(
+            std::fs::read(&f).map_err(|e| format!("cannot read GIFTX_CA_CERT {f}: {e}"))?,
+        );
     }
     if let Some(v) = env("GIFTX_PORTAL_SECURE_COOKIES") {
         settings.secure_cookies = match v.as_str() {
