@@ -63,6 +63,32 @@ fn proto_time(ms: i64) -> prost_types::Timestamp {
     }
 }
 
+/// CreateCampaign of `id`: one option on the zero-latency simulator,
+/// deadline 30 days out.
+pub fn campaign_request(id: &str) -> pb::CreateCampaignRequest {
+    let deadline = now_ms() + 30 * 86_400_000;
+    pb::CreateCampaignRequest {
+        campaign_id: id.to_owned(),
+        request_id: String::new(),
+        campaign: Some(pb::Campaign {
+            display_name: format!("bench {id}"),
+            owner: "giftx-bench".to_owned(),
+            face_value: Some(pb::Money {
+                currency_code: "JPY".to_owned(),
+                minor_units: 500,
+            }),
+            expire_time: Some(proto_time(deadline)),
+            options: vec![pb::RedemptionOption {
+                option_id: crate::procs::SIM_PROVIDER.to_owned(),
+                display_name: "Simulated gift code".to_owned(),
+                provider: crate::procs::SIM_PROVIDER.to_owned(),
+                requires_shipping_address: false,
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
 impl Env {
     /// Starts Redis and giftxd, connects `connections` exchange clients.
     /// `aof_rewrite_min_size_mb`: Redis's `auto-aof-rewrite-min-size`.
@@ -128,28 +154,8 @@ impl Env {
     /// Creates a campaign with one option on the zero-latency simulator,
     /// deadline 30 days out.
     pub async fn create_campaign(&mut self, id: &str) -> Result<()> {
-        let deadline = now_ms() + 30 * 86_400_000;
         self.issuance
-            .create_campaign(pb::CreateCampaignRequest {
-                campaign_id: id.to_owned(),
-                request_id: String::new(),
-                campaign: Some(pb::Campaign {
-                    display_name: format!("bench {id}"),
-                    owner: "giftx-bench".to_owned(),
-                    face_value: Some(pb::Money {
-                        currency_code: "JPY".to_owned(),
-                        minor_units: 500,
-                    }),
-                    expire_time: Some(proto_time(deadline)),
-                    options: vec![pb::RedemptionOption {
-                        option_id: crate::procs::SIM_PROVIDER.to_owned(),
-                        display_name: "Simulated gift code".to_owned(),
-                        provider: crate::procs::SIM_PROVIDER.to_owned(),
-                        requires_shipping_address: false,
-                    }],
-                    ..Default::default()
-                }),
-            })
+            .create_campaign(campaign_request(id))
             .await
             .with_context(|| format!("CreateCampaign {id}"))?;
         Ok(())

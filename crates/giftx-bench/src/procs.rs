@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -101,6 +101,18 @@ impl Giftxd {
     /// (workers off, so only the bench sweeps) and waits until it serves.
     /// `extra_env`: further `GIFTX_*` settings for this run.
     pub async fn start(bin: &Path, redis_url: &str, extra_env: &[(&str, &str)]) -> Result<Giftxd> {
+        Giftxd::start_tls(bin, redis_url, extra_env, None).await
+    }
+
+    /// [`Giftxd::start`] for a giftxd that may serve TLS (`extra_env` sets
+    /// `GIFTX_TLS_*`): the health check that waits for it goes over `tls`
+    /// when given (health needs no token).
+    pub async fn start_tls(
+        bin: &Path,
+        redis_url: &str,
+        extra_env: &[(&str, &str)],
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<Giftxd> {
         let dir = tempfile::tempdir().context("temp dir for giftxd")?;
         let config = dir.path().join("giftxd.toml");
         std::fs::write(&config, CONFIG)?;
@@ -147,7 +159,7 @@ impl Giftxd {
                     std::fs::read_to_string(g.dir.path().join("giftxd.log")).unwrap_or_default();
                 bail!("giftxd exited at start ({status}): {log}");
             }
-            if let Ok(ch) = connect(addr).await {
+            if let Ok(ch) = connect_tls(addr, tls).await {
                 let mut h = HealthClient::new(ch);
                 if h.check(HealthCheckRequest::default()).await.is_ok() {
                     return Ok(g);
@@ -209,12 +221,20 @@ impl EchoServer {
 
 /// A channel to `addr` (one HTTP/2 connection), with a 30 s call timeout.
 pub async fn connect(addr: SocketAddr) -> Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    connect_tls(addr, None).await
+}
+
+/// [`connect`], over TLS (`https://`) when `tls` is given.
+pub async fn connect_tls(addr: SocketAddr, tls: Option<&ClientTlsConfig>) -> Result<Channel> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut e = Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
+        .tcp_nodelay(true);
+    if let Some(t) = tls {
+        e = e.tls_config(t.clone())?;
+    }
+    Ok(e.connect().await?)
 }
 
 /// `n` channels (connections) to `addr`.
