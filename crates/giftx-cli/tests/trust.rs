@@ -412,7 +412,10 @@ fn keys_roles_revocation_and_audit_over_tls() {
         .unwrap();
     assert_eq!(revoke["resource"], op_name.as_str(), "{revoke}");
     assert_eq!(revoke["role"], "admin", "{revoke}");
-    let times: Vec<&str> = events.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    let times: Vec<jiff::Timestamp> = events
+        .iter()
+        .map(|e| e["time"].as_str().unwrap().parse().unwrap())
+        .collect();
     let mut sorted = times.clone();
     sorted.sort_unstable();
     assert_eq!(times, sorted, "oldest first");

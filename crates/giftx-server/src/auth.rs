@@ -14,8 +14,10 @@
 //! 5. the [`Principal`] goes into the request's extensions, where the
 //!    services read it ([`principal`]) to filter by tenant.
 //!
-//! Calls of operator and admin methods are audited: the layer fills the
-//! request's [`AuditSlot`], handlers add the resource they touched
+//! Calls of operator and admin methods by a known principal are audited
+//! (calls without a valid key are counted in
+//! `giftx_auth_refused_total` instead: anyone can make them): the layer
+//! fills the request's [`AuditSlot`], handlers add the resource they touched
 //! ([`note_resource`]), and the span's end writes the event with the
 //! call's outcome ([`AuditSlot::finish`]).
 //!
@@ -134,12 +136,13 @@ impl AuditSlot {
         let Some(sink) = &d.sink else {
             return;
         };
-        let (principal, tenant, role) = match &d.principal {
-            Some(p) => (p.name.clone(), p.tenant.to_string(), Some(p.role)),
-            None => ("unauthenticated".to_owned(), String::new(), None),
+        let Some(p) = &d.principal else {
+            return;
         };
+        let (principal, tenant, role) = (p.name.clone(), p.tenant.to_string(), Some(p.role));
         sink.write(AuditRecord {
-            time: sink.clock.now(),
+            // Set by `write`, in the order events enter the stream.
+            time: giftx_core::Timestamp(0),
             principal,
             tenant,
             role,
@@ -157,6 +160,7 @@ impl AuditSlot {
 pub struct AuditSink {
     tx: tokio::sync::mpsc::Sender<AuditRecord>,
     clock: Arc<dyn Clock>,
+    order: Arc<Mutex<()>>,
 }
 
 /// Audit events waiting to be written; when full, events are dropped
@@ -200,10 +204,14 @@ impl AuditSink {
                 batch.clear();
             }
         });
-        AuditSink { tx, clock }
+        AuditSink {
+            tx,
+            clock,
+            order: Arc::new(Mutex::new(())),
+        }
     }
 
-    fn write(&self, e: AuditRecord) {
+    fn write(&self, mut e: AuditRecord) {
         tracing::info!(
             target: "giftx::audit",
             principal = %e.principal,
@@ -214,6 +222,13 @@ impl AuditSink {
             outcome = %e.outcome,
             "audit"
         );
+        // Time taken and queued under one lock: the stream's order is the
+        // order of its times.
+        let _order = self
+            .order
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        e.time = self.clock.now();
         if self.tx.try_send(e).is_err() {
             crate::metrics::global().audit_dropped(1);
             tracing::warn!(
@@ -558,6 +573,7 @@ impl Auth {
             .filter(|t| !t.is_empty());
         let Some(token) = token else {
             let f = AuthFailure::Missing;
+            crate::metrics::global().auth_refused(f.reason());
             return Err((
                 error(
                     tonic::Code::Unauthenticated,
@@ -745,16 +761,19 @@ where
             let slot = req.extensions().get::<AuditSlot>().cloned();
             let audited = matches!(need, Needs::Operator | Needs::Admin);
             let admitted = auth.admit(req.headers(), need, &path).await;
-            if let Some(slot) = &slot
-                && audited
-            {
+            // Audited: every call of an operator or admin method by a
+            // known principal, refused by its role or limit included.
+            // Calls without a valid key are counted and logged, not
+            // stored: anyone can make them, and each would cost a write.
+            let known = match &admitted {
+                Ok(p) => Some(p.clone()),
+                Err((_, p)) => p.clone(),
+            };
+            if let (Some(slot), true, Some(p)) = (&slot, audited, known) {
                 let mut d = slot.lock();
                 d.sink.clone_from(&auth.audit);
                 d.method.clone_from(&path);
-                d.principal = match &admitted {
-                    Ok(p) => Some(p.clone()),
-                    Err((_, p)) => p.clone(),
-                };
+                d.principal = Some(p);
             }
             match admitted {
                 Ok(p) => {
