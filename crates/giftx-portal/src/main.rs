@@ -59,9 +59,8 @@ async fn run() -> Result<(), String> {
         (None, None) => None,
     };
     if let Some(f) = env("GIFTX_CA_CERT") {
-        settings.ca_cert_pem = Some(
-            std::fs::read(&f).map_err(|e| format!("cannot read GIFTX_CA_CERT {f}: {e}"))?,
-        );
+        settings.ca_cert_pem =
+            Some(std::fs::read(&f).map_err(|e| format!("cannot read GIFTX_CA_CERT {f}: {e}"))?);
     }
     if let Some(v) = env("GIFTX_PORTAL_SECURE_COOKIES") {
         settings.secure_cookies = match v.as_str() {
