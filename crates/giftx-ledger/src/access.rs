@@ -173,12 +173,18 @@ pub trait AccessStore: Send + Sync + std::fmt::Debug {
         at: Timestamp,
     ) -> Result<Option<ApiKeyRecord>, LedgerError>;
 
-    /// Takes one call from the limit `bucket` at `rate`; `now_us` is the
-    /// caller's clock in microseconds.
+    /// Takes `n` calls at once (all or none) from the limit `bucket` at
+    /// `rate`; `now_us` is the caller's clock in microseconds.
     ///
     /// # Errors
     /// The store's error.
-    async fn take(&self, bucket: &str, rate: Rate, now_us: i64) -> Result<Take, LedgerError>;
+    async fn take(
+        &self,
+        bucket: &str,
+        rate: Rate,
+        n: u32,
+        now_us: i64,
+    ) -> Result<Take, LedgerError>;
 
     /// Failures counted for `who` in its current window.
     ///
@@ -306,16 +312,23 @@ impl AccessStore for MemoryAccessStore {
         }))
     }
 
-    async fn take(&self, bucket: &str, rate: Rate, now_us: i64) -> Result<Take, LedgerError> {
+    async fn take(
+        &self,
+        bucket: &str,
+        rate: Rate,
+        n: u32,
+        now_us: i64,
+    ) -> Result<Take, LedgerError> {
         let (interval, tolerance) = rate.gcra();
+        let n = i64::from(n.max(1));
         let mut m = self.lock();
         let tat = m.buckets.get(bucket).copied().unwrap_or(0).max(now_us);
-        let allow_at = tat - tolerance;
+        let allow_at = tat + (n - 1) * interval - tolerance;
         if now_us < allow_at {
             let wait = u64::try_from(allow_at - now_us).unwrap_or(0);
             return Ok(Take::Refused(Duration::from_micros(wait)));
         }
-        m.buckets.insert(bucket.to_owned(), tat + interval);
+        m.buckets.insert(bucket.to_owned(), tat + n * interval);
         if m.buckets.len() > 100_000 {
             // Full buckets carry nothing: drop them.
             m.buckets.retain(|_, t| *t > now_us);

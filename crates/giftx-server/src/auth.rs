@@ -295,6 +295,7 @@ pub struct Auth {
     operator_rate: Option<Rate>,
     end_user: Option<(u32, Duration)>,
     audit: Option<AuditSink>,
+    leases: Mutex<HashMap<String, Lease>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -303,6 +304,23 @@ impl std::fmt::Debug for Auth {
             .field("enabled", &self.enabled)
             .finish_non_exhaustive()
     }
+}
+
+/// How long calls taken from the shared bucket may be spent here.
+const LEASE_TTL: Duration = Duration::from_millis(100);
+
+/// Calls of one key taken from the shared bucket, not yet spent.
+struct Lease {
+    left: u32,
+    until: Instant,
+}
+
+/// Calls taken at once: about 20 ms of the rate, at most a quarter of
+/// the burst, at least one.
+fn lease_size(r: Rate) -> u32 {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let by_rate = (r.per_second * 0.02).floor().min(f64::from(u32::MAX)) as u32;
+    by_rate.min(r.burst / 4).max(1)
 }
 
 fn rate(per_second: f64, burst: u32) -> Option<Rate> {
@@ -431,6 +449,7 @@ impl Auth {
                 )
             }),
             audit,
+            leases: Mutex::new(HashMap::new()),
         })
     }
 
@@ -620,36 +639,87 @@ impl Auth {
             Role::Portal => self.portal_rate,
             Role::Operator | Role::Admin => self.operator_rate,
         };
-        if let Some(r) = limit {
-            match self.store.take(&p.name, r, now_us()).await {
-                Ok(Take::Allowed) => {}
+        if let Some(r) = limit
+            && let Err(refusal) = self.take(&p, r).await
+        {
+            return Err((refusal, Some(p)));
+        }
+        Ok(p)
+    }
+
+    /// Takes one call from `p`'s rate limit. Calls are taken from the
+    /// shared bucket in Redis a lease at a time (about 20 ms of the rate,
+    /// at most a quarter of the burst), then spent here: the limit holds
+    /// in total across replicas (a lease is counted when taken), and a
+    /// portal's calls cost a Redis round trip only once per lease. An
+    /// unspent lease lapses after [`LEASE_TTL`].
+    #[allow(clippy::result_large_err)]
+    async fn take(&self, p: &Principal, r: Rate) -> Result<(), Status> {
+        {
+            let mut leases = self.lock_leases();
+            if let Some(l) = leases.get_mut(&p.name)
+                && l.left > 0
+                && l.until > Instant::now()
+            {
+                l.left -= 1;
+                return Ok(());
+            }
+        }
+        let lease = lease_size(r);
+        let mut taken = 0;
+        for n in [lease, 1] {
+            match self.store.take(&p.name, r, n, now_us()).await {
+                Ok(Take::Allowed) => {
+                    taken = n;
+                    break;
+                }
+                // A whole lease does not fit: one call may.
+                Ok(Take::Refused(_)) if n > 1 => {}
                 Ok(Take::Refused(wait)) => {
                     crate::metrics::global().auth_refused("RATE_LIMITED");
                     let wait = wait.max(Duration::from_millis(1));
-                    return Err((
-                        error(
-                            tonic::Code::ResourceExhausted,
-                            "RATE_LIMITED",
-                            format!(
-                                "this key's rate limit ({} calls/s, burst {}) is used up; retry in {} ms",
-                                r.per_second,
-                                r.burst,
-                                wait.as_millis()
-                            ),
-                            &[("limit_rps", &r.per_second.to_string())],
-                            Some(wait),
+                    return Err(error(
+                        tonic::Code::ResourceExhausted,
+                        "RATE_LIMITED",
+                        format!(
+                            "this key's rate limit ({} calls/s, burst {}) is used up; retry in {} ms",
+                            r.per_second,
+                            r.burst,
+                            wait.as_millis()
                         ),
-                        Some(p),
+                        &[("limit_rps", &r.per_second.to_string())],
+                        Some(wait),
                     ));
                 }
                 Err(e) => {
                     // The ledger is down: the call will fail there anyway;
                     // a limit that cannot be read does not refuse.
                     tracing::warn!(error = %e, "rate limit unavailable; call let through");
+                    return Ok(());
                 }
             }
         }
-        Ok(p)
+        if taken > 1 {
+            let mut leases = self.lock_leases();
+            if leases.len() >= MAX_CACHED_KEYS {
+                let now = Instant::now();
+                leases.retain(|_, l| l.until > now);
+            }
+            leases.insert(
+                p.name.clone(),
+                Lease {
+                    left: taken - 1,
+                    until: Instant::now() + LEASE_TTL,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The end user a portal call names (`x-giftx-end-user`), as the key
@@ -818,6 +888,17 @@ mod tests {
         ] {
             assert_eq!(needs(&format!("/giftx.v1.{s}")), Needs::Operator);
         }
+    }
+
+    #[test]
+    fn leases_are_a_fiftieth_of_the_rate_within_a_quarter_of_the_burst() {
+        let r = |per_second, burst| Rate { per_second, burst };
+        assert_eq!(lease_size(r(500.0, 1000)), 10);
+        assert_eq!(lease_size(r(5.0, 10)), 1);
+        assert_eq!(lease_size(r(50.0, 100)), 1);
+        assert_eq!(lease_size(r(1_000_000.0, 1_000_000)), 20_000);
+        assert_eq!(lease_size(r(1_000_000.0, 8)), 2);
+        assert_eq!(lease_size(r(0.5, 1)), 1);
     }
 
     #[test]

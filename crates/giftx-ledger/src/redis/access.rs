@@ -235,7 +235,13 @@ impl AccessStore for RedisAccessStore {
         ))
     }
 
-    async fn take(&self, bucket: &str, rate: Rate, now_us: i64) -> Result<Take, LedgerError> {
+    async fn take(
+        &self,
+        bucket: &str,
+        rate: Rate,
+        n: u32,
+        now_us: i64,
+    ) -> Result<Take, LedgerError> {
         let (interval, tolerance) = rate.gcra();
         let key = format!("{{rl:{bucket}}}");
         let (rc, v) = self
@@ -246,6 +252,7 @@ impl AccessStore for RedisAccessStore {
                     now_us.to_string().as_bytes(),
                     interval.to_string().as_bytes(),
                     tolerance.to_string().as_bytes(),
+                    n.max(1).to_string().as_bytes(),
                 ],
             )
             .await?;
