@@ -33,4 +33,5 @@ scripts/script-cost.sh | tee "$out/script-cost.txt"
 cargo bench --locked -p giftx-ledger --bench ledger 2>/dev/null | tee "$out/ledger.txt"
 cargo bench --locked -p giftx-ledger --bench refusals 2>/dev/null | tee "$out/refusals.txt"
 target/release/giftx-bench hardening --out "$out/hardening" | tee "$out/hardening.txt"
+target/release/giftx-bench trust --out "$out/trust"  # TLS + API keys + rate limit cost, tenant timing -> trust/summary.md
 echo "bench.sh: figures in $out/ (summary.md, growth-10m/summary.md, script-cost.txt, ledger.txt, refusals.txt, hardening.txt)"

@@ -20,6 +20,7 @@ mod hardening;
 mod procs;
 mod report;
 mod stats;
+mod trust;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,6 +62,10 @@ enum Cmd {
     /// The hardening figures: VerifyCode of unknown codes vs wrong login
     /// keys, and Exchange with and without concurrent IssueCodes streams.
     Hardening(HardeningArgs),
+    /// The trust figures: VerifyCode and Exchange over plaintext without
+    /// authentication vs TLS + API keys (and with the rate limit on), and
+    /// a tenant-B portal's VerifyCode of tenant-A codes vs unknown codes.
+    Trust(TrustArgs),
     /// (internal) the tonic echo server for the echo ceiling.
     #[command(hide = true)]
     EchoServer,
@@ -145,6 +150,38 @@ struct HardeningArgs {
     /// Concurrent IssueCodes streams opened while Exchange runs.
     #[arg(long, default_value_t = 20)]
     issue_streams: usize,
+}
+
+/// `trust` settings.
+#[derive(Clone, Debug, Args)]
+struct TrustArgs {
+    /// Where results.json and summary.md go.
+    #[arg(long, default_value = "bench-results/trust")]
+    out: PathBuf,
+    /// giftxd binary (default: giftxd next to this binary).
+    #[arg(long)]
+    giftxd: Option<PathBuf>,
+    /// Requests in flight (closed loops).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections from the load generator to each giftxd.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds of each closed-loop run.
+    #[arg(long, default_value_t = 6.0)]
+    duration: f64,
+    /// Rounds: each variant is measured once per round, in rotated order.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// VerifyCode calls of each kind in the tenant timing check.
+    #[arg(long, default_value_t = 10_000)]
+    timing_calls: usize,
+    /// Threads of the load generator's runtime (1; 0 = one per core).
+    #[arg(long, default_value_t = 1)]
+    loadgen_threads: usize,
+    /// Redis `auto-aof-rewrite-min-size` in MiB.
+    #[arg(long, default_value_t = 2048)]
+    aof_rewrite_min_size_mb: u64,
 }
 
 impl Opts {
@@ -233,6 +270,7 @@ fn main() -> std::process::ExitCode {
         | Cmd::Ceilings(o)
         | Cmd::Growth(o) => o.loadgen_threads,
         Cmd::Hardening(h) => h.opts.loadgen_threads,
+        Cmd::Trust(t) => t.loadgen_threads,
     };
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     cpu::LOADGEN_THREADS.store(
@@ -258,6 +296,7 @@ fn main() -> std::process::ExitCode {
         let (opts, plan) = match cli.cmd {
             Cmd::EchoServer => return ceilings::serve_echo().await,
             Cmd::Hardening(h) => return run_hardening(h).await,
+            Cmd::Trust(t) => return run_trust(t).await,
             Cmd::All(o) => {
                 let p = Plan {
                     ceilings: true,
@@ -481,6 +520,42 @@ async fn run_hardening(h: HardeningArgs) -> Result<()> {
     let path = o.out.join("hardening.json");
     std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
     println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// `giftx-bench trust`: its own Redis and three giftxd, its own results.
+async fn run_trust(t: TrustArgs) -> Result<()> {
+    std::fs::create_dir_all(&t.out).with_context(|| format!("create {}", t.out.display()))?;
+    let bin = procs::giftxd_path(t.giftxd.as_deref())?;
+    println!(
+        "giftx-bench trust: giftxd {}, load average {}",
+        bin.display(),
+        procs::loadavg()
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let r = trust::run(&trust::TrustOpts {
+        giftxd: bin,
+        concurrency: t.concurrency.max(1),
+        connections: t.connections.max(1),
+        duration: Duration::from_secs_f64(t.duration.clamp(0.5, 600.0)),
+        rounds: t.rounds.max(1),
+        timing_calls: t.timing_calls.max(1),
+        aof_rewrite_min_size_mb: t.aof_rewrite_min_size_mb,
+        loadgen_threads: if t.loadgen_threads == 0 {
+            cores
+        } else {
+            t.loadgen_threads
+        },
+    })
+    .await?;
+    std::fs::write(
+        t.out.join("results.json"),
+        serde_json::to_string_pretty(&r)?,
+    )?;
+    let md = r.markdown();
+    std::fs::write(t.out.join("summary.md"), &md)?;
+    println!("\n{md}");
+    println!("wrote {}/results.json, summary.md", t.out.display());
     Ok(())
 }
 
