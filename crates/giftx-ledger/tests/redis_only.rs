@@ -1610,7 +1610,7 @@ async fn purge_bucket_spares_a_bucket_with_a_newer_deadline_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_stored_while_yielding_to_foreground_work_keeps_its_batch_alive() {
     let server = RedisServer::start();
-    let stall = Duration::from_millis(60);
+    let stall = Duration::from_millis(150);
     let ledger = Arc::new(
         RedisLedger::connect_with(
             &server.url(),
