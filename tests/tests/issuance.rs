@@ -64,7 +64,7 @@ fn state_count(s: &pb::CampaignStats, state: pb::CodeState) -> i64 {
 async fn ledger_state(app: &TestApp, code: &str, key: &str) -> CodeState {
     let code = Code::parse(code).unwrap();
     let key = LoginKey::parse(key).unwrap();
-    let h = &app.state.hasher;
+    let h = app.state.keys.current();
     let r = CodeRef {
         series: code.series(),
         digest: h.code(&code),

@@ -98,6 +98,8 @@ pub fn campaign_json(c: &Campaign) -> Value {
         "create_time": time_json(c.create_time.as_ref()),
         "update_time": time_json(c.update_time.as_ref()),
         "code_series": c.code_series,
+        "tenant": c.tenant,
+        "hmac_key_id": c.hmac_key_id,
     })
 }
 
@@ -112,6 +114,12 @@ pub fn campaign_text(w: &mut dyn Write, c: &Campaign) -> io::Result<()> {
     writeln!(w, "deadline      {}", time(c.expire_time.as_ref()))?;
     if !c.code_series.is_empty() {
         writeln!(w, "code series   {}", c.code_series)?;
+    }
+    if !c.tenant.is_empty() {
+        writeln!(w, "tenant        {}", c.tenant)?;
+    }
+    if !c.hmac_key_id.is_empty() {
+        writeln!(w, "hmac key      {}", c.hmac_key_id)?;
     }
     writeln!(w, "created       {}", time(c.create_time.as_ref()))?;
     writeln!(w, "updated       {}", time(c.update_time.as_ref()))?;

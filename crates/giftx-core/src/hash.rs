@@ -194,6 +194,167 @@ impl Hasher {
     }
 }
 
+/// The id of the key in a [`KeyRing`] that a single key file provides, and
+/// that every campaign created before key rings existed was hashed with.
+pub const DEFAULT_KEY_ID: &str = "default";
+
+/// Longest key id, in bytes.
+pub const MAX_KEY_ID_LEN: usize = 32;
+
+/// Why a key ring could not be built or used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyRingError {
+    /// A ring needs at least one key.
+    #[error("the HMAC key ring holds no key")]
+    Empty,
+    /// A key id is not 1–32 of `a-z 0-9 . _ -`, starting with a letter or
+    /// digit.
+    #[error(
+        "HMAC key id {0:?} is not 1-32 of a-z, 0-9, '.', '_', '-' starting with a letter or digit"
+    )]
+    BadId(String),
+    /// Two keys have the same id.
+    #[error("HMAC key id {0:?} appears twice")]
+    DuplicateId(String),
+    /// A key is too short.
+    #[error("HMAC key {id:?}: {source}")]
+    Short {
+        /// The key's id.
+        id: String,
+        /// Its length.
+        source: KeyTooShort,
+    },
+    /// A line of a ring file is not `<id> <hex key>`.
+    #[error("line {line}: expected `<key id> <key as hex, at least 64 hex characters>`")]
+    BadLine {
+        /// 1-based line number.
+        line: usize,
+    },
+}
+
+/// Whether `id` may name a key: 1–32 of `a-z 0-9 . _ -`, starting with a
+/// letter or digit.
+pub fn valid_key_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_KEY_ID_LEN
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
+}
+
+/// Every HMAC key giftxd knows, each under an id. The first is current:
+/// new campaigns (and new API keys) are hashed with it and record its id;
+/// the others keep hashing what was created under them, so old campaigns
+/// keep working after a rotation. The last (oldest) key is the anchor:
+/// it keys what must never change across rotations (the select gift's
+/// code derivation, stock de-duplication).
+#[derive(Clone)]
+pub struct KeyRing {
+    keys: std::sync::Arc<[(String, Hasher)]>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("ids", &self.ids().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KeyRing {
+    /// A ring of `keys`, current first, oldest last.
+    ///
+    /// # Errors
+    /// [`KeyRingError`] for no key, a bad or repeated id, a short key.
+    pub fn new(keys: Vec<(String, Secret)>) -> Result<KeyRing, KeyRingError> {
+        if keys.is_empty() {
+            return Err(KeyRingError::Empty);
+        }
+        let mut ring = Vec::with_capacity(keys.len());
+        for (id, secret) in keys {
+            if !valid_key_id(&id) {
+                return Err(KeyRingError::BadId(id));
+            }
+            if ring.iter().any(|(k, _): &(String, Hasher)| *k == id) {
+                return Err(KeyRingError::DuplicateId(id));
+            }
+            let h = Hasher::new(secret).map_err(|source| KeyRingError::Short {
+                id: id.clone(),
+                source,
+            })?;
+            ring.push((id, h));
+        }
+        Ok(KeyRing { keys: ring.into() })
+    }
+
+    /// A ring of one key, [`DEFAULT_KEY_ID`].
+    pub fn single(hasher: Hasher) -> KeyRing {
+        KeyRing {
+            keys: vec![(DEFAULT_KEY_ID.to_owned(), hasher)].into(),
+        }
+    }
+
+    /// Parses a ring file: one key per line, `<id> <key as hex>`, current
+    /// first; blank lines and `#` comments ignored. A line of an id alone
+    /// (`default`) names a key given elsewhere (the single key file) and
+    /// comes back without key material, at its place in the ring.
+    ///
+    /// # Errors
+    /// [`KeyRingError::BadLine`] for a line that is not an id and hex.
+    pub fn parse(text: &str) -> Result<Vec<(String, Option<Secret>)>, KeyRingError> {
+        let mut keys = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = KeyRingError::BadLine { line: i + 1 };
+            let mut parts = line.split_whitespace();
+            let (Some(id), hex_key, None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(bad);
+            };
+            let key = match hex_key {
+                Some(h) => Some(Secret::new(hex::decode(h).map_err(|_| bad)?)),
+                None => None,
+            };
+            keys.push((id.to_owned(), key));
+        }
+        Ok(keys)
+    }
+
+    /// The key new things are hashed with.
+    pub fn current(&self) -> &Hasher {
+        &self.keys[0].1
+    }
+
+    /// The current key's id.
+    pub fn current_id(&self) -> &str {
+        &self.keys[0].0
+    }
+
+    /// The oldest key: for what must hash the same across rotations.
+    pub fn anchor(&self) -> &Hasher {
+        &self.keys[self.keys.len() - 1].1
+    }
+
+    /// The key with this id, if the ring has it.
+    pub fn get(&self, id: &str) -> Option<&Hasher> {
+        self.keys.iter().find(|(k, _)| k == id).map(|(_, h)| h)
+    }
+
+    /// Every key id, current first.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// Every key, current first.
+    pub fn hashers(&self) -> impl Iterator<Item = &Hasher> {
+        self.keys.iter().map(|(_, h)| h)
+    }
+}
+
 /// The HMAC key given was too short; the value is its length.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("HMAC key is {0} bytes; at least 32 are required")]
@@ -265,6 +426,61 @@ mod tests {
         let s = Secret::new(b"super-secret-material-0123456789".to_vec());
         assert!(!format!("{s:?}{s}").contains("super"));
         assert!(!format!("{:?}", Hasher::new(s).unwrap()).contains("super"));
+    }
+
+    #[test]
+    fn a_ring_hashes_with_its_current_key_and_keeps_the_old_ones() {
+        let text = format!(
+            "# newest first\n\nk2 {}\n  k1 {}  \n",
+            "22".repeat(32),
+            "11".repeat(32)
+        );
+        let lines = KeyRing::parse(&text).unwrap();
+        let ring =
+            KeyRing::new(lines.into_iter().map(|(id, k)| (id, k.unwrap())).collect()).unwrap();
+        assert_eq!(ring.ids().collect::<Vec<_>>(), ["k2", "k1"]);
+        assert_eq!(ring.current_id(), "k2");
+        let code = Code::generate(Series::from_index(3).unwrap()).unwrap();
+        assert_eq!(ring.current().code(&code), hasher(0x22).code(&code));
+        assert_eq!(ring.anchor().code(&code), hasher(0x11).code(&code));
+        assert_eq!(
+            ring.get("k1").unwrap().code(&code),
+            hasher(0x11).code(&code)
+        );
+        assert!(ring.get("k3").is_none());
+        assert!(!format!("{ring:?}").contains("2222"));
+        let single = KeyRing::single(hasher(5));
+        assert_eq!(single.current_id(), DEFAULT_KEY_ID);
+        assert_eq!(single.anchor().code(&code), hasher(5).code(&code));
+    }
+
+    #[test]
+    fn bad_rings_are_refused_with_the_reason() {
+        let k = |id: &str, b: u8, n: usize| (id.to_owned(), Secret::new(vec![b; n]));
+        assert_eq!(KeyRing::new(vec![]).unwrap_err(), KeyRingError::Empty);
+        assert_eq!(
+            KeyRing::new(vec![k("a", 1, 32), k("a", 2, 32)]).unwrap_err(),
+            KeyRingError::DuplicateId("a".into())
+        );
+        for bad in ["", "-a", "A", "a b", &"x".repeat(33)] {
+            assert_eq!(
+                KeyRing::new(vec![k(bad, 1, 32)]).unwrap_err(),
+                KeyRingError::BadId(bad.into())
+            );
+        }
+        assert!(matches!(
+            KeyRing::new(vec![k("short", 1, 31)]).unwrap_err(),
+            KeyRingError::Short { id, .. } if id == "short"
+        ));
+        let named = KeyRing::parse("default\n").unwrap();
+        assert_eq!(named.len(), 1);
+        assert!(named[0].0 == "default" && named[0].1.is_none());
+        for (text, line) in [("# c\nk1 zz\n", 2), ("k1 00 11\n", 1)] {
+            assert_eq!(
+                KeyRing::parse(text).unwrap_err(),
+                KeyRingError::BadLine { line }
+            );
+        }
     }
 
     #[test]

@@ -22,5 +22,5 @@ pub mod random;
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use code::{Code, LoginKey, Series};
 pub use error::{DomainError, FieldViolation};
-pub use hash::{Digest, Hasher, Secret};
+pub use hash::{Digest, Hasher, KeyRing, Secret};
 pub use money::{Currency, Money};

@@ -129,6 +129,11 @@ pub struct CampaignSpec {
     /// Whose campaign it is: only principals of this tenant (and admins)
     /// reach it.
     pub tenant: TenantId,
+    /// The id of the HMAC key its codes, login keys and request ids are
+    /// hashed with ([`crate::KeyRing`]): the ring's current key when it was
+    /// created, [`crate::hash::DEFAULT_KEY_ID`] for campaigns created
+    /// before key rings. Set by giftxd, never by a caller.
+    pub hmac_key: String,
 }
 
 /// A campaign as stored.

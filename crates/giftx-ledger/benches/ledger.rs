@@ -126,6 +126,7 @@ async fn main() {
     );
     let spec = CampaignSpec {
         tenant: giftx_core::model::TenantId::default_tenant(),
+        hmac_key: giftx_core::hash::DEFAULT_KEY_ID.to_owned(),
         id: CampaignId::parse("id", "bench").expect("id"),
         display_name: "bench".into(),
         owner: "bench".into(),

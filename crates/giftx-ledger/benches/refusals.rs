@@ -128,6 +128,7 @@ async fn main() {
     );
     let spec = CampaignSpec {
         tenant: giftx_core::model::TenantId::default_tenant(),
+        hmac_key: giftx_core::hash::DEFAULT_KEY_ID.to_owned(),
         id: CampaignId::parse("id", "refusals").expect("id"),
         display_name: "refusals".into(),
         owner: "bench".into(),

@@ -73,6 +73,14 @@ pub struct ApiKeyRecord {
     /// Free text for people.
     #[serde(default)]
     pub description: String,
+    /// The id of the HMAC key `digest` is keyed with (keys created before
+    /// key rings: `default`).
+    #[serde(default = "default_key_id")]
+    pub hmac_key: String,
+}
+
+fn default_key_id() -> String {
+    giftx_core::hash::DEFAULT_KEY_ID.to_owned()
 }
 
 mod tenant_text {

@@ -23,6 +23,7 @@ fn key(id: &str, at: i64) -> ApiKeyRecord {
         expire_time: None,
         revoke_time: None,
         description: String::new(),
+        hmac_key: "k1".into(),
     }
 }
 

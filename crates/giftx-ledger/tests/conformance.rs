@@ -110,6 +110,7 @@ const OPTIONS: [&str; 3] = ["gift-code", "book-card", "donation"];
 fn spec(id: &str, deadline: Timestamp) -> CampaignSpec {
     CampaignSpec {
         tenant: giftx_core::model::TenantId::default_tenant(),
+        hmac_key: giftx_core::hash::DEFAULT_KEY_ID.to_owned(),
         id: cid(id),
         display_name: format!("Apology {id}"),
         owner: "benesse".into(),

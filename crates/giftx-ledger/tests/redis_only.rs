@@ -58,6 +58,7 @@ async fn setup_with(timeout: Duration) -> Fx {
 fn spec(id: &str, deadline: Timestamp) -> CampaignSpec {
     CampaignSpec {
         tenant: giftx_core::model::TenantId::default_tenant(),
+        hmac_key: giftx_core::hash::DEFAULT_KEY_ID.to_owned(),
         id: CampaignId::parse("id", id).unwrap(),
         display_name: "Apology".into(),
         owner: "owner".into(),

@@ -21,6 +21,7 @@ const DEADLINE: Timestamp = Timestamp(1_418_601_600_000);
 fn spec(id: &str) -> CampaignSpec {
     CampaignSpec {
         tenant: giftx_core::model::TenantId::default_tenant(),
+        hmac_key: giftx_core::hash::DEFAULT_KEY_ID.to_owned(),
         id: CampaignId::parse("id", id).unwrap(),
         display_name: "Apology".into(),
         owner: "owner".into(),

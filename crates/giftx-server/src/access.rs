@@ -140,7 +140,7 @@ impl AccessApi {
         let size = convert::page_size("page_size", req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             .map_err(|e| v.push(e))
             .ok();
-        let cursor = convert::decode_page_token(&self.state.hasher, "page_token", &req.page_token)
+        let cursor = convert::decode_page_token(&self.state.keys, "page_token", &req.page_token)
             .map_err(|e| v.push(e))
             .ok();
         let tenant = (!req.tenant.is_empty())
@@ -179,7 +179,7 @@ impl AccessApi {
         Ok(pb::ListApiKeysResponse {
             api_keys: keys,
             next_page_token: cursor
-                .map(|c| convert::encode_page_token(&self.state.hasher, &c))
+                .map(|c| convert::encode_page_token(&self.state.keys, &c))
                 .unwrap_or_default(),
         })
     }
@@ -216,7 +216,7 @@ impl AccessApi {
         let size = convert::page_size("page_size", req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             .map_err(|e| v.push(e))
             .ok();
-        let after = convert::decode_page_token(&self.state.hasher, "page_token", &req.page_token)
+        let after = convert::decode_page_token(&self.state.keys, "page_token", &req.page_token)
             .map_err(|e| v.push(e))
             .ok();
         let since = match &req.since {
@@ -250,7 +250,7 @@ impl AccessApi {
         Ok(pb::ListAuditEventsResponse {
             events,
             next_page_token: after
-                .map(|c| convert::encode_page_token(&self.state.hasher, &c))
+                .map(|c| convert::encode_page_token(&self.state.keys, &c))
                 .unwrap_or_default(),
         })
     }

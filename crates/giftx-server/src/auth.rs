@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use giftx_core::hash::ct_eq;
 use giftx_core::model::TenantId;
-use giftx_core::{Clock, Hasher, Timestamp};
+use giftx_core::{Clock, KeyRing, Timestamp};
 use giftx_ledger::access::{AccessStore, ApiKeyRecord, AuditRecord, Rate, Role, Take};
 use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
@@ -286,7 +286,7 @@ pub struct NewToken {
 pub struct Auth {
     enabled: bool,
     store: Arc<dyn AccessStore>,
-    hasher: Hasher,
+    keys: KeyRing,
     clock: Arc<dyn Clock>,
     bootstrap: Option<(giftx_core::Digest, TenantId)>,
     cache: Mutex<HashMap<String, (Instant, Option<ApiKeyRecord>)>>,
@@ -404,7 +404,7 @@ impl Auth {
     pub fn new(
         security: &SecurityConfig,
         store: Arc<dyn AccessStore>,
-        hasher: Hasher,
+        keys: KeyRing,
         clock: Arc<dyn Clock>,
     ) -> Result<Auth, String> {
         let bootstrap = match &security.admin_token_file {
@@ -422,7 +422,7 @@ impl Auth {
                 }
                 let tenant = TenantId::parse("GIFTX_ADMIN_TENANT", &security.admin_tenant)
                     .map_err(|v| format!("GIFTX_ADMIN_TENANT {}", v.description))?;
-                Some((hasher.api_token(token.as_bytes()), tenant))
+                Some((keys.current().api_token(token.as_bytes()), tenant))
             }
             None => None,
         };
@@ -435,7 +435,7 @@ impl Auth {
         Ok(Auth {
             enabled,
             store,
-            hasher,
+            keys,
             clock,
             bootstrap,
             cache: Mutex::new(HashMap::new()),
@@ -480,7 +480,7 @@ impl Auth {
         getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
         let id = hex::encode(id);
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-        let digest = hex::encode(self.hasher.api_token(secret.as_bytes()).0);
+        let digest = hex::encode(self.keys.current().api_token(secret.as_bytes()).0);
         Ok(NewToken {
             token: format!("gx1.{id}.{secret}"),
             record: ApiKeyRecord {
@@ -492,6 +492,7 @@ impl Auth {
                 expire_time,
                 revoke_time: None,
                 description,
+                hmac_key: self.keys.current_id().to_owned(),
             },
         })
     }
@@ -543,7 +544,16 @@ impl Auth {
             let Some(rec) = self.key(id).await? else {
                 return Ok(Err(AuthFailure::Invalid));
             };
-            let digest = hex::encode(self.hasher.api_token(secret.as_bytes()).0);
+            let Some(hasher) = self.keys.get(&rec.hmac_key) else {
+                tracing::error!(
+                    key = %rec.id,
+                    hmac_key = %rec.hmac_key,
+                    "API key hashed with an HMAC key this giftxd does not have; \
+                     roll the key ring out to every giftxd"
+                );
+                return Err(Status::unavailable("cannot check the API key now; retry"));
+            };
+            let digest = hex::encode(hasher.api_token(secret.as_bytes()).0);
             // The secret first: only its holder learns the key's state.
             if !ct_eq(digest.as_bytes(), rec.digest.as_bytes()) {
                 return Ok(Err(AuthFailure::Invalid));
@@ -561,7 +571,10 @@ impl Auth {
             }));
         }
         if let Some((digest, tenant)) = &self.bootstrap
-            && ct_eq(&self.hasher.api_token(token.as_bytes()).0, &digest.0)
+            && ct_eq(
+                &self.keys.current().api_token(token.as_bytes()).0,
+                &digest.0,
+            )
         {
             return Ok(Ok(Principal {
                 name: "bootstrap".into(),
@@ -731,7 +744,7 @@ impl Auth {
         let who = String::from_utf8_lossy(v);
         let who = who.trim();
         (!who.is_empty()).then(|| {
-            let d = self.hasher.end_user(p.tenant.as_str(), who);
+            let d = self.keys.current().end_user(p.tenant.as_str(), who);
             hex::encode(&d.0[..16])
         })
     }

@@ -623,6 +623,10 @@ pub struct Config {
     /// `openssl rand -hex 32`) without its surrounding whitespace when at
     /// least 32 bytes remain. Required with Redis.
     pub hmac_key_file: Option<PathBuf>,
+    /// File holding the HMAC key ring (`GIFTX_HMAC_KEYRING_FILE`): text,
+    /// one key per line, `<key id> <key as hex>`, current first. With
+    /// `hmac_key_file` too, that key joins the ring last, as id `default`.
+    pub hmac_keyring_file: Option<PathBuf>,
     /// File holding the deliverable AEAD keys (`GIFTX_DELIVERABLE_KEYS_FILE`).
     pub deliverable_keys_file: Option<PathBuf>,
     /// Logging (`GIFTX_LOG_FORMAT`, `GIFTX_LOG`).
@@ -663,6 +667,7 @@ impl Default for Config {
             health_listen: None,
             services: ServiceKind::ALL.to_vec(),
             hmac_key_file: None,
+            hmac_keyring_file: None,
             deliverable_keys_file: None,
             log: LogConfig::default(),
             ledger: LedgerTunables::default(),
@@ -794,6 +799,9 @@ impl Config {
         }
         if let Some(v) = get("GIFTX_HMAC_KEY_FILE") {
             self.hmac_key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("GIFTX_HMAC_KEYRING_FILE") {
+            self.hmac_keyring_file = Some(PathBuf::from(v));
         }
         if let Some(v) = get("GIFTX_DELIVERABLE_KEYS_FILE") {
             self.deliverable_keys_file = Some(PathBuf::from(v));

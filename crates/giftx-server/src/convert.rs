@@ -10,7 +10,7 @@ use giftx_core::model::{
     Batch, BatchId, BatchState, Campaign, CampaignId, CampaignSpec, CodeState, DeliverableKind,
     ExchangeState, OptionId, ProviderId, RedemptionOption,
 };
-use giftx_core::{Code, Currency, FieldViolation, Hasher, LoginKey, Money, Timestamp};
+use giftx_core::{Code, Currency, FieldViolation, Hasher, KeyRing, LoginKey, Money, Timestamp};
 use giftx_ledger::ExchangeId;
 use giftx_proto::v1 as pb;
 
@@ -198,6 +198,7 @@ pub fn campaign_to_proto(c: &Campaign) -> pb::Campaign {
         update_time: Some(timestamp_to_proto(c.update_time)),
         code_series: c.series.to_string(),
         tenant: c.spec.tenant.to_string(),
+        hmac_key_id: c.spec.hmac_key.clone(),
     }
 }
 
@@ -452,20 +453,22 @@ fn page_token_mac(hasher: &Hasher, cursor: &str) -> [u8; PAGE_TOKEN_MAC] {
         .prefix::<PAGE_TOKEN_MAC>()
 }
 
-/// Wraps a ledger cursor as an opaque, authenticated page token.
-pub fn encode_page_token(hasher: &Hasher, cursor: &str) -> String {
-    let mut bytes = page_token_mac(hasher, cursor).to_vec();
+/// Wraps a ledger cursor as an opaque page token, authenticated with the
+/// current HMAC key.
+pub fn encode_page_token(keys: &KeyRing, cursor: &str) -> String {
+    let mut bytes = page_token_mac(keys.current(), cursor).to_vec();
     bytes.extend_from_slice(cursor.as_bytes());
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Unwraps a page token made by [`encode_page_token`]; empty means the
+/// Unwraps a page token made by [`encode_page_token`] under any key of
+/// the ring (a listing paged across a rotation goes on); empty means the
 /// first page.
 ///
 /// # Errors
 /// A violation of `field` for anything this server did not hand out.
 pub fn decode_page_token(
-    hasher: &Hasher,
+    keys: &KeyRing,
     field: &str,
     token: &str,
 ) -> Result<Option<String>, FieldViolation> {
@@ -482,7 +485,10 @@ pub fn decode_page_token(
     }
     let (mac, cursor) = bytes.split_at(PAGE_TOKEN_MAC);
     let cursor = std::str::from_utf8(cursor).map_err(|_| bad())?;
-    if !giftx_core::hash::ct_eq(mac, &page_token_mac(hasher, cursor)) {
+    if !keys
+        .hashers()
+        .any(|h| giftx_core::hash::ct_eq(mac, &page_token_mac(h, cursor)))
+    {
         return Err(bad());
     }
     Ok(Some(cursor.to_owned()))
@@ -621,6 +627,7 @@ pub fn campaign_spec_from_request(
                 options,
                 // The caller's tenant, set by CreateCampaign.
                 tenant: giftx_core::model::TenantId::default_tenant(),
+                hmac_key: giftx_core::hash::DEFAULT_KEY_ID.to_owned(),
             })
         }
         _ => Err(v),
@@ -677,14 +684,14 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_forgeries_are_refused() {
-        let h = Hasher::random().unwrap();
+        let h = KeyRing::single(Hasher::random().unwrap());
         let t = encode_page_token(&h, "17");
         assert_eq!(
             decode_page_token(&h, "page_token", &t).unwrap().as_deref(),
             Some("17")
         );
         assert_eq!(decode_page_token(&h, "page_token", "").unwrap(), None);
-        let forged = encode_page_token(&Hasher::random().unwrap(), "17");
+        let forged = encode_page_token(&KeyRing::single(Hasher::random().unwrap()), "17");
         for bad in [
             "!!",
             "abc",
@@ -694,6 +701,21 @@ mod tests {
         ] {
             assert!(decode_page_token(&h, "page_token", bad).is_err(), "{bad}");
         }
+        // A token handed out before a rotation still pages on after it.
+        let rotated = KeyRing::new(vec![
+            ("k2".into(), giftx_core::Secret::new(vec![2; 32])),
+            ("k1".into(), giftx_core::Secret::new(vec![1; 32])),
+        ])
+        .unwrap();
+        let before =
+            KeyRing::new(vec![("k1".into(), giftx_core::Secret::new(vec![1; 32]))]).unwrap();
+        let old = encode_page_token(&before, "42");
+        assert_eq!(
+            decode_page_token(&rotated, "page_token", &old)
+                .unwrap()
+                .as_deref(),
+            Some("42")
+        );
         assert_eq!(page_size("page_size", 0, 50, 1000).unwrap(), 50);
         assert_eq!(page_size("page_size", 5000, 50, 1000).unwrap(), 1000);
         assert!(page_size("page_size", -1, 50, 1000).is_err());

@@ -34,6 +34,7 @@ pub fn demo_specs(state: &AppState) -> Result<[CampaignSpec; 2], ApiError> {
     let expire_time = state.now().plus(YEAR);
     let select = CampaignSpec {
         tenant: giftx_core::model::TenantId::default_tenant(),
+        hmac_key: giftx_core::hash::DEFAULT_KEY_ID.to_owned(),
         id: CampaignId::parse("campaign_id", DEMO_SELECT_CAMPAIGN)?,
         display_name: "Select gift (500 JPY e-money)".to_owned(),
         owner: "demo".to_owned(),
@@ -47,6 +48,7 @@ pub fn demo_specs(state: &AppState) -> Result<[CampaignSpec; 2], ApiError> {
     };
     let apology = CampaignSpec {
         tenant: giftx_core::model::TenantId::default_tenant(),
+        hmac_key: giftx_core::hash::DEFAULT_KEY_ID.to_owned(),
         id: CampaignId::parse("campaign_id", DEMO_CAMPAIGN)?,
         display_name: "Apology gift 2014".to_owned(),
         owner: "demo".to_owned(),

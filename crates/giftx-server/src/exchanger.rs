@@ -16,7 +16,7 @@ use giftx_core::model::{
     Campaign, CampaignId, CodeState, Deliverable, ExchangeState, PostalAddress, ProviderId,
     TenantId,
 };
-use giftx_core::{Clock, Code, DomainError, Hasher, LoginKey, Series, Timestamp};
+use giftx_core::{Clock, Code, DomainError, Hasher, KeyRing, LoginKey, Series, Timestamp};
 use giftx_ledger::{
     ClaimOutcome, ClaimRequest, CodeRef, ExchangeId, ExchangeRecord, Lease, Ledger, LedgerError,
     Preferences, Refusal,
@@ -130,7 +130,7 @@ pub enum DriveOutcome {
 /// The exchange engine. Cheap to share behind an `Arc`.
 pub struct Exchanger {
     ledger: Arc<dyn Ledger>,
-    hasher: Hasher,
+    keys: KeyRing,
     clock: Arc<dyn Clock>,
     providers: Arc<ProviderMap>,
     sealer: Arc<Sealer>,
@@ -189,7 +189,7 @@ impl Exchanger {
     /// An engine over these parts. `holder` names this process in leases.
     pub fn new(
         ledger: Arc<dyn Ledger>,
-        hasher: Hasher,
+        keys: KeyRing,
         clock: Arc<dyn Clock>,
         providers: Arc<ProviderMap>,
         sealer: Arc<Sealer>,
@@ -198,7 +198,7 @@ impl Exchanger {
     ) -> Self {
         Exchanger {
             ledger,
-            hasher,
+            keys,
             clock,
             providers,
             sealer,
@@ -222,28 +222,58 @@ impl Exchanger {
         &self.settings
     }
 
-    /// The code as the ledger is asked about it. For a caller limited to
-    /// `scope`, a code of another tenant's campaign is looked up under a
-    /// hash no stored code has ([`Hasher::foreign_code`]): the ledger then
-    /// answers, counts wrong tries and locks exactly as for a code that
-    /// does not exist, and the owner's code is never touched. The
-    /// campaign is read (from the cache) for every scoped call, existing
-    /// or not, so both cost the same.
+    /// The code as the ledger is asked about it, and the key its login
+    /// key and request ids are hashed with: its campaign's
+    /// ([`CampaignSpec::hmac_key`](giftx_core::model::CampaignSpec)), the
+    /// current key when no campaign has its series. For a caller limited
+    /// to `scope`, a code of another tenant's campaign is looked up under
+    /// a hash no stored code has ([`Hasher::foreign_code`]): the ledger
+    /// then answers, counts wrong tries and locks exactly as for a code
+    /// that does not exist, and the owner's code is never touched. The
+    /// campaign is read (from the cache) for every call, existing or not,
+    /// so both cost the same.
     async fn code_ref(
         &self,
         code: &Code,
         scope: Option<&TenantId>,
-    ) -> Result<CodeRef, DomainError> {
-        let digest = match scope {
-            None => self.hasher.code(code),
-            Some(t) => match self.campaign_by_series(code.series()).await? {
-                Some(c) if &c.spec.tenant != t => self.hasher.foreign_code(code, t.as_str()),
-                _ => self.hasher.code(code),
-            },
+    ) -> Result<(CodeRef, &Hasher), DomainError> {
+        let campaign = self.campaign_by_series(code.series()).await?;
+        let (digest, hasher) = match (&campaign, scope) {
+            (Some(c), Some(t)) if &c.spec.tenant != t => {
+                let h = self.keys.current();
+                (h.foreign_code(code, t.as_str()), h)
+            }
+            (Some(c), _) => {
+                let h = self.hasher_of(c)?;
+                (h.code(code), h)
+            }
+            (None, _) => (self.keys.current().code(code), self.keys.current()),
         };
-        Ok(CodeRef {
-            series: code.series(),
-            digest,
+        Ok((
+            CodeRef {
+                series: code.series(),
+                digest,
+            },
+            hasher,
+        ))
+    }
+
+    /// The key `campaign`'s codes are hashed with. A campaign created
+    /// under a key this process lacks (a ring rolled out to some replicas
+    /// only) fails UNAVAILABLE, so the caller retries elsewhere: hashing
+    /// with another key would find nothing and count a wrong try.
+    fn hasher_of(&self, campaign: &Campaign) -> Result<&Hasher, DomainError> {
+        self.keys.get(&campaign.spec.hmac_key).ok_or_else(|| {
+            tracing::error!(
+                campaign = %campaign.spec.id,
+                hmac_key = %campaign.spec.hmac_key,
+                "campaign hashed with an HMAC key this giftxd does not have; \
+                 roll the key ring out to every giftxd"
+            );
+            DomainError::Unavailable(format!(
+                "campaign {} is hashed with HMAC key {:?}, which this server does not have",
+                campaign.spec.id, campaign.spec.hmac_key
+            ))
         })
     }
 
@@ -334,13 +364,13 @@ impl Exchanger {
         key: &LoginKey,
         scope: Option<&TenantId>,
     ) -> Result<CodeStatus, DomainError> {
-        let code_ref = self.code_ref(code, scope).await?;
+        let (code_ref, hasher) = self.code_ref(code, scope).await?;
         let now = self.clock.now();
         // The ledger is asked even when the series is unknown, so an unknown
         // code costs the same as a wrong login key.
         let view = self
             .ledger
-            .verify(code_ref, self.hasher.login_key(code, key), now)
+            .verify(code_ref, hasher.login_key(code, key), now)
             .await
             .map_err(ledger_error)?;
         let campaign = self.campaign_of(code.series()).await?;
@@ -366,11 +396,11 @@ impl Exchanger {
         key: &LoginKey,
         scope: Option<&TenantId>,
     ) -> Result<ExchangeView, DomainError> {
-        let code_ref = self.code_ref(code, scope).await?;
+        let (code_ref, hasher) = self.code_ref(code, scope).await?;
         let now = self.clock.now();
         let rec = self
             .ledger
-            .latest_exchange(code_ref, self.hasher.login_key(code, key), now)
+            .latest_exchange(code_ref, hasher.login_key(code, key), now)
             .await
             .map_err(ledger_error)?;
         let campaign = self.campaign_of(code.series()).await?;
@@ -391,8 +421,8 @@ impl Exchanger {
         input: ExchangeInput,
     ) -> Result<ExchangeView, DomainError> {
         let now = self.clock.now();
-        let code_ref = self.code_ref(&input.code, input.scope.as_ref()).await?;
-        let login = self.hasher.login_key(&input.code, &input.login_key);
+        let (code_ref, hasher) = self.code_ref(&input.code, input.scope.as_ref()).await?;
+        let login = hasher.login_key(&input.code, &input.login_key);
         let found = self
             .campaign_by_series(input.code.series())
             .await?
@@ -429,7 +459,7 @@ impl Exchanger {
                 .map_err(ledger_error)?;
             return Err(DomainError::invalid("shipping_address", why));
         }
-        let contact = input.contact_email.as_deref().map(|e| self.hasher.email(e));
+        let contact = input.contact_email.as_deref().map(|e| hasher.email(e));
         let prefs = input.preferences;
         let mut parts: Vec<&[u8]> = vec![
             input.option_id.as_bytes(),
@@ -445,12 +475,12 @@ impl Exchanger {
         if let Some(a) = &input.shipping_address {
             parts.push(a.as_str().as_bytes());
         }
-        let fingerprint = self.hasher.fingerprint(&parts);
+        let fingerprint = hasher.fingerprint(&parts);
         let req = ClaimRequest {
             code: code_ref,
             login_key: login,
             option,
-            request: self.hasher.request_id(&input.code, &input.request_id),
+            request: hasher.request_id(&input.code, &input.request_id),
             fingerprint,
             contact,
             preferences: prefs,

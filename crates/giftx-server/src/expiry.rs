@@ -127,7 +127,7 @@ impl ExpiryApi {
         let size = convert::page_size("page_size", req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             .map_err(|e| v.push(e))
             .ok();
-        let cursor = convert::decode_page_token(&self.state.hasher, "page_token", &req.page_token)
+        let cursor = convert::decode_page_token(&self.state.keys, "page_token", &req.page_token)
             .map_err(|e| v.push(e))
             .ok();
         let (Some(older_than), Some(size), Some(cursor)) = (older_than, size, cursor) else {
@@ -161,7 +161,7 @@ impl ExpiryApi {
             next_page_token: page
                 .next
                 .as_deref()
-                .map(|c| convert::encode_page_token(&self.state.hasher, c))
+                .map(|c| convert::encode_page_token(&self.state.keys, c))
                 .unwrap_or_default(),
         })
     }

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::Stream;
 use giftx_core::model::{Batch, BatchId, Campaign, CampaignId, CampaignSpec, CodeState};
 use giftx_core::{Code, DomainError, FieldViolation, Hasher, LoginKey, Series};
-use giftx_ledger::NewCode;
+use giftx_ledger::{LedgerError, NewCode, Refusal};
 use giftx_proto::v1 as pb;
 use giftx_proto::v1::issuance_service_server::IssuanceService;
 use giftx_provider::ProviderError;
@@ -135,13 +135,34 @@ impl IssuanceApi {
             self.state.provider_for(p, id, false)
         })?;
         spec.tenant = p.tenant.clone();
+        spec.hmac_key = self.state.keys.current_id().to_owned();
         self.check_options(&spec).await?;
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
-        let c = self
+        let c = match self
             .state
             .ledger
             .create_campaign(&spec, request_id, now)
-            .await?;
+            .await
+        {
+            Ok(c) => c,
+            Err(LedgerError::Refused(Refusal::CampaignExists)) => {
+                // A retry that straddles a key rotation differs from what
+                // is stored in its key id only: the same campaign.
+                match self.state.ledger.get_campaign(&spec.id).await? {
+                    Some(c)
+                        if c.spec
+                            == (CampaignSpec {
+                                hmac_key: c.spec.hmac_key.clone(),
+                                ..spec
+                            }) =>
+                    {
+                        c
+                    }
+                    _ => return Err(LedgerError::Refused(Refusal::CampaignExists).into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
         let c = self.state.remember_campaign(c);
         for o in &c.spec.options {
             crate::metrics::global().option_known(o.id.as_str());
@@ -200,7 +221,7 @@ impl IssuanceApi {
         let size = convert::page_size("page_size", req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             .map_err(|e| v.push(e))
             .ok();
-        let cursor = convert::decode_page_token(&self.state.hasher, "page_token", &req.page_token)
+        let cursor = convert::decode_page_token(&self.state.keys, "page_token", &req.page_token)
             .map_err(|e| v.push(e))
             .ok();
         let (Some(size), Some(mut cursor)) = (size, cursor) else {
@@ -230,7 +251,7 @@ impl IssuanceApi {
             campaigns,
             next_page_token: cursor
                 .as_deref()
-                .map(|c| convert::encode_page_token(&self.state.hasher, c))
+                .map(|c| convert::encode_page_token(&self.state.keys, c))
                 .unwrap_or_default(),
         })
     }
@@ -350,6 +371,9 @@ impl IssuanceApi {
         };
         let count = req.count.unsigned_abs();
         let campaign = self.state.campaign_for(p, &campaign_id).await?;
+        // Before the batch is begun: a campaign under a key this process
+        // lacks is refused without leaving an open batch behind.
+        let hasher = self.state.hasher_of(&campaign)?.clone();
         let batch = self
             .state
             .ledger
@@ -361,6 +385,7 @@ impl IssuanceApi {
         let completed = Arc::new(AtomicBool::new(false));
         let job = Job {
             state: self.state.clone(),
+            hasher,
             campaign,
             batch,
             count,
@@ -506,6 +531,8 @@ impl From<giftx_ledger::LedgerError> for Stop {
 #[derive(Clone)]
 struct Job {
     state: Arc<AppState>,
+    /// The campaign's HMAC key.
+    hasher: Hasher,
     campaign: Arc<Campaign>,
     batch: Batch,
     count: u64,
@@ -563,7 +590,7 @@ impl Job {
         let job = self.clone();
         tokio::spawn(
             async move {
-                let hasher = job.state.hasher.clone();
+                let hasher = job.hasher.clone();
                 let series = job.campaign.series;
                 // Low priority: streams read at full speed must not take
                 // the CPU from RPCs and Redis (see crate::background).
@@ -662,7 +689,7 @@ impl Job {
                     .into());
                 };
                 let (new_item, new_hash) =
-                    one_code(&self.state.hasher, self.campaign.series, item.serial)?;
+                    one_code(&self.hasher, self.campaign.series, item.serial)?;
                 *item = new_item;
                 *hash = new_hash;
                 retry.push(new_hash);

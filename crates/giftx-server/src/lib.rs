@@ -38,8 +38,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use giftx_core::hash::KeyTooShort;
-use giftx_core::{Clock, Hasher, Secret, SystemClock};
+use giftx_core::{Clock, Hasher, KeyRing, Secret, SystemClock};
 use giftx_ledger::{Ledger, LedgerError, MemoryLedger};
 use giftx_provider::{MemoryProviderStore, ProviderStore};
 
@@ -116,6 +115,102 @@ fn read_key_file(what: &str, path: &Path) -> Result<Secret, ServerError> {
     Ok(Secret::new(key_bytes(bytes, giftx_core::hash::MIN_KEY_LEN)))
 }
 
+/// The HMAC key ring: `GIFTX_HMAC_KEYRING_FILE`'s keys (current first)
+/// and `GIFTX_HMAC_KEY_FILE`'s key as `default` (where the ring has a bare
+/// `default` line, else last); a random `default` key on the embedded
+/// ledger when neither is set.
+fn key_ring(config: &Config) -> Result<KeyRing, ServerError> {
+    use giftx_core::hash::DEFAULT_KEY_ID;
+    let single = match &config.hmac_key_file {
+        Some(path) => {
+            let key = read_key_file("GIFTX_HMAC_KEY_FILE", path)?;
+            if key.expose().len() < giftx_core::hash::MIN_KEY_LEN {
+                return Err(ServerError::Key(format!(
+                    "GIFTX_HMAC_KEY_FILE {} holds {} bytes; at least 32 are required (the \
+                     file's bytes are the key, e.g. `head -c 32 /dev/urandom`, or a text key \
+                     such as `openssl rand -hex 32`, whose surrounding whitespace is ignored)",
+                    path.display(),
+                    key.expose().len()
+                )));
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    let mut keys = Vec::new();
+    let mut single = single.map(|k| (DEFAULT_KEY_ID.to_owned(), k));
+    if let Some(path) = &config.hmac_keyring_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ServerError::Key(format!(
+                "cannot read GIFTX_HMAC_KEYRING_FILE {}: {e}",
+                path.display()
+            ))
+        })?;
+        let bad = |what: String| {
+            ServerError::Key(format!(
+                "GIFTX_HMAC_KEYRING_FILE {}: {what}",
+                path.display()
+            ))
+        };
+        let lines = KeyRing::parse(&text).map_err(|e| bad(e.to_string()))?;
+        if lines.is_empty() {
+            return Err(bad(
+                "holds no key (expected lines of `<key id> <key as hex>`, e.g. \
+                 `k2027a $(openssl rand -hex 32)`)"
+                    .into(),
+            ));
+        }
+        for (id, key) in lines {
+            match key {
+                Some(k) => keys.push((id, k)),
+                None if id == DEFAULT_KEY_ID => match single.take() {
+                    Some(k) => keys.push(k),
+                    None => {
+                        return Err(bad(
+                            "a bare `default` line names GIFTX_HMAC_KEY_FILE's key, \
+                             and GIFTX_HMAC_KEY_FILE is not set (or `default` is listed twice)"
+                                .into(),
+                        ));
+                    }
+                },
+                None => {
+                    return Err(bad(format!(
+                        "key {id:?} has no key material; only `default` may stand alone \
+                         (it names GIFTX_HMAC_KEY_FILE's key)"
+                    )));
+                }
+            }
+        }
+    }
+    keys.extend(single);
+    if keys.is_empty() {
+        if !config.embedded_ledger() {
+            return Err(ServerError::Key(
+                "GIFTX_HMAC_KEY_FILE (or GIFTX_HMAC_KEYRING_FILE) is required with the Redis \
+                 ledger (GIFTX_REDIS_URL): codes are stored as keyed hashes, and the key must \
+                 outlive this process. Create one with `head -c 32 /dev/urandom > hmac.key`"
+                    .into(),
+            ));
+        }
+        tracing::info!(
+            "no GIFTX_HMAC_KEY_FILE: using a random HMAC key (fine for the embedded ledger, whose data dies with the process)"
+        );
+        let h = Hasher::random().map_err(|e| ServerError::Key(format!("random HMAC key: {e}")))?;
+        return Ok(KeyRing::single(h));
+    }
+    let ring = KeyRing::new(keys).map_err(|e| {
+        ServerError::Key(format!(
+            "HMAC key ring (GIFTX_HMAC_KEYRING_FILE, GIFTX_HMAC_KEY_FILE): {e}"
+        ))
+    })?;
+    tracing::info!(
+        current = ring.current_id(),
+        keys = ?ring.ids().collect::<Vec<_>>(),
+        "HMAC key ring loaded"
+    );
+    Ok(ring)
+}
+
 /// The Redis connection options: the CA for `rediss://`
 /// (`GIFTX_REDIS_CA_FILE`) and the password (`GIFTX_REDIS_PASSWORD_FILE`).
 fn redis_options(config: &Config) -> Result<giftx_ledger::redis::RedisOptions, ServerError> {
@@ -160,32 +255,7 @@ pub async fn build_state(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<AppState>, ServerError> {
     config.validate()?;
-    let hasher = match &config.hmac_key_file {
-        Some(path) => {
-            Hasher::new(read_key_file("GIFTX_HMAC_KEY_FILE", path)?).map_err(|KeyTooShort(n)| {
-                ServerError::Key(format!(
-                    "GIFTX_HMAC_KEY_FILE {} holds {n} bytes; at least 32 are required (the \
-                     file's bytes are the key, e.g. `head -c 32 /dev/urandom`, or a text key \
-                     such as `openssl rand -hex 32`, whose surrounding whitespace is ignored)",
-                    path.display()
-                ))
-            })?
-        }
-        None if !config.embedded_ledger() => {
-            return Err(ServerError::Key(
-                "GIFTX_HMAC_KEY_FILE is required with the Redis ledger (GIFTX_REDIS_URL): \
-                 codes are stored as keyed hashes, and the key must outlive this process. \
-                 Create one with `head -c 32 /dev/urandom > hmac.key`"
-                    .into(),
-            ));
-        }
-        None => {
-            tracing::info!(
-                "no GIFTX_HMAC_KEY_FILE: using a random HMAC key (fine for the embedded ledger, whose data dies with the process)"
-            );
-            Hasher::random().map_err(|e| ServerError::Key(format!("random HMAC key: {e}")))?
-        }
-    };
+    let keys = key_ring(&config)?;
     let sealer = match &config.deliverable_keys_file {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| {
@@ -235,7 +305,7 @@ pub async fn build_state(
     let provider_set = providers::build(
         &config,
         ledger.clone(),
-        hasher.clone(),
+        keys.clone(),
         clock.clone(),
         store,
         sealer.clone(),
@@ -244,14 +314,14 @@ pub async fn build_state(
     let instance_id = state::new_instance_id();
     let exchanger = Arc::new(Exchanger::new(
         ledger.clone(),
-        hasher.clone(),
+        keys.clone(),
         clock.clone(),
         provider_set.adapters.clone(),
         sealer,
         config.exchange.settings(),
         instance_id.clone(),
     ));
-    let auth = auth::Auth::new(&config.security, access, hasher.clone(), clock.clone())
+    let auth = auth::Auth::new(&config.security, access, keys.clone(), clock.clone())
         .map_err(ServerError::Key)?;
     let engine = state::Engine {
         instance_id,
@@ -259,7 +329,7 @@ pub async fn build_state(
         provider_set: Arc::new(provider_set),
         auth: Arc::new(auth),
     };
-    let state = Arc::new(AppState::new(ledger, hasher, clock, config, engine));
+    let state = Arc::new(AppState::new(ledger, keys, clock, config, engine));
     check_campaign_providers(&state).await?;
     if state.config.seeds_demo() {
         let seeded = demo::seed(&state)

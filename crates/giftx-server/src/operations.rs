@@ -340,7 +340,7 @@ impl OperationsApi {
                     pin: pin.to_owned(),
                     expire_time_ms: expire,
                 };
-                out.push(ImportItem::new(&self.state.hasher, provider, entry));
+                out.push(ImportItem::new(self.state.keys.anchor(), provider, entry));
             }
         }
         if v.is_empty() { Ok(out) } else { Err(v) }
@@ -457,7 +457,7 @@ impl OperationsApi {
         let size = convert::page_size("page_size", req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             .map_err(|e| v.push(e))
             .ok();
-        let cursor = convert::decode_page_token(&self.state.hasher, "page_token", &req.page_token)
+        let cursor = convert::decode_page_token(&self.state.keys, "page_token", &req.page_token)
             .map_err(|e| v.push(e))
             .ok();
         let (Some(id), Some(state), Some(size), Some(mut cursor)) = (id, state, size, cursor)
@@ -495,7 +495,7 @@ impl OperationsApi {
             shipments,
             next_page_token: cursor
                 .as_deref()
-                .map(|c| convert::encode_page_token(&self.state.hasher, c))
+                .map(|c| convert::encode_page_token(&self.state.keys, c))
                 .unwrap_or_default(),
         })
     }
@@ -626,7 +626,7 @@ impl OperationsApi {
         let size = convert::page_size("page_size", req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             .map_err(|e| v.push(e))
             .ok();
-        let cursor = convert::decode_page_token(&self.state.hasher, "page_token", &req.page_token)
+        let cursor = convert::decode_page_token(&self.state.keys, "page_token", &req.page_token)
             .map_err(|e| v.push(e))
             .ok();
         let (Some(campaign), Some(size), Some(cursor)) = (campaign, size, cursor) else {
@@ -640,7 +640,7 @@ impl OperationsApi {
             preferences,
             next_page_token: next
                 .as_deref()
-                .map(|c| convert::encode_page_token(&self.state.hasher, c))
+                .map(|c| convert::encode_page_token(&self.state.keys, c))
                 .unwrap_or_default(),
         })
     }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use giftx_core::model::{BatchId, BatchState, CampaignId, ProviderId};
-use giftx_core::{Clock, Code, Hasher, LoginKey, Secret};
+use giftx_core::model::{BatchId, BatchState, Campaign, CampaignId, ProviderId};
+use giftx_core::{Clock, Code, Hasher, KeyRing, LoginKey, Secret};
 use giftx_ledger::{CodeRef, Ledger, LedgerError, NewCode, Refusal};
 use giftx_provider::{ProviderError, ProviderStore, SealedStore, StoreError};
 use giftx_providers::select::{SelectIssuer, SelectTarget};
@@ -51,7 +51,7 @@ pub struct ProviderSetupError(pub String);
 pub fn build(
     config: &Config,
     ledger: Arc<dyn Ledger>,
-    hasher: Hasher,
+    keys: KeyRing,
     clock: Arc<dyn Clock>,
     backend: Arc<dyn ProviderStore>,
     sealer: Arc<Sealer>,
@@ -59,17 +59,17 @@ pub fn build(
     let store: Arc<dyn ProviderStore> =
         Arc::new(SealedStore::new(backend, Arc::new(StoreSealer(sealer))));
     // The select gift derives its codes from the exchange key; the
-    // derivation secret comes from the HMAC key so it survives restarts
-    // and stays out of Redis.
+    // derivation secret comes from the HMAC key ring's anchor (oldest) key
+    // so it survives restarts and rotations and stays out of Redis.
     let secret = Secret::new(
-        hasher
+        keys.anchor()
             .fingerprint(&[b"select-derivation-secret"])
             .0
             .to_vec(),
     );
     let issuer = Arc::new(LedgerSelectIssuer {
         ledger,
-        hasher,
+        keys,
         clock: clock.clone(),
     });
     let host = Host::new(store.clone(), secret)
@@ -122,7 +122,7 @@ impl giftx_provider::Sealer for StoreSealer {
 /// gift like any batch.
 struct LedgerSelectIssuer {
     ledger: Arc<dyn Ledger>,
-    hasher: Hasher,
+    keys: KeyRing,
     clock: Arc<dyn Clock>,
 }
 
@@ -131,8 +131,21 @@ fn unknown(e: LedgerError) -> ProviderError {
 }
 
 impl LedgerSelectIssuer {
+    /// The key the select campaign's codes are hashed with; a retryable
+    /// failure while this process lacks it.
+    fn hasher_of(&self, c: &Campaign) -> Result<&Hasher, ProviderError> {
+        self.keys.get(&c.spec.hmac_key).ok_or_else(|| {
+            ProviderError::unknown(format!(
+                "campaign {} is hashed with HMAC key {:?}, which this server does not have",
+                c.spec.id, c.spec.hmac_key
+            ))
+        })
+    }
+
     fn batch_id(&self, code: &Code, attempt: u8) -> Result<BatchId, ProviderError> {
-        let d = self.hasher.code(code);
+        // Under the anchor key: the same code names the same batch across
+        // rotations.
+        let d = self.keys.anchor().code(code);
         let id = format!("select-{}-{attempt}", hex::encode(&d.0[..10]));
         BatchId::parse("batch_id", &id).map_err(|v| ProviderError::unknown(v.description))
     }
@@ -169,9 +182,10 @@ impl SelectIssuer for LedgerSelectIssuer {
             .await
             .map_err(unknown)?
             .ok_or_else(|| ProviderError::rejected("SELECT_CAMPAIGN_NOT_FOUND"))?;
+        let hasher = self.hasher_of(&c)?;
         let new = NewCode {
-            code: self.hasher.code(code),
-            login_key: self.hasher.login_key(code, login_key),
+            code: hasher.code(code),
+            login_key: hasher.login_key(code, login_key),
             serial: 1,
         };
         // A batch left open by a crash stalls and takes no more codes, so a
@@ -230,19 +244,26 @@ impl SelectIssuer for LedgerSelectIssuer {
 
     async fn has_code(
         &self,
-        _campaign: &CampaignId,
+        campaign: &CampaignId,
         code: &Code,
         login_key: &LoginKey,
     ) -> Result<bool, ProviderError> {
+        let c = self
+            .ledger
+            .get_campaign(campaign)
+            .await
+            .map_err(unknown)?
+            .ok_or_else(|| ProviderError::rejected("SELECT_CAMPAIGN_NOT_FOUND"))?;
+        let hasher = self.hasher_of(&c)?;
         let r = CodeRef {
             series: code.series(),
-            digest: self.hasher.code(code),
+            digest: hasher.code(code),
         };
         // The derived login key is right whenever the code exists, so this
         // never counts towards the lockout.
         match self
             .ledger
-            .verify(r, self.hasher.login_key(code, login_key), self.clock.now())
+            .verify(r, hasher.login_key(code, login_key), self.clock.now())
             .await
         {
             Ok(_) | Err(LedgerError::Refused(Refusal::Locked { .. })) => Ok(true),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use giftx_core::model::{Campaign, CampaignId};
-use giftx_core::{Clock, DomainError, Hasher, Series, Timestamp};
+use giftx_core::{Clock, DomainError, Hasher, KeyRing, Series, Timestamp};
 use giftx_ledger::Ledger;
 use tonic::Status;
 
@@ -51,8 +51,10 @@ pub fn new_instance_id() -> String {
 pub struct AppState {
     /// The ledger (Redis or embedded).
     pub ledger: Arc<dyn Ledger>,
-    /// Keyed hashing of codes, login keys, emails.
-    pub hasher: Hasher,
+    /// The HMAC keys of codes, login keys, emails, API keys and page
+    /// tokens: the current one for what is new, each campaign's own for
+    /// its codes.
+    pub keys: KeyRing,
     /// Where time comes from (a manual clock in tests).
     pub clock: Arc<dyn Clock>,
     /// The configuration giftxd started with.
@@ -85,7 +87,7 @@ impl AppState {
     /// providers and the engine built over it).
     pub fn new(
         ledger: Arc<dyn Ledger>,
-        hasher: Hasher,
+        keys: KeyRing,
         clock: Arc<dyn Clock>,
         config: Config,
         engine: Engine,
@@ -93,7 +95,7 @@ impl AppState {
         let providers = Arc::new(config.effective_providers());
         AppState {
             ledger,
-            hasher,
+            keys,
             clock,
             config: Arc::new(config),
             providers,
@@ -114,6 +116,20 @@ impl AppState {
     /// [`crate::status`]), at the current time.
     pub fn status(&self, e: impl Into<ApiError>) -> Status {
         e.into().into_status(self.now())
+    }
+
+    /// The key `campaign`'s codes are hashed with; UNAVAILABLE when this
+    /// process lacks it (the key ring is not rolled out here yet).
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] naming the key.
+    pub fn hasher_of(&self, campaign: &Campaign) -> Result<&Hasher, DomainError> {
+        self.keys.get(&campaign.spec.hmac_key).ok_or_else(|| {
+            DomainError::Unavailable(format!(
+                "campaign {} is hashed with HMAC key {:?}, which this server does not have",
+                campaign.spec.id, campaign.spec.hmac_key
+            ))
+        })
     }
 
     /// True when `id` is a configured provider.

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use giftx_core::hash::DEFAULT_KEY_ID;
 use giftx_core::model::{
     CampaignId, CampaignSpec, ExchangeState, OptionId, ProviderId, RedemptionOption, TenantId,
 };
@@ -126,6 +127,9 @@ struct SpecDto {
     /// writes now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tenant: Option<String>,
+    /// The HMAC key id; absent for the default key, for the same reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hk: Option<String>,
 }
 
 pub(crate) fn spec_json(spec: &CampaignSpec) -> Result<String, LedgerError> {
@@ -144,6 +148,7 @@ pub(crate) fn spec_json(spec: &CampaignSpec) -> Result<String, LedgerError> {
             })
             .collect(),
         tenant: (spec.tenant.as_str() != TenantId::DEFAULT).then(|| spec.tenant.to_string()),
+        hk: (spec.hmac_key != DEFAULT_KEY_ID).then(|| spec.hmac_key.clone()),
     };
     serde_json::to_string(&dto).map_err(internal)
 }
@@ -195,6 +200,7 @@ pub(crate) fn campaign(h: &HashMap<String, Vec<u8>>) -> Result<CampaignInfo, Led
                 Some(t) => TenantId::parse("tenant", &t).map_err(|e| internal(e.description))?,
                 None => TenantId::default_tenant(),
             },
+            hmac_key: dto.hk.unwrap_or_else(|| DEFAULT_KEY_ID.to_owned()),
         },
         series,
         create_time: Timestamp(n("ct")?),

@@ -2178,6 +2178,7 @@ mod tests {
         );
         let spec = CampaignSpec {
             tenant: giftx_core::model::TenantId::default_tenant(),
+            hmac_key: giftx_core::hash::DEFAULT_KEY_ID.to_owned(),
             id: CampaignId::parse("id", "sorry").unwrap(),
             display_name: "Apology".into(),
             owner: "owner".into(),
