@@ -264,7 +264,9 @@ impl AuthFailure {
     fn message(self) -> &'static str {
         match self {
             AuthFailure::Missing => {
-                "this giftxd needs an API key: send the metadata `authorization: Bearer <token>`"
+                "this giftxd needs an API key: send the metadata `authorization: Bearer <token>` \
+                 (or, with mTLS, a client certificate naming the key in a subjectAltName URI \
+                 `giftx:apiKeys/<id>`)"
             }
             AuthFailure::Invalid => "the API key is not valid",
             AuthFailure::Revoked => "the API key was revoked",
@@ -532,6 +534,33 @@ impl Auth {
         Ok(rec)
     }
 
+    /// The principal of a key whose holder is proven (its secret matched,
+    /// or a verified client certificate names it), unless it is revoked
+    /// or expired.
+    fn usable(&self, rec: ApiKeyRecord) -> Result<Principal, AuthFailure> {
+        if rec.revoke_time.is_some() {
+            return Err(AuthFailure::Revoked);
+        }
+        if rec.expire_time.is_some_and(|t| self.clock.now() >= t) {
+            return Err(AuthFailure::Expired);
+        }
+        Ok(Principal {
+            name: format!("apiKeys/{}", rec.id),
+            tenant: rec.tenant,
+            role: rec.role,
+        })
+    }
+
+    /// The principal of the API key a verified client certificate names
+    /// (`giftx:apiKeys/<id>`): the key's tenant and role; its revocation
+    /// and expiry hold as for its token.
+    async fn authenticate_cert(&self, id: &str) -> Result<Result<Principal, AuthFailure>, Status> {
+        Ok(match self.key(id).await? {
+            Some(rec) => self.usable(rec),
+            None => Err(AuthFailure::Invalid),
+        })
+    }
+
     /// The principal a bearer token names.
     async fn authenticate(&self, token: &str) -> Result<Result<Principal, AuthFailure>, Status> {
         if let Some(rest) = token.strip_prefix("gx1.") {
@@ -558,17 +587,7 @@ impl Auth {
             if !ct_eq(digest.as_bytes(), rec.digest.as_bytes()) {
                 return Ok(Err(AuthFailure::Invalid));
             }
-            if rec.revoke_time.is_some() {
-                return Ok(Err(AuthFailure::Revoked));
-            }
-            if rec.expire_time.is_some_and(|t| self.clock.now() >= t) {
-                return Ok(Err(AuthFailure::Expired));
-            }
-            return Ok(Ok(Principal {
-                name: format!("apiKeys/{}", rec.id),
-                tenant: rec.tenant,
-                role: rec.role,
-            }));
+            return Ok(self.usable(rec));
         }
         if let Some((digest, tenant)) = &self.bootstrap
             && ct_eq(
@@ -589,6 +608,7 @@ impl Auth {
     async fn admit(
         &self,
         headers: &http::HeaderMap,
+        cert_key: Option<&str>,
         need: Needs,
         path: &str,
     ) -> Result<Arc<Principal>, (Status, Option<Arc<Principal>>)> {
@@ -603,7 +623,13 @@ impl Auth {
                 scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
             })
             .filter(|t| !t.is_empty());
-        let Some(token) = token else {
+        // A bearer token, else the key the client certificate names.
+        let found = match (token, cert_key) {
+            (Some(token), _) => Some(self.authenticate(token).await),
+            (None, Some(id)) => Some(self.authenticate_cert(id).await),
+            (None, None) => None,
+        };
+        let Some(found) = found else {
             let f = AuthFailure::Missing;
             crate::metrics::global().auth_refused(f.reason());
             return Err((
@@ -617,7 +643,7 @@ impl Auth {
                 None,
             ));
         };
-        let p = match self.authenticate(token).await {
+        let p = match found {
             Ok(Ok(p)) => Arc::new(p),
             Ok(Err(f)) => {
                 crate::metrics::global().auth_refused(f.reason());
@@ -843,7 +869,13 @@ where
             }
             let slot = req.extensions().get::<AuditSlot>().cloned();
             let audited = matches!(need, Needs::Operator | Needs::Admin);
-            let admitted = auth.admit(req.headers(), need, &path).await;
+            let cert_key = req
+                .extensions()
+                .get::<crate::transport::ConnInfo>()
+                .and_then(|c| c.cert_key.clone());
+            let admitted = auth
+                .admit(req.headers(), cert_key.as_deref(), need, &path)
+                .await;
             // Audited: every call of an operator or admin method by a
             // known principal, refused by its role or limit included.
             // Calls without a valid key are counted and logged, not

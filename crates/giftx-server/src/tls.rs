@@ -21,6 +21,28 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::SecurityConfig;
 
+/// The subjectAltName URI prefix by which a client certificate names the
+/// API key it stands for: `giftx:apiKeys/<key id>`.
+pub const CERT_KEY_URI_PREFIX: &str = "giftx:apiKeys/";
+
+/// The API key id a client certificate names in a subjectAltName URI
+/// `giftx:apiKeys/<16 hex digits>`, if it names exactly one. Only called
+/// on a certificate rustls has verified against the client CA; a
+/// certificate naming two keys names none.
+pub fn cert_key_id(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => u.strip_prefix(CERT_KEY_URI_PREFIX),
+        _ => None,
+    });
+    let id = ids.next()?;
+    if ids.next().is_some() || id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(id.to_ascii_lowercase())
+}
+
 /// How long a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -101,6 +101,9 @@ impl Drop for InFlight {
 pub struct ConnInfo {
     /// Addresses, as tonic's own TCP incoming gives them.
     pub tcp: TcpConnectInfo,
+    /// The API key id the verified client certificate names
+    /// ([`crate::tls::cert_key_id`]), on an mTLS connection.
+    pub cert_key: Option<Arc<str>>,
     activity: Arc<Activity>,
 }
 
@@ -294,6 +297,14 @@ pub fn incoming(
                     .await
                 {
                     Ok(Ok(stream)) => {
+                        let mut conn = conn;
+                        conn.info.cert_key = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| crate::tls::cert_key_id(c))
+                            .map(Arc::from);
                         let _ = tx.send(conn.with(Io::Tls(Box::new(stream)))).await;
                     }
                     Ok(Err(e)) => {
@@ -365,6 +376,7 @@ impl Acceptor {
                     let _ = tcp.set_nodelay(true);
                     let info = ConnInfo {
                         tcp: tcp.connect_info(),
+                        cert_key: None,
                         activity: Activity::new(),
                     };
                     return (

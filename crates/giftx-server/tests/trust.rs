@@ -8,6 +8,7 @@
 //! - rate limits and end-user velocity trip at their numbers, recover, and
 //!   hold in total across two giftxd on one Redis;
 //! - mTLS refuses a client without a certificate; certificates reload;
+//!   a client certificate naming an API key is that key's principal;
 //! - a non-loopback address without TLS and authentication is refused
 //!   unless GIFTX_INSECURE=true.
 
@@ -1056,6 +1057,117 @@ async fn mtls_requires_a_client_certificate_and_certificates_reload() {
         .await
         .expect("still serving the last good certificate");
     health(ch).await.unwrap();
+}
+
+/// With mTLS, a client certificate whose subjectAltName URI names an API
+/// key (`giftx:apiKeys/<id>`) is that key's principal without a token: its
+/// tenant and role apply, revoking the key ends it, and a bearer token on
+/// the same connection still takes precedence. A certificate naming no
+/// key, an unknown key, or two keys gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_naming_an_api_key_is_that_keys_principal() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("giftx.toml"), CONFIG).unwrap();
+    std::fs::write(d.join("hmac.key"), [7u8; 32]).unwrap();
+    std::fs::write(d.join("deliverable.keys"), "ab".repeat(32)).unwrap();
+    std::fs::write(d.join("admin.token"), ADMIN).unwrap();
+    std::fs::create_dir(d.join("pki")).unwrap();
+    let pki = TestPki::new(&d.join("pki"), "mTLS principals CA");
+    let port = free_port();
+    let _g = start_giftxd_with(
+        d,
+        port,
+        &[
+            ("GIFTX_REDIS_URL", redis.url()),
+            ("GIFTX_TLS_CERT_FILE", path(&pki.server_cert())),
+            ("GIFTX_TLS_KEY_FILE", path(&pki.server_key())),
+            ("GIFTX_TLS_CLIENT_CA_FILE", path(&pki.ca())),
+            ("GIFTX_ADMIN_TOKEN_FILE", path(&d.join("admin.token"))),
+            ("GIFTX_AUTH_CACHE_MS", "0".into()),
+        ],
+    );
+    let (admin_cert, admin_key) = pki.client("admin-host");
+    let admin_ch = tls_channel(port, &pki.ca(), Some((&admin_cert, &admin_key)))
+        .await
+        .unwrap();
+    let (op_name, op_token) = create_key(&admin_ch, "acme", pb::Role::Operator, None).await;
+    let (portal_name, _) = create_key(&admin_ch, "acme", pb::Role::Portal, None).await;
+    let (other_name, _) = create_key(&admin_ch, "bravo", pb::Role::Operator, None).await;
+    let id = |name: &str| name.trim_start_matches("apiKeys/").to_owned();
+    let uri = |name: &str| format!("giftx:apiKeys/{}", id(name));
+    let connect = |cert: (std::path::PathBuf, std::path::PathBuf)| {
+        let ca = pki.ca();
+        async move {
+            tls_channel(port, &ca, Some((&cert.0, &cert.1)))
+                .await
+                .unwrap()
+        }
+    };
+    let create = |ch: Channel, id: &'static str, token: Option<String>| async move {
+        IssuanceServiceClient::new(ch)
+            .create_campaign(with(campaign(id, &[("gift", "sim")]), token.as_deref()))
+            .await
+    };
+    let list = |ch: Channel| async move {
+        IssuanceServiceClient::new(ch)
+            .list_campaigns(with(pb::ListCampaignsRequest::default(), None))
+            .await
+    };
+
+    // The operator's certificate: acme's operator, no token needed.
+    let op_ch = connect(pki.client_with_uris("op-host", &[&uri(&op_name)])).await;
+    let made = create(op_ch.clone(), "cert-made", None)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(made.tenant, "acme");
+    // bravo's operator certificate sees nothing of acme.
+    let other_ch = connect(pki.client_with_uris("other-host", &[&uri(&other_name)])).await;
+    let seen = list(other_ch).await.unwrap().into_inner();
+    assert!(seen.campaigns.is_empty(), "{seen:?}");
+    // The portal's certificate is a portal: no operator RPCs.
+    let portal_ch = connect(pki.client_with_uris("portal-host", &[&uri(&portal_name)])).await;
+    let e = list(portal_ch).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::PermissionDenied, "ROLE_NOT_ALLOWED")
+    );
+    // A certificate naming no key, an unknown key, or two keys: nothing.
+    for (name, uris) in [
+        ("plain-host", vec![]),
+        (
+            "unknown-host",
+            vec!["giftx:apiKeys/00000000000000aa".to_owned()],
+        ),
+        ("two-host", vec![uri(&op_name), uri(&portal_name)]),
+    ] {
+        let uris: Vec<&str> = uris.iter().map(String::as_str).collect();
+        let ch = connect(pki.client_with_uris(name, &uris)).await;
+        let e = list(ch).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{name}: {e:?}");
+    }
+    // A token on a certificate's connection takes precedence.
+    let ch = connect(pki.client_with_uris("op-host-2", &[&uri(&portal_name)])).await;
+    create(ch, "token-wins", Some(op_token)).await.unwrap();
+    // Revoking the key ends the certificate's access.
+    AccessServiceClient::new(admin_ch.clone())
+        .revoke_api_key(with(
+            pb::RevokeApiKeyRequest {
+                name: op_name.clone(),
+            },
+            Some(ADMIN),
+        ))
+        .await
+        .unwrap();
+    let e = list(op_ch).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::Unauthenticated, "API_KEY_REVOKED")
+    );
 }
 
 fn run_giftxd(listen: &str, env: &[(&str, &str)]) -> std::process::Child {

@@ -68,12 +68,21 @@ impl TestPki {
 
     /// A client certificate `<name>.crt` / `<name>.key` signed by the CA.
     pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
-        self.sign(
-            name,
-            &format!("/CN={name}"),
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=clientAuth\n",
-        );
+        self.client_with_uris(name, &[])
+    }
+
+    /// As [`TestPki::client`], with subjectAltName URIs (such as
+    /// `giftx:apiKeys/<id>`, naming the API key the certificate stands
+    /// for).
+    pub fn client_with_uris(&self, name: &str, uris: &[&str]) -> (PathBuf, PathBuf) {
+        let mut ext = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                       extendedKeyUsage=clientAuth\n"
+            .to_owned();
+        if !uris.is_empty() {
+            let names: Vec<String> = uris.iter().map(|u| format!("URI:{u}")).collect();
+            ext.push_str(&format!("subjectAltName={}\n", names.join(",")));
+        }
+        self.sign(name, &format!("/CN={name}"), &ext);
         (
             self.dir.join(format!("{name}.crt")),
             self.dir.join(format!("{name}.key")),
