@@ -194,6 +194,15 @@ pub trait AccessStore: Send + Sync + std::fmt::Debug {
         now_us: i64,
     ) -> Result<Take, LedgerError>;
 
+    /// Records the fingerprint of each HMAC key `(id, fingerprint)` whose
+    /// id the store has not seen, and returns the ids whose recorded
+    /// fingerprint differs from the one given: a key id that now names
+    /// other key material, which would find no code hashed before.
+    ///
+    /// # Errors
+    /// The store's error.
+    async fn check_hmac_keys(&self, keys: &[(String, String)]) -> Result<Vec<String>, LedgerError>;
+
     /// Failures counted for `who` in its current window.
     ///
     /// # Errors
@@ -252,6 +261,8 @@ struct MemoryAccess {
     buckets: HashMap<String, i64>,
     /// (failures, window end) per end user, by the process clock.
     failures: HashMap<String, (u32, std::time::Instant)>,
+    /// HMAC key id → fingerprint.
+    hmac_keys: HashMap<String, String>,
     audit: VecDeque<((i64, u64), AuditRecord)>,
 }
 
@@ -350,6 +361,18 @@ impl AccessStore for MemoryAccessStore {
             Some((n, end)) if *end > std::time::Instant::now() => *n,
             _ => 0,
         })
+    }
+
+    async fn check_hmac_keys(&self, keys: &[(String, String)]) -> Result<Vec<String>, LedgerError> {
+        let mut m = self.lock();
+        let mut differ = Vec::new();
+        for (id, fp) in keys {
+            let seen = m.hmac_keys.entry(id.clone()).or_insert_with(|| fp.clone());
+            if seen != fp {
+                differ.push(id.clone());
+            }
+        }
+        Ok(differ)
     }
 
     async fn add_failure(&self, who: &str, window: Duration) -> Result<u32, LedgerError> {

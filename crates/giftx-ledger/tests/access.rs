@@ -126,6 +126,27 @@ async fn exercise(s: Arc<dyn AccessStore>) {
         .await
         .unwrap();
     assert!(late.is_empty());
+
+    // HMAC key fingerprints: recorded on first sight, differences named.
+    let pair = |id: &str, fp: &str| (id.to_owned(), fp.to_owned());
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        s.check_hmac_keys(&[pair("default", "aa")]).await.unwrap(),
+        none
+    );
+    assert_eq!(
+        s.check_hmac_keys(&[pair("k2", "bb"), pair("default", "aa")])
+            .await
+            .unwrap(),
+        none
+    );
+    assert_eq!(
+        s.check_hmac_keys(&[pair("k2", "cc"), pair("default", "aa"), pair("k3", "dd")])
+            .await
+            .unwrap(),
+        ["k2"]
+    );
+    assert_eq!(s.check_hmac_keys(&[pair("k3", "dd")]).await.unwrap(), none);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,6 +211,37 @@ fn key_ring(config: &Config) -> Result<KeyRing, ServerError> {
     Ok(ring)
 }
 
+/// Refuses to start when a key id of the ring names other key material
+/// than the ledger recorded for it the first time it was used: every code
+/// of its campaigns would then look unknown, and each holder's try would
+/// count as a wrong key. A ledger that cannot be asked now is not a
+/// reason to stay down: the check is logged and skipped.
+async fn check_key_ring(
+    keys: &KeyRing,
+    access: &dyn giftx_ledger::access::AccessStore,
+) -> Result<(), ServerError> {
+    let prints: Vec<(String, String)> = keys
+        .ids()
+        .zip(keys.hashers())
+        .map(|(id, h)| (id.to_owned(), hex::encode(h.key_check())))
+        .collect();
+    match access.check_hmac_keys(&prints).await {
+        Ok(differ) if differ.is_empty() => Ok(()),
+        Ok(differ) => Err(ServerError::Key(format!(
+            "HMAC key id(s) {} name other key material than this ledger has seen under \
+             them: codes hashed before would not be found and holders' tries would count \
+             as wrong login keys. Restore the original key (GIFTX_HMAC_KEY_FILE is id \
+             `default`; GIFTX_HMAC_KEYRING_FILE lines are `<id> <hex>`); a new key needs \
+             a new id",
+            differ.join(", ")
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the HMAC key ring against the ledger now; starting anyway");
+            Ok(())
+        }
+    }
+}
+
 /// The Redis connection options: the CA for `rediss://`
 /// (`GIFTX_REDIS_CA_FILE`) and the password (`GIFTX_REDIS_PASSWORD_FILE`).
 fn redis_options(config: &Config) -> Result<giftx_ledger::redis::RedisOptions, ServerError> {
@@ -321,6 +352,7 @@ pub async fn build_state(
         config.exchange.settings(),
         instance_id.clone(),
     ));
+    check_key_ring(&keys, access.as_ref()).await?;
     let auth = auth::Auth::new(&config.security, access, keys.clone(), clock.clone())
         .map_err(ServerError::Key)?;
     let engine = state::Engine {

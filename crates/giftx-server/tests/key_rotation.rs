@@ -3,7 +3,8 @@
 //! the campaigns, API keys and page tokens made under the old key, hashes
 //! new campaigns and API keys with the new one and says so; a giftxd that
 //! lacks a campaign's key answers UNAVAILABLE instead of "no such code"
-//! (and never counts a wrong try); a malformed ring stops giftxd at start.
+//! (and never counts a wrong try); a malformed ring, or a key id that now
+//! names other key material than the ledger saw, stops giftxd at start.
 
 use std::path::Path;
 
@@ -273,6 +274,62 @@ async fn a_rotated_ring_keeps_what_the_old_key_made_and_hashes_new_things_with_t
     verify(&old, &portal, &codes[1], &codes[1].login_key)
         .await
         .unwrap();
+
+    // A key id that now names other material stops giftxd at start: the
+    // single key file replaced, or k2 regenerated under the same id.
+    std::fs::write(d.join("other.key"), [8u8; 32]).unwrap();
+    std::fs::write(d.join("other.keys"), format!("k2 {}\n", "0a".repeat(32))).unwrap();
+    for (file, ring, bad) in [
+        ("other.key", None, "default"),
+        ("hmac.key", Some("other.keys"), "k2"),
+    ] {
+        let mut extra = env.clone();
+        extra.push(("GIFTX_HMAC_KEY_FILE", path(&d.join(file))));
+        if let Some(r) = ring {
+            extra.push(("GIFTX_HMAC_KEYRING_FILE", path(&d.join(r))));
+        }
+        let stderr = exits_with_error(d, &extra);
+        assert!(
+            stderr.contains("other key material") && stderr.contains(bad),
+            "{stderr}"
+        );
+    }
+}
+
+/// Runs giftxd with `env` (and `dir`'s config and deliverable keys), which
+/// must exit with an error within 30 s; returns its stderr.
+fn exits_with_error(dir: &Path, env: &[(&str, String)]) -> String {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_giftxd"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GIFTX_") || k == "RUST_LOG" || k.starts_with("OTEL_") {
+            c.env_remove(k);
+        }
+    }
+    let mut child = c
+        .arg("--config")
+        .arg(dir.join("giftx.toml"))
+        .env("GIFTX_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("GIFTX_DELIVERABLE_KEYS_FILE", dir.join("deliverable.keys"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("giftxd did not refuse to start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    err
 }
 
 #[test]

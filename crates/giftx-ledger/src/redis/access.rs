@@ -9,7 +9,9 @@
 //!   expiring when the bucket is full again;
 //! - `{eu:<digest>}` STRING: an end user's failures in its window;
 //! - `{audit}:s` STREAM: the audit trail, field `e` = event JSON, trimmed
-//!   by age (`MINID`).
+//!   by age (`MINID`);
+//! - `{auth}:hmac` HASH: HMAC key id → the key's fingerprint, recorded the
+//!   first time a giftxd starts with that id.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -28,6 +30,7 @@ use crate::{LedgerError, Page};
 const KEYS: &str = "{auth}:keys";
 const ORDER: &str = "{auth}:order";
 const AUDIT: &str = "{audit}:s";
+const HMAC_KEYS: &str = "{auth}:hmac";
 
 macro_rules! access_scripts {
     ($($field:ident => $file:literal),* $(,)?) => {
@@ -54,6 +57,7 @@ access_scripts! {
     take => "access_take-1.lua",
     fail => "access_fail-1.lua",
     audit => "access_audit-1.lua",
+    check_keys => "access_check_keys-1.lua",
 }
 
 fn internal(what: impl std::fmt::Display) -> LedgerError {
@@ -274,6 +278,19 @@ impl AccessStore for RedisAccessStore {
             Value::Nil => Ok(0),
             v => text(&v)?.parse().map_err(internal),
         }
+    }
+
+    async fn check_hmac_keys(&self, keys: &[(String, String)]) -> Result<Vec<String>, LedgerError> {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() * 2);
+        for (id, fp) in keys {
+            args.push(id.as_bytes());
+            args.push(fp.as_bytes());
+        }
+        let (_, v) = self.run(&SCRIPTS.check_keys, &[HMAC_KEYS], &args).await?;
+        v.iter()
+            .skip(1)
+            .map(|x| String::from_utf8(bytes(x)?).map_err(internal))
+            .collect()
     }
 
     async fn add_failure(&self, who: &str, window: Duration) -> Result<u32, LedgerError> {
