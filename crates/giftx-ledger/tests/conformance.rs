@@ -3428,6 +3428,117 @@ pub async fn redis_fixture() -> Fixture {
     }
 }
 
+mod sentinel {
+    suite!(super::sentinel_fixture, 6);
+}
+
+/// One Sentinel group (master, two replicas, three sentinels) for the
+/// whole test binary; each test takes a logical database of its master.
+mod sentinel_support {
+    use std::sync::{Condvar, Mutex, OnceLock};
+
+    use giftx_testkit::SentinelGroup;
+
+    pub struct Shared {
+        pub sentinels: Vec<String>,
+        free: Mutex<Vec<i64>>,
+        returned: Condvar,
+    }
+
+    static GROUP: Mutex<Option<SentinelGroup>> = Mutex::new(None);
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+
+    unsafe extern "C" {
+        fn atexit(cb: extern "C" fn()) -> std::ffi::c_int;
+    }
+
+    extern "C" fn stop_group() {
+        if let Ok(mut g) = GROUP.lock() {
+            g.take();
+        }
+    }
+
+    pub fn shared() -> &'static Shared {
+        SHARED.get_or_init(|| {
+            let group = SentinelGroup::start();
+            let sentinels = group.sentinel_urls();
+            *GROUP.lock().expect("group slot") = Some(group);
+            // SAFETY: registers a plain function; libc runs it at exit.
+            unsafe {
+                atexit(stop_group);
+            }
+            Shared {
+                sentinels,
+                free: Mutex::new((0..16).collect()),
+                returned: Condvar::new(),
+            }
+        })
+    }
+
+    /// A flushed logical database of the master, returned on drop.
+    pub struct SentinelDb {
+        pub db: i64,
+    }
+
+    impl SentinelDb {
+        pub fn acquire() -> SentinelDb {
+            let s = shared();
+            let mut free = s.free.lock().expect("db pool");
+            let db = loop {
+                if let Some(db) = free.pop() {
+                    break db;
+                }
+                free = s.returned.wait(free).expect("db pool");
+            };
+            drop(free);
+            let port = GROUP
+                .lock()
+                .expect("group slot")
+                .as_ref()
+                .and_then(SentinelGroup::master_port)
+                .expect("an agreed master");
+            let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/{db}"))
+                .and_then(|c| c.get_connection())
+                .expect("connect to the master");
+            redis::cmd("FLUSHDB").query::<()>(&mut c).expect("FLUSHDB");
+            SentinelDb { db }
+        }
+    }
+
+    impl Drop for SentinelDb {
+        fn drop(&mut self) {
+            let s = shared();
+            if let Ok(mut free) = s.free.lock() {
+                free.push(self.db);
+                s.returned.notify_one();
+            }
+        }
+    }
+}
+
+/// The Redis ledger on the master a Sentinel group names (claims and
+/// completions wait for a replica: the master has two).
+pub async fn sentinel_fixture() -> Fixture {
+    let db = sentinel_support::SentinelDb::acquire();
+    let sentinels = sentinel_support::shared().sentinels.clone();
+    let options = giftx_ledger::redis::RedisOptions {
+        database: db.db,
+        ..Default::default()
+    };
+    let ledger = giftx_ledger::RedisLedger::connect_sentinel(
+        &sentinels,
+        giftx_testkit::sentinel::MASTER_NAME,
+        config(),
+        options,
+    )
+    .await
+    .expect("connect the Redis ledger through Sentinel");
+    Fixture {
+        ledger: Box::new(ledger),
+        _guard: Some(Box::new(db)),
+    }
+}
+
 /// The Redis ledger keeps its data in the database its URL names (the
 /// other tests rely on it for isolation).
 #[test]

@@ -610,6 +610,21 @@ pub struct Config {
     /// need not sit in the URL; the file's content without its trailing
     /// newline. Overrides a password in the URL.
     pub redis_password_file: Option<PathBuf>,
+    /// Sentinel mode (`GIFTX_REDIS_SENTINELS`): the sentinels,
+    /// `redis://[user:password@]host:port` each (`rediss://` for TLS).
+    pub redis_sentinels: Vec<String>,
+    /// The master name the sentinels watch (`GIFTX_REDIS_SENTINEL_MASTER`).
+    pub redis_sentinel_master: Option<String>,
+    /// Cluster mode (`GIFTX_REDIS_CLUSTER_NODES`): refused with a clear
+    /// message until it is supported.
+    pub redis_cluster_nodes: Vec<String>,
+    /// The ACL user for the master in Sentinel mode (`GIFTX_REDIS_USERNAME`;
+    /// with a single node the user is in the URL).
+    pub redis_username: Option<String>,
+    /// Replicas a claim and a completion must reach before giftx acts on
+    /// them (`GIFTX_REDIS_MIN_REPLICAS_ACKED`); unset: 1 in Sentinel mode,
+    /// and with one node 1 when it has replicas, else 0.
+    pub redis_min_replicas_acked: Option<usize>,
     /// Where metrics are served, if anywhere (`GIFTX_METRICS_LISTEN`).
     pub metrics_listen: Option<SocketAddr>,
     /// A second, plaintext listener serving `grpc.health.v1` only
@@ -663,6 +678,11 @@ impl Default for Config {
             redis_url: None,
             redis_ca_file: None,
             redis_password_file: None,
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: None,
+            redis_cluster_nodes: Vec::new(),
+            redis_username: None,
+            redis_min_replicas_acked: None,
             metrics_listen: None,
             health_listen: None,
             services: ServiceKind::ALL.to_vec(),
@@ -788,6 +808,28 @@ impl Config {
         if let Some(v) = get("GIFTX_REDIS_PASSWORD_FILE") {
             self.redis_password_file = Some(PathBuf::from(v));
         }
+        let list = |v: &str| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        if let Some(v) = get("GIFTX_REDIS_SENTINELS") {
+            self.redis_sentinels = list(&v);
+        }
+        if let Some(v) = get("GIFTX_REDIS_SENTINEL_MASTER") {
+            self.redis_sentinel_master = Some(v.trim().to_owned());
+        }
+        if let Some(v) = get("GIFTX_REDIS_CLUSTER_NODES") {
+            self.redis_cluster_nodes = list(&v);
+        }
+        if let Some(v) = get("GIFTX_REDIS_USERNAME") {
+            self.redis_username = Some(v.trim().to_owned());
+        }
+        if let Some(v) = get("GIFTX_REDIS_MIN_REPLICAS_ACKED") {
+            self.redis_min_replicas_acked = Some(env_parse("GIFTX_REDIS_MIN_REPLICAS_ACKED", &v)?);
+        }
         if let Some(v) = get("GIFTX_METRICS_LISTEN") {
             self.metrics_listen = Some(env_parse("GIFTX_METRICS_LISTEN", &v)?);
         }
@@ -897,6 +939,32 @@ impl Config {
             return bad("services: name at least one of issuance, exchange, expiry".into());
         }
         self.security.validate()?;
+        let modes = [
+            self.redis_url.is_some(),
+            !self.redis_sentinels.is_empty(),
+            !self.redis_cluster_nodes.is_empty(),
+        ];
+        if modes.iter().filter(|m| **m).count() > 1 {
+            return bad("set one Redis mode only: GIFTX_REDIS_URL (one node), \
+                 GIFTX_REDIS_SENTINELS with GIFTX_REDIS_SENTINEL_MASTER (Sentinel), or \
+                 GIFTX_REDIS_CLUSTER_NODES (Cluster)"
+                .into());
+        }
+        if !self.redis_cluster_nodes.is_empty() {
+            return bad(
+                "GIFTX_REDIS_CLUSTER_NODES: Redis Cluster is not supported yet; use \
+                 one node (GIFTX_REDIS_URL) or Sentinel (GIFTX_REDIS_SENTINELS)"
+                    .into(),
+            );
+        }
+        if self.redis_sentinels.is_empty() != self.redis_sentinel_master.is_none() {
+            return bad(
+                "Sentinel mode needs both GIFTX_REDIS_SENTINELS (the sentinels, \
+                 redis://host:port, comma-separated) and GIFTX_REDIS_SENTINEL_MASTER (the \
+                 master name they watch)"
+                    .into(),
+            );
+        }
         if !(1_000..=1_000_000).contains(&self.issuance.chunk_size) {
             return bad(format!(
                 "issuance.chunk_size {} is outside 1000..=1000000",
@@ -978,7 +1046,7 @@ impl Config {
 
     /// True when the embedded (in-process) ledger is used.
     pub fn embedded_ledger(&self) -> bool {
-        self.redis_url.is_none()
+        self.redis_url.is_none() && self.redis_sentinels.is_empty()
     }
 
     /// Whether the demo campaigns are seeded at start.

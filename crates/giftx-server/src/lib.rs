@@ -245,7 +245,11 @@ async fn check_key_ring(
 /// The Redis connection options: the CA for `rediss://`
 /// (`GIFTX_REDIS_CA_FILE`) and the password (`GIFTX_REDIS_PASSWORD_FILE`).
 fn redis_options(config: &Config) -> Result<giftx_ledger::redis::RedisOptions, ServerError> {
-    let mut options = giftx_ledger::redis::RedisOptions::default();
+    let mut options = giftx_ledger::redis::RedisOptions {
+        username: config.redis_username.clone(),
+        min_replicas_acked: config.redis_min_replicas_acked,
+        ..Default::default()
+    };
     if let Some(p) = &config.redis_ca_file {
         let pem = std::fs::read(p).map_err(|e| {
             ServerError::Key(format!(
@@ -317,6 +321,25 @@ pub async fn build_state(
         Arc<dyn ProviderStore>,
         Arc<dyn giftx_ledger::access::AccessStore>,
     ) = match &config.redis_url {
+        None if !config.redis_sentinels.is_empty() => {
+            let options = redis_options(&config)?;
+            let master = config.redis_sentinel_master.as_deref().unwrap_or_default();
+            let redis = giftx_ledger::RedisLedger::connect_sentinel(
+                &config.redis_sentinels,
+                master,
+                ledger_config,
+                options,
+            )
+            .await
+            .map_err(|e| {
+                ServerError::Ledger(format!(
+                    "cannot reach the Redis master {master:?} through the sentinels: {e}"
+                ))
+            })?;
+            let store = Arc::new(redis.provider_store());
+            let access = Arc::new(redis.access_store());
+            (Arc::new(redis), store, access)
+        }
         None => (
             Arc::new(MemoryLedger::new(ledger_config)),
             Arc::new(MemoryProviderStore::new()),

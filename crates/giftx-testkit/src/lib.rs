@@ -9,11 +9,15 @@
 //!   typed clients.
 //! - [`pki`]: [`TestPki`] makes a CA, a server certificate for
 //!   `127.0.0.1` and client certificates with the `openssl` CLI.
+//! - [`sentinel`]: [`SentinelGroup`] runs a master, two replicas and three
+//!   sentinels, and can kill and restart any data node.
 
 pub mod app;
 pub mod pki;
 pub mod redis;
+pub mod sentinel;
 
 pub use app::{TestApp, TestAppOptions};
 pub use pki::TestPki;
 pub use redis::RedisServer;
+pub use sentinel::SentinelGroup;

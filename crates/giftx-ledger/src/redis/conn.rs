@@ -21,7 +21,7 @@
 //! is sent on a socket the process already knew was gone.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -56,10 +56,118 @@ enum Target {
         host: String,
         port: u16,
         connector: tokio_rustls::TlsConnector,
-        name: rustls::pki_types::ServerName<'static>,
     },
     #[cfg(unix)]
     Unix(PathBuf),
+    /// The master a Sentinel group names, found again on every connect.
+    Sentinel(Arc<SentinelTarget>),
+}
+
+/// One sentinel: its address and its own credentials.
+struct SentinelAddr {
+    host: String,
+    port: u16,
+    redis: RedisConnectionInfo,
+}
+
+/// Sentinel mode: where the sentinels are, which master they watch, and
+/// what this process last learned of it.
+pub(crate) struct SentinelTarget {
+    sentinels: Vec<SentinelAddr>,
+    master: String,
+    /// TLS to the sentinels and the master (`rediss://` sentinel URLs).
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// The master's address as last learned, and an epoch bumped whenever
+    /// it changes: a connection opened under an older epoch is to a former
+    /// master and is never handed out again.
+    current: RwLock<Option<(String, u16)>>,
+    epoch: AtomicU64,
+}
+
+impl SentinelTarget {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Records `addr` as the master's; returns the epoch it belongs to.
+    fn learned(&self, addr: &(String, u16)) -> u64 {
+        let mut cur = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cur.as_ref() != Some(addr) {
+            if cur.is_some() {
+                tracing::warn!(
+                    master = %self.master,
+                    from = ?cur,
+                    to = ?addr,
+                    "Sentinel names a new Redis master: reconnecting"
+                );
+            }
+            *cur = Some(addr.clone());
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        self.epoch()
+    }
+
+    /// Asks the sentinels in turn for the master's address; the first
+    /// answer wins.
+    async fn resolve(&self, timeout: Duration) -> Result<(String, u16), RedisError> {
+        let mut last = None;
+        for s in &self.sentinels {
+            let ask = async {
+                let mut c = connect(&s.host, s.port, self.tls.as_ref(), &s.redis)
+                    .await?
+                    .inner;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&self.master)
+                    .query_async::<Option<(String, u16)>>(&mut c)
+                    .await
+            };
+            match tokio::time::timeout(timeout, ask).await {
+                Ok(Ok(Some(addr))) => return Ok(addr),
+                Ok(Ok(None)) => {
+                    last = Some(RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "a sentinel does not know the master name",
+                        self.master.clone(),
+                    )));
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "asking a sentinel timed out",
+                    )));
+                }
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| RedisError::from(std::io::Error::other("no sentinel configured"))))
+    }
+}
+
+/// How often the sentinels are asked whether the master moved (besides
+/// every reconnect): bounds how long writes could go to a master that was
+/// replaced while its connections stayed open (a partition).
+const SENTINEL_POLL: Duration = Duration::from_millis(500);
+
+/// Polls the sentinels while the pool lives; a new master address makes
+/// every connection to the old one stale.
+fn watch_sentinels(target: &Arc<SentinelTarget>, timeout: Duration) {
+    let weak = Arc::downgrade(target);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SENTINEL_POLL).await;
+            let Some(t) = weak.upgrade() else {
+                return;
+            };
+            if let Ok(addr) = t.resolve(timeout).await {
+                t.learned(&addr);
+            }
+        }
+    });
 }
 
 /// TLS settings for a `rediss://` URL.
@@ -80,11 +188,24 @@ pub(crate) struct Conn {
     /// at it: an EOF or error already received means Redis closed it,
     /// even if the driver task has not run since.
     probe: Option<Arc<std::net::TcpStream>>,
+    /// In Sentinel mode: the target and the epoch this connection was
+    /// opened under.
+    sentinel: Option<(Arc<SentinelTarget>, u64)>,
+    /// Replicas a durable write waits for unless configured: in Sentinel
+    /// mode 1 (a failover needs a replica anyway); otherwise 1 when the
+    /// server had replicas when this connection was opened (`ROLE`).
+    pub(crate) wait_default: usize,
 }
 
 impl Conn {
     fn alive(&self) -> bool {
         if self.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        if let Some((t, epoch)) = &self.sentinel
+            && t.epoch() != *epoch
+        {
+            self.dead.store(true, Ordering::Release);
             return false;
         }
         let Some(probe) = &self.probe else {
@@ -107,10 +228,16 @@ impl Conn {
     /// After `e`, is this connection finished? (Then it is marked dead at
     /// once, not only when its driver gets to notice.)
     fn note(&self, e: &RedisError) {
-        if broken(e) {
+        if broken(e) || read_only(e) {
             self.dead.store(true, Ordering::Release);
         }
     }
+}
+
+/// The server is a replica now (a demoted master): the command was
+/// refused, nothing was written, and the connection must go.
+pub(crate) fn read_only(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
 
 /// An error that means the connection itself is gone (as opposed to an
@@ -219,12 +346,13 @@ impl Pool {
                                 certificate (GIFTX_REDIS_CA_FILE)"
                         .into());
                 };
+                // Checked here so a bad name fails at start.
+                rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| format!("TLS server name {host}: {e}"))?;
                 Target::Tls {
                     host: host.clone(),
                     port: *port,
                     connector: tls_connector(ca)?,
-                    name: rustls::pki_types::ServerName::try_from(host.clone())
-                        .map_err(|e| format!("TLS server name {host}: {e}"))?,
                 }
             }
             ConnectionAddr::Tcp(host, port) => Target::Tcp {
@@ -273,56 +401,188 @@ impl Pool {
         Ok(c)
     }
 
-    /// Opens a connection: socket (and TLS), AUTH/SELECT, and its driver
-    /// spawned on this runtime, marking it dead when it ends.
+    /// A pool of `size` connections to the master the sentinels at
+    /// `sentinels` (`redis://[user:password@]host:port` each, `rediss://`
+    /// for TLS to them and to the master) name `master`; connects none yet,
+    /// and starts watching the sentinels for a new master.
+    pub(crate) fn new_sentinel(
+        sentinels: &[String],
+        master: &str,
+        (user, password, db): (Option<&str>, Option<&str>, i64),
+        tls: &TlsOptions,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<Pool, String> {
+        if sentinels.is_empty() {
+            return Err("no sentinel given".into());
+        }
+        let tls_urls = sentinels
+            .iter()
+            .filter(|u| u.starts_with("rediss://"))
+            .count();
+        if tls_urls != 0 && tls_urls != sentinels.len() {
+            return Err("the sentinel URLs mix redis:// and rediss://".into());
+        }
+        let mut addrs = Vec::new();
+        for url in sentinels {
+            let plain = match url.strip_prefix("rediss://") {
+                Some(rest) => format!("redis://{rest}"),
+                None => url.clone(),
+            };
+            let client = redis::Client::open(plain.as_str())
+                .map_err(|e| format!("sentinel URL {url:?}: {e}"))?;
+            let info = client.get_connection_info();
+            let ConnectionAddr::Tcp(host, port) = info.addr() else {
+                return Err(format!("sentinel URL {url:?}: expected redis://host:port"));
+            };
+            addrs.push(SentinelAddr {
+                host: host.clone(),
+                port: *port,
+                redis: info.redis_settings().clone(),
+            });
+        }
+        let tls = if tls_urls > 0 {
+            let Some(ca) = &tls.ca_pem else {
+                return Err("rediss:// sentinels need the CA that signs the servers' \
+                            certificates (GIFTX_REDIS_CA_FILE)"
+                    .into());
+            };
+            Some(tls_connector(ca)?)
+        } else {
+            None
+        };
+        let mut redis = RedisConnectionInfo::default().set_db(db);
+        if let Some(u) = user {
+            redis = redis.set_username(u);
+        }
+        if let Some(p) = password {
+            redis = redis.set_password(p);
+        }
+        let target = Arc::new(SentinelTarget {
+            sentinels: addrs,
+            master: master.to_owned(),
+            tls,
+            current: RwLock::new(None),
+            epoch: AtomicU64::new(0),
+        });
+        watch_sentinels(&target, timeout);
+        Ok(Pool {
+            target: Target::Sentinel(target),
+            redis,
+            timeout,
+            slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
+        })
+    }
+
+    /// Opens a connection: socket (and TLS), AUTH/SELECT, its driver
+    /// spawned on this runtime (marking it dead when it ends), and `ROLE`:
+    /// how many replicas the server has, and in Sentinel mode that it
+    /// really is a master (never one being demoted).
     async fn open(&self) -> Result<Conn, RedisError> {
-        match &self.target {
-            Target::Tcp { host, port } => {
-                let (s, probe) = tcp(host, *port).await?;
-                self.start(s, Some(probe)).await
-            }
+        let mut conn = match &self.target {
+            Target::Tcp { host, port } => connect(host, *port, None, &self.redis).await?,
             Target::Tls {
                 host,
                 port,
                 connector,
-                name,
-            } => {
-                let (s, probe) = tcp(host, *port).await?;
-                let s = connector.connect(name.clone(), s).await?;
-                self.start(s, Some(probe)).await
-            }
+            } => connect(host, *port, Some(connector), &self.redis).await?,
             #[cfg(unix)]
             Target::Unix(path) => {
-                self.start(tokio::net::UnixStream::connect(path).await?, None)
-                    .await
+                start(
+                    tokio::net::UnixStream::connect(path).await?,
+                    None,
+                    &self.redis,
+                )
+                .await?
             }
+            Target::Sentinel(t) => {
+                let addr = t.resolve(self.timeout).await?;
+                let mut c = connect(&addr.0, addr.1, t.tls.as_ref(), &self.redis).await?;
+                let (master, _) = role(&mut c).await?;
+                if !master {
+                    return Err(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        format!(
+                            "the node Sentinel names master of {} ({}:{}) is not a master yet",
+                            t.master, addr.0, addr.1
+                        ),
+                    )));
+                }
+                c.wait_default = 1;
+                c.sentinel = Some((t.clone(), t.learned(&addr)));
+                return Ok(c);
+            }
+        };
+        // ROLE may be refused to a restricted ACL user: then no replicas
+        // are assumed.
+        if let Ok((_, replicas)) = role(&mut conn).await {
+            conn.wait_default = replicas.min(1);
+        }
+        Ok(conn)
+    }
+}
+
+/// `ROLE`: is the server a master, and with how many replicas.
+async fn role(c: &mut Conn) -> Result<(bool, usize), RedisError> {
+    let v: Vec<Value> = redis::cmd("ROLE").query_async(c).await?;
+    let master = matches!(v.first(), Some(Value::BulkString(b)) if b == b"master");
+    let replicas = match v.get(2) {
+        Some(Value::Array(r)) if master => r.len(),
+        _ => 0,
+    };
+    Ok((master, replicas))
+}
+
+/// A connection to `host:port` (over TLS with `tls`, the host being the
+/// name checked in the certificate), authenticated as `redis` says.
+async fn connect(
+    host: &str,
+    port: u16,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    redis: &RedisConnectionInfo,
+) -> Result<Conn, RedisError> {
+    let (s, probe) = tcp(host, port).await?;
+    match tls {
+        None => start(s, Some(probe), redis).await,
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+                RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "bad TLS server name",
+                    format!("{host}: {e}"),
+                ))
+            })?;
+            let s = connector.connect(name, s).await?;
+            start(s, Some(probe), redis).await
         }
     }
+}
 
-    async fn start<S>(
-        &self,
-        stream: S,
-        probe: Option<std::net::TcpStream>,
-    ) -> Result<Conn, RedisError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        // No response timeout here: every call has its own deadline.
-        let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        let (inner, driver) =
-            MultiplexedConnection::new_with_config(&self.redis, stream, config).await?;
-        let dead = Arc::new(AtomicBool::new(false));
-        let flag = dead.clone();
-        tokio::spawn(async move {
-            driver.await;
-            flag.store(true, Ordering::Release);
-        });
-        Ok(Conn {
-            inner,
-            dead,
-            probe: probe.map(Arc::new),
-        })
-    }
+/// Starts the multiplexed connection over `stream` and its driver task.
+async fn start<S>(
+    stream: S,
+    probe: Option<std::net::TcpStream>,
+    redis: &RedisConnectionInfo,
+) -> Result<Conn, RedisError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // No response timeout here: every call has its own deadline.
+    let config = AsyncConnectionConfig::new().set_response_timeout(None);
+    let (inner, driver) = MultiplexedConnection::new_with_config(redis, stream, config).await?;
+    let dead = Arc::new(AtomicBool::new(false));
+    let flag = dead.clone();
+    tokio::spawn(async move {
+        driver.await;
+        flag.store(true, Ordering::Release);
+    });
+    Ok(Conn {
+        inner,
+        dead,
+        probe: probe.map(Arc::new),
+        sentinel: None,
+        wait_default: 0,
+    })
 }
 
 /// A TCP connection, and a second handle on its socket for [`Conn::alive`].
@@ -393,6 +653,12 @@ where
             match call(conn).await {
                 Err(e) if !retried && rerun == Rerun::Safe && broken(&e) => {
                     tracing::debug!(what, error = %e, "Redis connection broke; read retried");
+                    retried = true;
+                }
+                // A demoted master refused it (nothing was written): once
+                // more, on a connection to the master Sentinel names now.
+                Err(e) if !retried && read_only(&e) => {
+                    tracing::debug!(what, error = %e, "Redis refused a write as a replica; retried");
                     retried = true;
                 }
                 other => return other,

@@ -90,6 +90,17 @@ pub struct RedisOptions {
     pub tls: TlsOptions,
     /// The password to send (`AUTH`), instead of one in the URL.
     pub password: Option<RedisPassword>,
+    /// The ACL user for the master in Sentinel mode (in single-node mode
+    /// the user is in the URL).
+    pub username: Option<String>,
+    /// The logical database in Sentinel mode (in single-node mode it is in
+    /// the URL).
+    pub database: i64,
+    /// Replicas a claim and a completion must reach (`WAIT`) before giftx
+    /// calls a provider or answers SUCCEEDED; `None`: 1 in Sentinel mode,
+    /// and with one node 1 when it had replicas when the connection was
+    /// opened, else 0.
+    pub min_replicas_acked: Option<usize>,
 }
 
 /// A Redis password, never printed.
@@ -113,6 +124,9 @@ impl Default for RedisOptions {
             bulk_connections: 4,
             tls: TlsOptions::default(),
             password: None,
+            username: None,
+            database: 0,
+            min_replicas_acked: None,
         }
     }
 }
@@ -293,6 +307,12 @@ impl std::fmt::Debug for RedisLedger {
 pub fn script_catalog() -> Vec<(&'static str, usize, &'static str)> {
     SCRIPTS.catalog()
 }
+
+/// Scripts whose write must be on the configured replicas before giftx
+/// acts on it: a claim (before the provider is called) and a completion
+/// (before SUCCEEDED is answered). A failover may lose any write not yet
+/// replicated; these two would lose an exchange a holder was told about.
+const DURABLE: &[&str] = &["claim_code", "complete_exchange"];
 
 fn map_err(e: RedisError) -> LedgerError {
     match e.kind() {
@@ -501,6 +521,50 @@ impl RedisLedger {
             .map_err(LedgerError::Internal)
         };
         let (pool, bulk) = (open(options.connections)?, open(options.bulk_connections)?);
+        Self::with_pools(pool, bulk, config, options).await
+    }
+
+    /// Connects to the master that the sentinels at `sentinels`
+    /// (`redis://host:port` each) name `master`, following it through
+    /// failovers: every reconnect asks the sentinels again, a connection
+    /// to a former master is dropped as soon as they name a new one, and
+    /// a write a demoted master refuses (READONLY) goes once more to the
+    /// new one.
+    ///
+    /// # Errors
+    /// `Unavailable` when no sentinel or master answers; `Internal` for
+    /// bad URLs.
+    pub async fn connect_sentinel(
+        sentinels: &[String],
+        master: &str,
+        config: LedgerConfig,
+        options: RedisOptions,
+    ) -> Result<RedisLedger, LedgerError> {
+        let open = |size: usize| {
+            Pool::new_sentinel(
+                sentinels,
+                master,
+                (
+                    options.username.as_deref(),
+                    options.password.as_ref().map(|p| p.0.as_str()),
+                    options.database,
+                ),
+                &options.tls,
+                size.max(1),
+                options.timeout,
+            )
+            .map_err(LedgerError::Internal)
+        };
+        let (pool, bulk) = (open(options.connections)?, open(options.bulk_connections)?);
+        Self::with_pools(pool, bulk, config, options).await
+    }
+
+    async fn with_pools(
+        pool: Pool,
+        bulk: Pool,
+        config: LedgerConfig,
+        options: RedisOptions,
+    ) -> Result<RedisLedger, LedgerError> {
         // Open every connection now and PING on it, so a wrong URL, CA,
         // user or password fails here rather than on the first call.
         for p in [&pool, &bulk] {
@@ -631,6 +695,7 @@ impl RedisLedger {
             result = tracing::field::Empty
         );
         let started = Instant::now();
+        let durable = DURABLE.contains(&s.name);
         let out = async {
             let v: Value = with_retry(
                 &self.pool,
@@ -639,7 +704,13 @@ impl RedisLedger {
                 (self.options.timeout, s.name),
                 |mut c| {
                     let cmd = &cmd;
-                    async move { s.call(cmd, &mut c).await }
+                    async move {
+                        let v = s.call(cmd, &mut c).await?;
+                        if durable {
+                            self.wait_replicas(&mut c).await?;
+                        }
+                        Ok(v)
+                    }
                 },
             )
             .await?;
@@ -659,6 +730,32 @@ impl RedisLedger {
             tracing::debug!(script = s.name, error = %e, "ledger script failed");
         }
         out
+    }
+
+    /// After a write that must survive a failover (see [`DURABLE`]): waits
+    /// until it is on the replicas [`RedisOptions::min_replicas_acked`]
+    /// asks for. Too few within half the call's timeout is `TRYAGAIN`
+    /// (Unavailable to the caller; the write itself stands, and the
+    /// exchange stays recoverable).
+    async fn wait_replicas(&self, c: &mut conn::Conn) -> redis::RedisResult<()> {
+        let n = self.options.min_replicas_acked.unwrap_or(c.wait_default);
+        if n == 0 {
+            return Ok(());
+        }
+        let wait_ms = (ms(self.options.timeout) / 2).max(1);
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(n)
+            .arg(wait_ms)
+            .query_async(c)
+            .await?;
+        if usize::try_from(acked).unwrap_or(0) < n {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain),
+                "write not yet on enough replicas",
+                format!("{acked} of {n} replicas acknowledged within {wait_ms} ms"),
+            )));
+        }
+        Ok(())
     }
 
     /// Runs plain read commands in pipelines of at most 512, concurrently
