@@ -383,7 +383,9 @@ async fn issue_streams_are_capped_and_an_unread_stream_stores_one_window_ahead()
         assert!(Instant::now() < deadline, "the stored count never settled");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (n, _) = issued(&mut c, "unread-a").await;
-        if n == last {
+        // Nothing stored yet is not settled: the first chunk is generated
+        // on low-priority threads, slow while other work has the CPU.
+        if n == last && n > 0 {
             same += 1;
         } else {
             (last, same) = (n, 0);
