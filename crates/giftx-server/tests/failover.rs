@@ -23,7 +23,7 @@ use giftx_testkit::SentinelGroup;
 use tonic::transport::Channel;
 
 mod support;
-use support::{channel, free_port, start_giftxd_with};
+use support::{channel, free_port, giftxd_dir, start_giftxd_with};
 
 const CONFIG: &str = r#"
 [providers.sim]
@@ -169,11 +169,8 @@ async fn run(min_acked: Option<&str>) -> Report {
     let mut group = tokio::task::spawn_blocking(SentinelGroup::start)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = giftxd_dir(CONFIG, None);
     let d = dir.path();
-    std::fs::write(d.join("giftx.toml"), CONFIG).unwrap();
-    std::fs::write(d.join("hmac.key"), [7u8; 32]).unwrap();
-    std::fs::write(d.join("deliverable.keys"), "ab".repeat(32)).unwrap();
     let mut env = vec![
         ("GIFTX_REDIS_SENTINELS", group.sentinel_urls().join(",")),
         (

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 mod support;
-use support::{channel, free_port, start_giftxd_with};
+use support::{channel, free_port, giftxd_dir, start_giftxd_with};
 
 const CONFIG: &str = r#"
 [expiry]
@@ -138,12 +138,8 @@ async fn a_rotated_ring_keeps_what_the_old_key_made_and_hashes_new_things_with_t
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = giftxd_dir(CONFIG, Some(ADMIN));
     let d = dir.path();
-    std::fs::write(d.join("giftx.toml"), CONFIG).unwrap();
-    std::fs::write(d.join("hmac.key"), [7u8; 32]).unwrap();
-    std::fs::write(d.join("deliverable.keys"), "ab".repeat(32)).unwrap();
-    std::fs::write(d.join("admin.token"), ADMIN).unwrap();
     // The two-step rollout: first every giftxd learns k2 while the single
     // key file's key (a bare `default` line) stays current, then k2 moves
     // first.

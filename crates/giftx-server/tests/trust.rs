@@ -28,7 +28,7 @@ use tonic::{Code, Request, Status};
 use tonic_types::StatusExt as _;
 
 mod support;
-use support::{Giftxd, free_port, start_giftxd_with, tls_channel};
+use support::{Giftxd, free_port, giftxd_dir, start_giftxd_with, tls_channel};
 
 const CONFIG: &str = r#"
 [expiry]
@@ -96,12 +96,8 @@ async fn world(extra: &[(&str, String)]) -> World {
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = giftxd_dir(CONFIG, Some(ADMIN));
     let d = dir.path();
-    std::fs::write(d.join("giftx.toml"), CONFIG).unwrap();
-    std::fs::write(d.join("hmac.key"), [7u8; 32]).unwrap();
-    std::fs::write(d.join("deliverable.keys"), "ab".repeat(32)).unwrap();
-    std::fs::write(d.join("admin.token"), format!("{ADMIN}\n")).unwrap();
     let pki_dir = d.join("pki");
     std::fs::create_dir(&pki_dir).unwrap();
     let pki = TestPki::new(&pki_dir, "giftx trust test CA");
@@ -977,12 +973,8 @@ async fn mtls_requires_a_client_certificate_and_certificates_reload() {
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = giftxd_dir(CONFIG, Some(ADMIN));
     let d = dir.path();
-    std::fs::write(d.join("giftx.toml"), CONFIG).unwrap();
-    std::fs::write(d.join("hmac.key"), [7u8; 32]).unwrap();
-    std::fs::write(d.join("deliverable.keys"), "ab".repeat(32)).unwrap();
-    std::fs::write(d.join("admin.token"), ADMIN).unwrap();
     for sub in ["one", "two", "live"] {
         std::fs::create_dir(d.join(sub)).unwrap();
     }
@@ -1069,12 +1061,8 @@ async fn a_client_certificate_naming_an_api_key_is_that_keys_principal() {
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = giftxd_dir(CONFIG, Some(ADMIN));
     let d = dir.path();
-    std::fs::write(d.join("giftx.toml"), CONFIG).unwrap();
-    std::fs::write(d.join("hmac.key"), [7u8; 32]).unwrap();
-    std::fs::write(d.join("deliverable.keys"), "ab".repeat(32)).unwrap();
-    std::fs::write(d.join("admin.token"), ADMIN).unwrap();
     std::fs::create_dir(d.join("pki")).unwrap();
     let pki = TestPki::new(&d.join("pki"), "mTLS principals CA");
     let port = free_port();

@@ -12,6 +12,21 @@ use std::process::{Child, Command, Stdio};
 use giftx_testkit::RedisServer;
 use tonic::transport::Channel;
 
+/// A temporary directory holding what [`start_giftxd_with`] reads:
+/// `giftx.toml` (`config`), `hmac.key`, `deliverable.keys`, and with
+/// `admin` an `admin.token` for GIFTX_ADMIN_TOKEN_FILE.
+pub fn giftxd_dir(config: &str, admin: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("giftx.toml"), config).unwrap();
+    std::fs::write(d.join("hmac.key"), [7u8; 32]).unwrap();
+    std::fs::write(d.join("deliverable.keys"), "ab".repeat(32)).unwrap();
+    if let Some(token) = admin {
+        std::fs::write(d.join("admin.token"), token).unwrap();
+    }
+    dir
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
