@@ -57,8 +57,8 @@ fn own_cpu() -> f64 {
 
 /// The master's CPU time so far (`INFO cpu`: user + sys), in seconds.
 fn redis_cpu(port: u16) -> f64 {
-    let Ok(mut c) = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .and_then(|c| c.get_connection())
+    let Ok(mut c) =
+        redis::Client::open(format!("redis://127.0.0.1:{port}/")).and_then(|c| c.get_connection())
     else {
         return 0.0;
     };
@@ -244,8 +244,7 @@ async fn main() {
     with.latencies.sort();
     without.latencies.sort();
     let ratio = with.per_s() / without.per_s();
-    let lines = [("without WAIT", &without), ("with WAIT 1", &with)]
-    .map(|(name, t)| {
+    let lines = [("without WAIT", &without), ("with WAIT 1", &with)].map(|(name, t)| {
         format!(
             "{name}: {} exchanges, {:.0} exchanges/s, p50 {:.2} ms, p99 {:.2} ms, \
              master {:.1} µs CPU/exchange, client {:.1} µs CPU/exchange",

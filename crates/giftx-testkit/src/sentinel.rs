@@ -100,6 +100,9 @@ fn data_args(port: u16, dir: &std::path::Path, master: Option<u16>) -> Vec<Strin
         // Sync a replica at once (the default waits 5 s for more).
         "--repl-diskless-sync-delay",
         "0",
+        // DEBUG SLEEP from loopback: tests stall a replica with it.
+        "--enable-debug-command",
+        "local",
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -283,6 +286,19 @@ impl SentinelGroup {
             assert!(Instant::now() < deadline, "no failover within {timeout:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The ports of the data nodes that are not the current master.
+    ///
+    /// # Panics
+    /// When there is no agreed master.
+    pub fn replica_ports(&self) -> Vec<u16> {
+        let master = self.master_port().expect("an agreed master");
+        self.data
+            .iter()
+            .map(|n| n.port)
+            .filter(|p| *p != master)
+            .collect()
     }
 
     /// The port of data node `i`.

@@ -195,6 +195,52 @@ pub(crate) struct Conn {
     /// mode 1 (a failover needs a replica anyway); otherwise 1 when the
     /// server had replicas when this connection was opened (`ROLE`).
     pub(crate) wait_default: usize,
+    /// The connection's `WAIT`s, shared by everyone writing on it.
+    pub(crate) waits: Arc<WaitGroup>,
+}
+
+/// Group commit of `WAIT` on one connection. `WAIT` makes Redis wait for
+/// the replicas to acknowledge everything this connection wrote before
+/// it, so one `WAIT` sent after several writes' replies arrived covers all
+/// of them. A writer takes a ticket once its write is answered; the first
+/// to get the turn sends one `WAIT` for every ticket taken so far, and the
+/// others find their ticket covered and share its answer. Under load that
+/// is one `WAIT` at a time per connection instead of one per write.
+#[derive(Default)]
+pub(crate) struct WaitGroup {
+    /// Tickets handed out so far.
+    requested: AtomicU64,
+    /// The turn, and what the last `WAIT` covered: (tickets up to, replicas
+    /// acknowledged).
+    done: tokio::sync::Mutex<(u64, i64)>,
+}
+
+impl WaitGroup {
+    /// Returns how many replicas acknowledged a `WAIT numreplicas timeout`
+    /// sent after the caller's write was answered on `c` (possibly one
+    /// sent for another writer as well).
+    pub(crate) async fn wait(
+        &self,
+        c: &mut Conn,
+        numreplicas: usize,
+        timeout_ms: i64,
+    ) -> Result<i64, RedisError> {
+        let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut done = self.done.lock().await;
+        if done.0 >= ticket {
+            return Ok(done.1);
+        }
+        // Every ticket taken so far belongs to a write already answered:
+        // a WAIT sent now covers them all.
+        let upto = self.requested.load(Ordering::Acquire);
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(numreplicas)
+            .arg(timeout_ms)
+            .query_async(c)
+            .await?;
+        *done = (upto, acked);
+        Ok(acked)
+    }
 }
 
 impl Conn {
@@ -582,6 +628,7 @@ where
         probe: probe.map(Arc::new),
         sentinel: None,
         wait_default: 0,
+        waits: Arc::new(WaitGroup::default()),
     })
 }
 

@@ -734,7 +734,8 @@ impl RedisLedger {
 
     /// After a write that must survive a failover (see [`DURABLE`]): waits
     /// until it is on the replicas [`RedisOptions::min_replicas_acked`]
-    /// asks for. Too few within half the call's timeout is `TRYAGAIN`
+    /// asks for (one `WAIT` may cover several writers of the connection:
+    /// [`conn::WaitGroup`]). Too few within half the call's timeout is `TRYAGAIN`
     /// (Unavailable to the caller; the write itself stands, and the
     /// exchange stays recoverable).
     async fn wait_replicas(&self, c: &mut conn::Conn) -> redis::RedisResult<()> {
@@ -743,11 +744,8 @@ impl RedisLedger {
             return Ok(());
         }
         let wait_ms = (ms(self.options.timeout) / 2).max(1);
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(n)
-            .arg(wait_ms)
-            .query_async(c)
-            .await?;
+        let waits = c.waits.clone();
+        let acked = waits.wait(c, n, wait_ms).await?;
         if usize::try_from(acked).unwrap_or(0) < n {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain),
