@@ -34,4 +34,7 @@ cargo bench --locked -p giftx-ledger --bench ledger 2>/dev/null | tee "$out/ledg
 cargo bench --locked -p giftx-ledger --bench refusals 2>/dev/null | tee "$out/refusals.txt"
 target/release/giftx-bench hardening --out "$out/hardening" | tee "$out/hardening.txt"
 target/release/giftx-bench trust --out "$out/trust"  # TLS + API keys + rate limit cost, tenant timing -> trust/summary.md
-echo "bench.sh: figures in $out/ (summary.md, growth-10m/summary.md, script-cost.txt, ledger.txt, refusals.txt, hardening.txt)"
+mkdir -p "$out/sentinel"
+cargo bench --locked -p giftx-ledger --bench sentinel 2>/dev/null | tee "$out/sentinel/sentinel.txt"
+cp target/bench/sentinel.json "$out/sentinel/sentinel.json"
+echo "bench.sh: figures in $out/ (summary.md, growth-10m/summary.md, script-cost.txt, ledger.txt, refusals.txt, hardening.txt, trust/, sentinel/)"
