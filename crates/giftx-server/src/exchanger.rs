@@ -258,23 +258,10 @@ impl Exchanger {
         ))
     }
 
-    /// The key `campaign`'s codes are hashed with. A campaign created
-    /// under a key this process lacks (a ring rolled out to some replicas
-    /// only) fails UNAVAILABLE, so the caller retries elsewhere: hashing
-    /// with another key would find nothing and count a wrong try.
+    /// The key `campaign`'s codes are hashed with
+    /// ([`crate::state::campaign_hasher`]).
     fn hasher_of(&self, campaign: &Campaign) -> Result<&Hasher, DomainError> {
-        self.keys.get(&campaign.spec.hmac_key).ok_or_else(|| {
-            tracing::error!(
-                campaign = %campaign.spec.id,
-                hmac_key = %campaign.spec.hmac_key,
-                "campaign hashed with an HMAC key this giftxd does not have; \
-                 roll the key ring out to every giftxd"
-            );
-            DomainError::Unavailable(format!(
-                "campaign {} is hashed with HMAC key {:?}, which this server does not have",
-                campaign.spec.id, campaign.spec.hmac_key
-            ))
-        })
+        crate::state::campaign_hasher(&self.keys, campaign).map_err(DomainError::Unavailable)
     }
 
     fn lease(&self, now: Timestamp) -> Lease {

@@ -134,12 +134,7 @@ impl LedgerSelectIssuer {
     /// The key the select campaign's codes are hashed with; a retryable
     /// failure while this process lacks it.
     fn hasher_of(&self, c: &Campaign) -> Result<&Hasher, ProviderError> {
-        self.keys.get(&c.spec.hmac_key).ok_or_else(|| {
-            ProviderError::unknown(format!(
-                "campaign {} is hashed with HMAC key {:?}, which this server does not have",
-                c.spec.id, c.spec.hmac_key
-            ))
-        })
+        crate::state::campaign_hasher(&self.keys, c).map_err(ProviderError::unknown)
     }
 
     fn batch_id(&self, code: &Code, attempt: u8) -> Result<BatchId, ProviderError> {

@@ -47,6 +47,29 @@ pub fn new_instance_id() -> String {
     format!("giftxd-{}-{}", std::process::id(), hex::encode(r))
 }
 
+/// The key of `keys` that `campaign`'s codes are hashed with. A campaign
+/// created under a key this process lacks (a ring rolled out to some
+/// replicas only) is logged and answered with a message for a retryable
+/// error: hashing with another key would find nothing and count a wrong
+/// try.
+///
+/// # Errors
+/// The message naming the campaign and its key id.
+pub fn campaign_hasher<'k>(keys: &'k KeyRing, campaign: &Campaign) -> Result<&'k Hasher, String> {
+    keys.get(&campaign.spec.hmac_key).ok_or_else(|| {
+        tracing::error!(
+            campaign = %campaign.spec.id,
+            hmac_key = %campaign.spec.hmac_key,
+            "campaign hashed with an HMAC key this giftxd does not have; \
+             roll the key ring out to every giftxd"
+        );
+        format!(
+            "campaign {} is hashed with HMAC key {:?}, which this server does not have",
+            campaign.spec.id, campaign.spec.hmac_key
+        )
+    })
+}
+
 /// Shared state, handed to every service as `Arc<AppState>`.
 pub struct AppState {
     /// The ledger (Redis or embedded).
@@ -124,12 +147,7 @@ impl AppState {
     /// # Errors
     /// [`DomainError::Unavailable`] naming the key.
     pub fn hasher_of(&self, campaign: &Campaign) -> Result<&Hasher, DomainError> {
-        self.keys.get(&campaign.spec.hmac_key).ok_or_else(|| {
-            DomainError::Unavailable(format!(
-                "campaign {} is hashed with HMAC key {:?}, which this server does not have",
-                campaign.spec.id, campaign.spec.hmac_key
-            ))
-        })
+        campaign_hasher(&self.keys, campaign).map_err(DomainError::Unavailable)
     }
 
     /// True when `id` is a configured provider.
